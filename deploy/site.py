@@ -1,0 +1,12 @@
+"""Converge every host of the inventory, role by role.
+
+    pyinfra inventories/<env>.py deploy/site.py
+
+Each role validates its own inputs before it changes anything, and pyinfra
+prepares every host before it executes on any, so a bad value on one host
+stops the run before any host is changed.
+"""
+
+from roles.base import base
+
+base()

@@ -1,0 +1,3 @@
+"""llmhost: provision UK/EU hosts into a production LLM endpoint with pyinfra."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,226 @@
+"""The `llmhost` command: testbed, inventory checks, deploys and the end-to-end demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from llmhost import __version__, converge
+from llmhost.errors import ConfigError
+from llmhost.paths import REPO_ROOT
+
+
+class LlmhostError(click.ClickException):
+    """Bad input (inventory, arguments, missing tools): `error: ...`, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: object = None) -> None:
+        click.secho(f"error: {self.message}", err=True, fg="red")
+
+
+class LlmhostFailure(LlmhostError):
+    """The job ran and failed: exit code 1."""
+
+    exit_code = 1
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="llmhost")
+def main() -> None:
+    """Provision UK/EU machines into a production LLM endpoint, idempotently, with pyinfra.
+
+    \b
+    A deploy converges every host of an inventory, role by role:
+      pyinfra inventories/production.py deploy/site.py
+    or, with the inventory checked first (no host contacted on bad input):
+      llmhost deploy inventories/production.py
+
+    \b
+    Try the whole path on a throwaway local host:
+      llmhost demo
+    """
+
+
+# -- inventory and deploys ---------------------------------------------------------------
+
+
+def _checked_hosts(inventory: str, limit: tuple[str, ...]) -> list[str]:
+    from llmhost.inventory import load_hosts
+    from roles.base.preflight import check_inventory
+
+    try:
+        hosts = load_hosts(inventory, limit)
+        for host in hosts:
+            check_inventory(host.name, host.data)
+    except ConfigError as error:
+        raise LlmhostError(str(error)) from error
+    return [host.name for host in hosts]
+
+
+@main.command()
+@click.argument("inventory", type=click.Path(dir_okay=False))
+@click.option("--limit", multiple=True, help="Only hosts or groups matching this (repeatable).")
+def check(inventory: str, limit: tuple[str, ...]) -> None:
+    """Validate INVENTORY's hosts (region, hardware, settings) without contacting any.
+
+    Exit 0 when every host is valid, 2 with the host, key and fix otherwise.
+    """
+    names = _checked_hosts(inventory, limit)
+    click.echo(f"ok: {len(names)} host(s) valid: {', '.join(names)}")
+
+
+@main.command()
+@click.argument("inventory", type=click.Path(dir_okay=False))
+@click.argument("deploy", default=converge.SITE)
+@click.option("--limit", multiple=True, help="Only hosts or groups matching this (repeatable).")
+@click.option("--dry", is_flag=True, help="Show what would change; change nothing.")
+def deploy(inventory: str, deploy: str, limit: tuple[str, ...], dry: bool) -> None:
+    """Check INVENTORY, then run DEPLOY (default deploy/site.py) on its hosts with pyinfra.
+
+    Unlike plain `pyinfra`, an inventory that resolves to no hosts is an error
+    here, and every host's data is validated before any host is contacted.
+    """
+    _checked_hosts(inventory, limit)
+    argv = converge.pyinfra_argv(os.path.abspath(inventory), deploy, limit=limit, dry=dry)
+    os.chdir(REPO_ROOT)
+    os.execv(argv[0], argv)
+
+
+@main.command()
+@click.option("--hosts", "count", default=1, show_default=True, help="Test hosts to converge.")
+@click.option("--down", "tear_down", is_flag=True, help="Remove the testbed afterwards.")
+def demo(count: int, tear_down: bool) -> None:
+    """Run the main job end to end on throwaway local test hosts.
+
+    Boots Debian 12 hosts (systemd-nspawn, own network namespaces), converges
+    deploy/site.py on them over SSH, then converges again and requires zero
+    changes. Needs root; installs nothing itself (see the README's first line).
+    """
+    from llmhost.testbed import Testbed, TestbedError
+
+    testbed = Testbed()
+    try:
+        hosts = testbed.up(count)
+    except TestbedError as error:
+        raise LlmhostError(str(error)) from error
+    click.echo(f"testbed: {', '.join(f'{h.name} ({h.address})' for h in hosts)}", err=True)
+    inventory = "inventories/testbed.py"
+    first = converge.run(inventory, stream_stderr=True)
+    if first.returncode != 0 or first.errors:
+        raise LlmhostFailure(f"first converge failed (exit {first.returncode})")
+    click.echo(f"converged: {first.changed} operation(s) changed", err=True)
+    second = converge.run(inventory, stream_stderr=False)
+    if second.returncode != 0 or second.changed or second.errors:
+        changed = "\n  ".join(second.changed_operations())
+        raise LlmhostFailure(f"second converge was not idempotent:\n  {changed}")
+    click.echo("idempotent: second converge changed 0 operations", err=True)
+    if tear_down:
+        testbed.down()
+        click.echo("testbed removed", err=True)
+    else:
+        click.echo(f"hosts stay up: `llmhost testbed ssh {hosts[0].name}`; "
+                   "`llmhost testbed down` removes them", err=True)  # fmt: skip
+
+
+# -- testbed -----------------------------------------------------------------------------
+
+
+@main.group()
+def testbed() -> None:
+    """Real Debian 12 test hosts on this machine (root; systemd-nspawn + network namespaces).
+
+    \b
+    Hosts are tb1..tbN at 10.231.N.2, reached over SSH with a key the testbed
+    generates; each has an egress proxy and an NTP server at 10.231.N.1.
+    State lives in $LLMHOST_TESTBED_DIR (default /var/lib/llmhost-testbed).
+    """
+
+
+def _testbed():  # type: ignore[no-untyped-def]
+    from llmhost.testbed import Testbed
+
+    return Testbed()
+
+
+@testbed.command("up")
+@click.option("--hosts", "count", default=2, show_default=True, help="How many hosts.")
+def testbed_up(count: int) -> None:
+    """Boot COUNT hosts (reusing healthy ones, replacing stale ones)."""
+    from llmhost.testbed import TestbedError
+
+    try:
+        hosts = _testbed().up(count)
+    except TestbedError as error:
+        raise LlmhostError(str(error)) from error
+    for host in hosts:
+        click.echo(f"{host.name}\t{host.address}")
+
+
+@testbed.command("down")
+@click.option("--purge-image", is_flag=True, help="Also delete the cached host image.")
+def testbed_down(purge_image: bool) -> None:
+    """Stop every host; remove its processes, namespace, veth, mounts and files."""
+    from llmhost.testbed import TestbedError
+
+    try:
+        _testbed().down(purge_image=purge_image)
+    except TestbedError as error:
+        raise LlmhostError(str(error)) from error
+    click.echo("testbed is down")
+
+
+@testbed.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def testbed_status(as_json: bool) -> None:
+    """List hosts with their address, health and systemd state."""
+    rows = _testbed().status()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no testbed hosts; `llmhost testbed up` boots some")
+    for row in rows:
+        health = "healthy" if row["healthy"] else "STALE (next `up` replaces it)"
+        click.echo(f"{row['name']}\t{row['address']}\t{health}\t{row['system']}")
+
+
+@testbed.command("ssh", context_settings={"ignore_unknown_options": True})
+@click.argument("host")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def testbed_ssh(host: str, command: tuple[str, ...]) -> None:
+    """Open a shell on HOST (tb1, or its address), or run COMMAND there."""
+    from llmhost.testbed import TestbedError
+
+    testbed = _testbed()
+    try:
+        target = testbed.find(host)
+    except TestbedError as error:
+        raise LlmhostError(str(error)) from error
+    argv = testbed.ssh_argv(target)
+    if command:
+        argv.append(" ".join(command))
+    os.execvp(argv[0], argv)
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+@main.group()
+def config() -> None:
+    """Configuration keys of every role."""
+
+
+@config.command("reference")
+def config_reference() -> None:
+    """Print the configuration reference (markdown) generated from the roles' defaults."""
+    from llmhost.reference import markdown
+
+    click.echo(markdown())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""One Jinja configuration for every template llmhost renders.
+
+Roles pass ``jinja_options()`` to pyinfra's ``files.template`` and tests render
+through ``render()``, so what a unit test sees is byte-for-byte what a host gets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jinja2
+
+from llmhost.paths import TEMPLATES
+
+
+def jinja_options() -> dict[str, Any]:
+    """A fresh dict each call: pyinfra pops keys from the one it is given."""
+    return {"trim_blocks": True, "lstrip_blocks": True}
+
+
+def render(role: str, name: str, **variables: Any) -> str:
+    environment = jinja2.Environment(
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, **jinja_options()
+    )
+    source = (TEMPLATES / role / name).read_text()
+    return environment.from_string(source).render(**variables)

@@ -1,0 +1,70 @@
+"""UK/EU data residency: every host must declare a region inside the allowed list.
+
+Region codes are an ISO 3166-1 alpha-2 country code in lower case, optionally
+followed by site qualifiers: ``gb``, ``gb-lon1``, ``de-fra``, ``nl-ams-2``.
+An entry of ``residency_allowed_regions`` allows that exact region and every
+region below it, so ``de`` allows ``de-fra`` and ``de-fsn1``, while
+``de-fra`` allows ``de-fra-2`` but not ``de-ber``. ``uk`` is accepted as an
+alias of ``gb`` because operators write it that way.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from llmhost.errors import ConfigError
+from llmhost.settings import setting
+
+UK_REGIONS = ("gb", "uk")
+EU_MEMBER_STATES = (
+    "at", "be", "bg", "cy", "cz", "de", "dk", "ee", "es", "fi", "fr", "gr", "hr", "hu",
+    "ie", "it", "lt", "lu", "lv", "mt", "nl", "pl", "pt", "ro", "se", "si", "sk",
+)  # fmt: skip
+
+REGION_PATTERN = re.compile(r"^[a-z]{2}(-[a-z0-9]+)*$")
+REGION_EXAMPLE = "gb-lon1"
+
+
+@dataclass(frozen=True)
+class ResidencySettings:
+    residency_allowed_regions: list[str] = setting(
+        [*UK_REGIONS, *EU_MEMBER_STATES],
+        "Regions hosts may be in: the UK (`gb`, alias `uk`) and the 27 EU member states by "
+        "ISO 3166-1 code; an entry allows itself and every `entry-...` below it",
+    )
+
+
+def region_allowed(region: str, allowed: list[str]) -> bool:
+    """True when ``region`` equals an allowed entry or lies below one."""
+    return any(region == entry or region.startswith(entry + "-") for entry in allowed)
+
+
+def check_region(region: Any, allowed: list[str], host: str) -> str:
+    """Return the host's region, or raise naming the key and the fix."""
+    if region is None:
+        raise ConfigError(
+            "is missing: every host must declare the region it runs in",
+            key="region",
+            fix=f'add "region": "{REGION_EXAMPLE}" (an allowed region) to the host\'s data '
+            "in the inventory",
+            host=host,
+        )
+    if not isinstance(region, str) or not REGION_PATTERN.match(region):
+        raise ConfigError(
+            f"{region!r} is not a region code",
+            key="region",
+            fix="use a lower-case ISO 3166-1 country code with optional site qualifiers, "
+            f"e.g. {REGION_EXAMPLE!r} or 'de-fra'",
+            host=host,
+        )
+    if not region_allowed(region, allowed):
+        raise ConfigError(
+            f"{region!r} is outside `residency_allowed_regions` ({', '.join(allowed)})",
+            key="region",
+            fix="move the host to an allowed region, or, if your data policy permits it, "
+            "add the region to `residency_allowed_regions` in inventories/group_data/all.py",
+            host=host,
+        )
+    return region

@@ -1,0 +1,96 @@
+"""One network namespace and one veth pair per host, on 10.231.N.0/30.
+
+The host side of the pair holds .1 (where the proxy and NTP server listen), the
+guest side .2. Only addresses inside namespaces the testbed made are used.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+NETNS_PREFIX = "llmhost-tb"
+VETH_PREFIX = "lhtb"
+SUBNET = "10.231"
+
+
+@dataclass(frozen=True)
+class HostNetwork:
+    index: int
+
+    @property
+    def netns(self) -> str:
+        return f"{NETNS_PREFIX}{self.index}"
+
+    @property
+    def veth_host(self) -> str:
+        return f"{VETH_PREFIX}{self.index}h"
+
+    @property
+    def veth_guest(self) -> str:
+        return f"{VETH_PREFIX}{self.index}g"
+
+    @property
+    def gateway(self) -> str:
+        return f"{SUBNET}.{self.index}.1"
+
+    @property
+    def address(self) -> str:
+        return f"{SUBNET}.{self.index}.2"
+
+    @property
+    def subnet(self) -> str:
+        return f"{SUBNET}.{self.index}.0/30"
+
+    @property
+    def netns_path(self) -> str:
+        return f"/run/netns/{self.netns}"
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
+
+
+def create(net: HostNetwork) -> None:
+    """Namespace, veth pair, addresses, links up; removes a half-made one first."""
+    destroy(net)
+    _ip("netns", "add", net.netns)
+    _ip("link", "add", net.veth_host, "type", "veth", "peer", "name", net.veth_guest)
+    _ip("link", "set", net.veth_guest, "netns", net.netns)
+    _ip("addr", "add", f"{net.gateway}/30", "dev", net.veth_host)
+    _ip("link", "set", net.veth_host, "up")
+    _ip("-n", net.netns, "addr", "add", f"{net.address}/30", "dev", net.veth_guest)
+    _ip("-n", net.netns, "link", "set", net.veth_guest, "up")
+    _ip("-n", net.netns, "link", "set", "lo", "up")
+    _ip("-n", net.netns, "route", "add", "default", "via", net.gateway)
+
+
+def destroy(net: HostNetwork) -> None:
+    _ip("link", "del", net.veth_host, check=False)
+    _ip("netns", "del", net.netns, check=False)
+
+
+def our_namespaces() -> list[str]:
+    run = Path("/run/netns")
+    if not run.is_dir():
+        return []
+    return sorted(p.name for p in run.iterdir() if p.name.startswith(NETNS_PREFIX))
+
+
+def our_links() -> list[str]:
+    result = _ip("-j", "link", "show", check=False)
+    if result.returncode != 0 or not result.stdout.strip():
+        return []
+    names = [link["ifname"] for link in json.loads(result.stdout)]
+    return sorted(n for n in names if n.startswith(VETH_PREFIX))
+
+
+def index_of(name: str) -> int | None:
+    """The host index a namespace or link name belongs to."""
+    for prefix in (NETNS_PREFIX, VETH_PREFIX):
+        if name.startswith(prefix):
+            digits = name[len(prefix) :].rstrip("hg")
+            return int(digits) if digits.isdigit() else None
+    return None

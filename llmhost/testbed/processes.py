@@ -1,0 +1,83 @@
+"""Processes the testbed starts, tracked and stopped by pid, never by name."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def alive(pid: int | None, expect: str | None = None) -> bool:
+    """True if ``pid`` runs and, when given, its command line contains ``expect``."""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    if state == "Z":
+        return False
+    return expect is None or expect in cmdline
+
+
+def stop(pid: int | None, expect: str | None = None, timeout: float = 30.0) -> None:
+    """SIGTERM, wait up to ``timeout``, then SIGKILL; only if the pid is still ours."""
+    if not alive(pid, expect):
+        return
+    assert pid is not None
+    _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not alive(pid, expect):
+            return
+        time.sleep(0.2)
+    _signal(pid, signal.SIGKILL)
+    for _ in range(50):
+        _reap(pid)
+        if not alive(pid):
+            return
+        time.sleep(0.1)
+
+
+def pids_rooted_in(root: Path) -> list[int]:
+    """Processes whose root directory is ``root``: what runs inside a host tree."""
+    found = []
+    target = str(root.resolve())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(entry / "root") == target:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def read_pidfile(path: Path, wait: float = 10.0) -> int:
+    """The pid a daemon wrote, waiting for it to appear."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            text = path.read_text().strip()
+            if text:
+                return int(text)
+        except FileNotFoundError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{path} was not written within {wait:.0f}s")
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _reap(pid: int) -> None:
+    """Collect our own exited child so it does not linger as a zombie."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)

@@ -1,0 +1,422 @@
+"""Bring testbed hosts up and down, find what a crash left behind, and describe them."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from llmhost.testbed import network, processes
+from llmhost.testbed.image import ensure_image
+from llmhost.testbed.network import HostNetwork
+
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+PROXY_PORT = 8888
+REGION = "gb-testbed"
+HARDWARE = "cpu"
+READY_TIMEOUT = 120.0
+REQUIRED_TOOLS = {
+    "systemd-nspawn": "systemd-container",
+    "debootstrap": "debootstrap",
+    "tinyproxy": "tinyproxy",
+    "chronyd": "chrony",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+    "ip": "iproute2",
+    "mount": "mount",
+}
+
+
+class TestbedError(RuntimeError):
+    """The testbed cannot do what was asked; the message says how to fix it."""
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("LLMHOST_TESTBED_DIR", "/var/lib/llmhost-testbed"))
+
+
+@dataclass
+class TestbedHost:
+    name: str
+    index: int
+    address: str
+    gateway: str
+    rootfs: str
+    nspawn_pid: int
+    proxy_pid: int
+    ntp_pid: int
+
+    @property
+    def network(self) -> HostNetwork:
+        return HostNetwork(self.index)
+
+    def healthy(self) -> bool:
+        return (
+            processes.alive(self.nspawn_pid, self.rootfs)
+            and processes.alive(self.proxy_pid, "tinyproxy")
+            and processes.alive(self.ntp_pid, "chronyd")
+        )
+
+
+class Testbed:
+    def __init__(self, root: Path | None = None, mirror: str | None = None) -> None:
+        self.root = root or default_root()
+        self.mirror = mirror or os.environ.get("LLMHOST_TESTBED_MIRROR", DEFAULT_MIRROR)
+        self.state_file = self.root / "testbed.json"
+        self.ssh_key = self.root / "ssh" / "id_ed25519"
+        self.known_hosts = self.root / "ssh" / "known_hosts"
+        self.images_dir = self.root / "images"
+        self.hosts_dir = self.root / "hosts"
+
+    # -- public -----------------------------------------------------------
+
+    def hosts(self) -> list[TestbedHost]:
+        """The hosts recorded as up (healthy or not), in index order."""
+        if not self.state_file.exists():
+            return []
+        data = json.loads(self.state_file.read_text())
+        return sorted((TestbedHost(**h) for h in data["hosts"]), key=lambda h: h.index)
+
+    def up(self, count: int) -> list[TestbedHost]:
+        """Exactly ``count`` healthy hosts: reuse healthy ones, replace stale ones."""
+        if count < 1:
+            raise TestbedError("--hosts must be at least 1")
+        if count > 250:
+            raise TestbedError("--hosts must be at most 250 (one 10.231.N.0/30 per host)")
+        require_root_and_tools()
+        with self._lock():
+            kept = {h.name: h for h in self._clean_stale()}
+            self._ensure_ssh_key()
+            image = ensure_image(self.images_dir, self.mirror)
+            for extra in [h for h in kept.values() if h.index > count]:
+                self._destroy_host(extra)
+                del kept[extra.name]
+            created = []
+            for index in range(1, count + 1):
+                if f"tb{index}" not in kept:
+                    host = self._create_host(index, image)
+                    kept[host.name] = host
+                    created.append(host)
+                    self._save(kept.values())
+            self._save(kept.values())
+            self._write_known_hosts(kept.values())
+            for host in created:
+                self._wait_ready(host)
+            return sorted(kept.values(), key=lambda h: h.index)
+
+    def down(self, purge_image: bool = False) -> None:
+        """Stop every host and remove every process, namespace, link and mount made."""
+        require_root_and_tools()
+        with self._lock():
+            for host in self.hosts():
+                self._destroy_host(host)
+            self._sweep_orphans(keep=[])
+            self.state_file.unlink(missing_ok=True)
+            self.known_hosts.unlink(missing_ok=True)
+            if purge_image:
+                shutil.rmtree(self.images_dir, ignore_errors=True)
+
+    def status(self) -> list[dict[str, Any]]:
+        rows = []
+        for host in self.hosts():
+            healthy = host.healthy()
+            system = self.ssh(host, "systemctl is-system-running", check=False) if healthy else ""
+            rows.append(
+                {
+                    "name": host.name,
+                    "address": host.address,
+                    "healthy": healthy,
+                    "system": system.strip() or "unreachable",
+                    "nspawn_pid": host.nspawn_pid,
+                }
+            )
+        return rows
+
+    def find(self, name: str) -> TestbedHost:
+        for host in self.hosts():
+            if name in (host.name, host.address):
+                return host
+        known = ", ".join(h.name for h in self.hosts()) or "none; run `llmhost testbed up`"
+        raise TestbedError(f"no testbed host {name!r} (hosts: {known})")
+
+    def ssh_argv(self, host: TestbedHost) -> list[str]:
+        return [
+            "ssh",
+            "-i",
+            str(self.ssh_key),
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=3",
+            "-o",
+            "LogLevel=ERROR",
+            f"root@{host.address}",
+        ]
+
+    def ssh(self, host: TestbedHost, command: str, check: bool = True) -> str:
+        result = subprocess.run(
+            [*self.ssh_argv(host), command], capture_output=True, text=True, timeout=120
+        )
+        if check and result.returncode != 0:
+            raise TestbedError(f"{host.name}: `{command}` failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def inventory_data(self, host: TestbedHost) -> dict[str, Any]:
+        """What pyinfra needs to reach ``host``, and the settings a testbed host runs with."""
+        return {
+            "ssh_hostname": host.address,
+            "ssh_user": "root",
+            "ssh_key": str(self.ssh_key),
+            "ssh_known_hosts_file": str(self.known_hosts),
+            "ssh_strict_host_key_checking": "yes",
+            "region": REGION,
+            "hardware": HARDWARE,
+            "base_http_proxy": f"http://{host.gateway}:{PROXY_PORT}",
+            "base_ntp_servers": [host.gateway],
+        }
+
+    # -- hosts -------------------------------------------------------------
+
+    def _create_host(self, index: int, image: Path) -> TestbedHost:
+        net = HostNetwork(index)
+        name = f"tb{index}"
+        host_dir = self.hosts_dir / name
+        shutil.rmtree(host_dir, ignore_errors=True)
+        rootfs = host_dir / "rootfs"
+        for sub in ("upper", "work", "rootfs", "proxy", "ntp"):
+            (host_dir / sub).mkdir(parents=True)
+        subprocess.run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                f"llmhost-{name}",
+                "-o",
+                f"lowerdir={image},upperdir={host_dir / 'upper'},workdir={host_dir / 'work'}",
+                str(rootfs),
+            ],
+            check=True,
+        )
+        self._personalise(rootfs, name)
+        network.create(net)
+        proxy_pid = self._start_proxy(host_dir, net)
+        ntp_pid = self._start_ntp(host_dir, net)
+        nspawn_pid = self._boot(host_dir, rootfs, net, name)
+        return TestbedHost(
+            name=name,
+            index=index,
+            address=net.address,
+            gateway=net.gateway,
+            rootfs=str(rootfs),
+            nspawn_pid=nspawn_pid,
+            proxy_pid=proxy_pid,
+            ntp_pid=ntp_pid,
+        )
+
+    def _personalise(self, rootfs: Path, name: str) -> None:
+        (rootfs / "etc" / "hostname").write_text(f"{name}\n")
+        (rootfs / "etc" / "machine-id").write_text(uuid.uuid4().hex + "\n")
+        hosts = rootfs / "etc" / "hosts"
+        hosts.write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost\n")
+        ssh_dir = rootfs / "root" / ".ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        authorized = ssh_dir / "authorized_keys"
+        authorized.write_text(self.ssh_key.with_suffix(".pub").read_text())
+        authorized.chmod(0o600)
+        subprocess.run(["ssh-keygen", "-A", "-f", str(rootfs)], check=True, capture_output=True)
+
+    def _start_proxy(self, host_dir: Path, net: HostNetwork) -> int:
+        proxy_dir = host_dir / "proxy"
+        shutil.chown(proxy_dir, "nobody", "nogroup")
+        config = proxy_dir / "tinyproxy.conf"
+        config.write_text(
+            f"User nobody\nGroup nogroup\nPort {PROXY_PORT}\nListen {net.gateway}\n"
+            f"Allow {net.subnet}\nConnectPort 443\nMaxClients 100\nTimeout 600\n"
+            f'PidFile "{proxy_dir}/tinyproxy.pid"\nLogFile "{proxy_dir}/tinyproxy.log"\n'
+            "LogLevel Connect\n"
+        )
+        subprocess.run(["tinyproxy", "-c", str(config)], check=True)
+        return processes.read_pidfile(proxy_dir / "tinyproxy.pid")
+
+    def _start_ntp(self, host_dir: Path, net: HostNetwork) -> int:
+        ntp_dir = host_dir / "ntp"
+        config = ntp_dir / "chrony.conf"
+        config.write_text(
+            f"bindaddress {net.gateway}\nallow {net.subnet}\nlocal stratum 8\ncmdport 0\n"
+            f"pidfile {ntp_dir}/chronyd.pid\n"
+        )
+        subprocess.run(["chronyd", "-4", "-x", "-f", str(config)], check=True)
+        return processes.read_pidfile(ntp_dir / "chronyd.pid")
+
+    def _boot(self, host_dir: Path, rootfs: Path, net: HostNetwork, name: str) -> int:
+        log = (host_dir / "console.log").open("wb")
+        machine = subprocess.Popen(
+            [
+                "systemd-nspawn",
+                "--quiet",
+                f"--directory={rootfs}",
+                f"--machine={name}",
+                "--register=no",
+                "--keep-unit",
+                "--boot",
+                f"--network-namespace-path={net.netns_path}",
+                # nftables inside the host; the namespace confines it to the host's own network.
+                "--capability=CAP_NET_ADMIN",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        return machine.pid
+
+    def _wait_ready(self, host: TestbedHost) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        last = ""
+        while time.monotonic() < deadline:
+            if not processes.alive(host.nspawn_pid, host.rootfs):
+                raise TestbedError(
+                    f"{host.name} stopped while booting; see {Path(host.rootfs).parent}/console.log"
+                )
+            result = subprocess.run(
+                [*self.ssh_argv(host), "systemctl is-system-running --wait"],
+                capture_output=True,
+                text=True,
+                timeout=READY_TIMEOUT,
+            )
+            last = (result.stdout + result.stderr).strip()
+            if result.stdout.strip() in ("running", "degraded"):
+                if result.stdout.strip() == "degraded":
+                    failed = self.ssh(host, "systemctl --failed --plain --no-legend", check=False)
+                    print(f"testbed: {host.name} is degraded:\n{failed}", file=sys.stderr)
+                return
+            time.sleep(0.5)
+        raise TestbedError(f"{host.name} did not become reachable over SSH: {last}")
+
+    def _destroy_host(self, host: TestbedHost) -> None:
+        rootfs = Path(host.rootfs)
+        processes.stop(host.nspawn_pid, host.rootfs)
+        for pid in processes.pids_rooted_in(rootfs):
+            processes.stop(pid, timeout=5)
+        processes.stop(host.proxy_pid, "tinyproxy", timeout=5)
+        processes.stop(host.ntp_pid, "chronyd", timeout=5)
+        self._unmount_under(rootfs.parent)
+        network.destroy(host.network)
+        shutil.rmtree(rootfs.parent, ignore_errors=True)
+
+    # -- stale state -------------------------------------------------------
+
+    def _clean_stale(self) -> list[TestbedHost]:
+        """Destroy recorded hosts that are no longer whole, and anything unrecorded."""
+        healthy = []
+        for host in self.hosts():
+            if host.healthy():
+                healthy.append(host)
+            else:
+                print(f"testbed: {host.name} is stale; cleaning it up", file=sys.stderr)
+                self._destroy_host(host)
+        self._sweep_orphans(keep=healthy)
+        self._save(healthy)
+        return healthy
+
+    def _sweep_orphans(self, keep: list[TestbedHost]) -> None:
+        kept = {h.index for h in keep}
+        for name in network.our_namespaces():
+            if network.index_of(name) not in kept:
+                subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+        for name in network.our_links():
+            if network.index_of(name) not in kept:
+                subprocess.run(["ip", "link", "del", name], check=False, capture_output=True)
+        if self.hosts_dir.is_dir():
+            for host_dir in self.hosts_dir.iterdir():
+                if host_dir.name in {h.name for h in keep}:
+                    continue
+                self._stop_pidfiles(host_dir)
+                for pid in processes.pids_rooted_in(host_dir / "rootfs"):
+                    processes.stop(pid, timeout=5)
+                self._unmount_under(host_dir)
+                shutil.rmtree(host_dir, ignore_errors=True)
+
+    @staticmethod
+    def _stop_pidfiles(host_dir: Path) -> None:
+        for pidfile, expect in (
+            (host_dir / "proxy" / "tinyproxy.pid", "tinyproxy"),
+            (host_dir / "ntp" / "chronyd.pid", "chronyd"),
+        ):
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                processes.stop(int(pidfile.read_text().strip()), expect, timeout=5)
+
+    @staticmethod
+    def _unmount_under(directory: Path) -> None:
+        for mountpoint in sorted(mounts_under(directory), reverse=True):
+            subprocess.run(["umount", mountpoint], check=False, capture_output=True)
+            if mountpoint in mounts_under(directory):
+                subprocess.run(["umount", "--lazy", mountpoint], check=False)
+
+    # -- files -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / "lock").open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def _save(self, hosts: Any) -> None:
+        data = {"hosts": [asdict(h) for h in sorted(hosts, key=lambda h: h.index)]}
+        temporary = self.state_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(data, indent=2) + "\n")
+        temporary.rename(self.state_file)
+
+    def _ensure_ssh_key(self) -> None:
+        if self.ssh_key.exists():
+            return
+        self.ssh_key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "llmhost-testbed", "-f",
+             str(self.ssh_key)],
+            check=True,
+        )  # fmt: skip
+
+    def _write_known_hosts(self, hosts: Any) -> None:
+        lines = []
+        for host in sorted(hosts, key=lambda h: h.index):
+            for public in sorted((Path(host.rootfs) / "etc" / "ssh").glob("ssh_host_*_key.pub")):
+                key_type, key = public.read_text().split()[:2]
+                lines.append(f"{host.address} {key_type} {key}")
+        self.known_hosts.write_text("\n".join(lines) + "\n")
+
+
+def mounts_under(directory: Path) -> list[str]:
+    prefix = str(directory.resolve()) + "/"
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        mountpoint = line.split()[4].replace("\\040", " ")
+        if mountpoint.startswith(prefix) or mountpoint == prefix.rstrip("/"):
+            found.append(mountpoint)
+    return found
+
+
+def require_root_and_tools() -> None:
+    if os.geteuid() != 0:
+        raise TestbedError("the testbed boots hosts and makes namespaces: run it as root")
+    missing = sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if not shutil.which(tool)})
+    if missing:
+        raise TestbedError(
+            f"missing tools; install them with: apt-get install -y {' '.join(missing)}"
+        )

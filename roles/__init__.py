@@ -1,0 +1,1 @@
+"""pyinfra packaged deploys, one per role: preflight -> install -> configure -> service."""

@@ -1,0 +1,285 @@
+"""Role base: the ground every other role stands on.
+
+preflight  assert the inventory data (region, hardware) and the platform; change nothing
+install    egress (proxy or mirror) first, then chrony and nftables
+configure  the llmhost user and directories, egress env, time sources, sshd, firewall
+service    chrony, sshd (reload only), the llmhost firewall unit
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.deb import DebPackages
+from pyinfra.operations import apt, files, server, systemd
+
+from llmhost.paths import template
+from llmhost.render import jinja_options
+from roles.base.defaults import (
+    CONFIG_DIR,
+    FIREWALL_RULES_DIR,
+    FIREWALL_UNIT,
+    SERVICE_USER,
+    STATE_DIR,
+    BaseSettings,
+)
+from roles.base.facts import Platform, PlatformDict
+from roles.base.operations import firewall_rules, reload_firewall
+from roles.base.preflight import HostIdentity, check_inventory, check_platform
+
+PACKAGES = ["chrony", "nftables"]
+APT_PROXY_CONF = "/etc/apt/apt.conf.d/80llmhost-proxy"
+VENDOR_APT_SOURCES = (
+    "/etc/apt/sources.list.d/debian.sources",
+    "/etc/apt/sources.list.d/ubuntu.sources",
+)
+SSHD_DROPIN = "/etc/ssh/sshd_config.d/10-llmhost.conf"
+CHRONY_CONTAINER_DROPIN = "/etc/systemd/system/chrony.service.d/llmhost-container.conf"
+FIREWALL_CONFIG = f"{CONFIG_DIR}/firewall.nft"
+
+
+@deploy("llmhost base")
+def base() -> None:
+    identity = preflight()
+    platform = host.get_fact(Platform)
+    check_platform(host.name, platform, identity.settings)
+    install(identity.settings, platform)
+    time_config = configure(identity.settings, platform)
+    service(identity.settings, time_config)
+
+
+def preflight() -> HostIdentity:
+    """Validate this host's inventory data before any fact is gathered."""
+    return check_inventory(host.name, host.data)
+
+
+def install(settings: BaseSettings, platform: PlatformDict) -> None:
+    apt_sources = configure_apt_egress(settings, platform)
+    missing = [name for name in PACKAGES if name not in host.get_fact(DebPackages)]
+    apt.packages(
+        name="Install time sync and firewall packages",
+        packages=PACKAGES,
+        update=bool(missing) or any(op.will_change for op in apt_sources),
+        no_recommends=True,
+    )
+
+
+def configure_apt_egress(settings: BaseSettings, platform: PlatformDict) -> list[OperationMeta]:
+    """Point APT at the proxy and/or mirror; returns the operations that may change sources."""
+    proxy = (
+        files.template(
+            name="APT: egress proxy",
+            src=template("base", "apt-proxy.conf.j2"),
+            dest=APT_PROXY_CONF,
+            mode="0640",
+            user="root",
+            group="root",
+            proxy=settings.base_http_proxy,
+            no_proxy=[h for h in settings.base_no_proxy if h not in ("127.0.0.1", "::1")],
+            jinja_env_kwargs=jinja_options(),
+        )
+        if settings.base_http_proxy
+        else files.file(name="APT: no egress proxy", path=APT_PROXY_CONF, present=False)
+    )
+    if not settings.base_apt_mirror:
+        return [proxy]
+    sources = files.template(
+        name="APT: mirror is the only source",
+        src=template("base", "sources.list.j2"),
+        dest="/etc/apt/sources.list",
+        mode="0644",
+        user="root",
+        group="root",
+        mirror=settings.base_apt_mirror,
+        security_mirror=settings.base_apt_security_mirror,
+        codename=platform["os_codename"],
+        components=settings.base_apt_components,
+        jinja_env_kwargs=jinja_options(),
+    )
+    vendor = [
+        files.file(name=f"APT: drop vendor source {path}", path=path, present=False)
+        for path in VENDOR_APT_SOURCES
+    ]
+    return [proxy, sources, *vendor]
+
+
+def configure(settings: BaseSettings, platform: PlatformDict) -> list[OperationMeta]:
+    """Write every file; returns the chrony files whose change needs a restart."""
+    service_user()
+    files.template(
+        name="Egress environment for llmhost units and tools",
+        src=template("base", "egress.env.j2"),
+        dest=f"{CONFIG_DIR}/egress.env",
+        user="root",
+        group=SERVICE_USER,
+        mode="0640",
+        proxy=settings.base_http_proxy,
+        no_proxy=settings.base_no_proxy,
+        jinja_env_kwargs=jinja_options(),
+    )
+    time_config = time_sources(settings, platform)
+    sshd_hardening()
+    firewall(settings)
+    return time_config
+
+
+def service_user() -> None:
+    server.group(name="Group llmhost", group=SERVICE_USER, system=True)
+    server.user(
+        name="System user llmhost (runs every llmhost service)",
+        user=SERVICE_USER,
+        group=SERVICE_USER,
+        system=True,
+        home=STATE_DIR,
+        create_home=False,
+        shell="/usr/sbin/nologin",
+    )
+    files.directory(
+        name=f"{CONFIG_DIR}: configuration, readable by the service user",
+        path=CONFIG_DIR,
+        user="root",
+        group=SERVICE_USER,
+        mode="0750",
+    )
+    files.directory(
+        name=f"{STATE_DIR}: state, owned by the service user",
+        path=STATE_DIR,
+        user=SERVICE_USER,
+        group=SERVICE_USER,
+        mode="0750",
+    )
+
+
+def time_sources(settings: BaseSettings, platform: PlatformDict) -> list[OperationMeta]:
+    in_container = platform["container"] != "none"
+    config = files.template(
+        name="chrony: time sources",
+        src=template("base", "chrony.conf.j2"),
+        dest="/etc/chrony/chrony.conf",
+        user="root",
+        group="root",
+        mode="0644",
+        servers=settings.base_ntp_servers,
+        in_container=in_container,
+        jinja_env_kwargs=jinja_options(),
+    )
+    if in_container:
+        dropin = files.template(
+            name="chrony: follow time without setting the clock (container)",
+            src=template("base", "chrony-container.conf.j2"),
+            dest=CHRONY_CONTAINER_DROPIN,
+            user="root",
+            group="root",
+            mode="0644",
+            jinja_env_kwargs=jinja_options(),
+        )
+    else:
+        dropin = files.file(
+            name="chrony: no container drop-in", path=CHRONY_CONTAINER_DROPIN, present=False
+        )
+    return [config, dropin]
+
+
+def sshd_hardening() -> None:
+    """Key-only sshd, validated with ``sshd -t`` before a reload; a bad file is removed.
+
+    A reload keeps every open session (this deploy's included) on the old settings.
+    """
+    dropin = files.template(
+        name="sshd: key-only access",
+        src=template("base", "sshd-hardening.conf.j2"),
+        dest=SSHD_DROPIN,
+        user="root",
+        group="root",
+        mode="0644",
+        jinja_env_kwargs=jinja_options(),
+    )
+    server.shell(
+        name="sshd: validate and reload",
+        commands=[
+            f"sshd -t || {{ rm -f {SSHD_DROPIN}; echo 'sshd rejected {SSHD_DROPIN}; removed' >&2; "
+            "exit 1; }",
+            "systemctl try-reload-or-restart ssh.service",
+        ],
+        _if=dropin.did_change,
+    )
+
+
+def firewall(settings: BaseSettings) -> None:
+    if not settings.base_firewall_enabled:
+        systemd.service(
+            name="Firewall: disabled (base_firewall_enabled = false)",
+            service=FIREWALL_UNIT,
+            running=False,
+            enabled=False,
+        )
+        return
+    files.directory(
+        name="Firewall: rules directory",
+        path=FIREWALL_RULES_DIR,
+        user="root",
+        group="root",
+        mode="0750",
+    )
+    ruleset = files.template(
+        name="Firewall: default-deny inbound table",
+        src=template("base", "firewall.nft.j2"),
+        dest=FIREWALL_CONFIG,
+        user="root",
+        group="root",
+        mode="0640",
+        rules_dir=FIREWALL_RULES_DIR,
+        jinja_env_kwargs=jinja_options(),
+    )
+    ssh = firewall_rules(
+        role="base",
+        purpose="SSH",
+        name="00-ssh",
+        ports=sorted({settings.base_ssh_port, int(host.data.get("ssh_port", 22))}),
+        sources=settings.base_ssh_allow_from,
+    )
+    extra = (
+        firewall_rules(
+            role="base",
+            purpose="operator ports (base_firewall_allow_tcp)",
+            name="10-operator",
+            ports=settings.base_firewall_allow_tcp,
+        )
+        if settings.base_firewall_allow_tcp
+        else files.file(
+            name="Firewall: no operator ports",
+            path=f"{FIREWALL_RULES_DIR}/10-operator.nft",
+            present=False,
+        )
+    )
+    unit = files.template(
+        name=f"Firewall: {FIREWALL_UNIT}",
+        src=template("base", "llmhost-firewall.service.j2"),
+        dest=f"/etc/systemd/system/{FIREWALL_UNIT}",
+        user="root",
+        group="root",
+        mode="0644",
+        config=FIREWALL_CONFIG,
+        jinja_env_kwargs=jinja_options(),
+    )
+    systemd.daemon_reload(name="systemd: load changed units", _if=unit.did_change)
+    reload_firewall(ruleset, ssh, extra)
+
+
+def service(settings: BaseSettings, time_config: list[OperationMeta]) -> None:
+    systemd.service(
+        name="chrony: running and enabled",
+        service="chrony.service",
+        running=True,
+        enabled=True,
+        restarted=any(op.will_change for op in time_config),
+        daemon_reload=time_config[-1].will_change,
+    )
+    if settings.base_firewall_enabled:
+        systemd.service(
+            name="Firewall: active and enabled at boot",
+            service=FIREWALL_UNIT,
+            running=True,
+            enabled=True,
+        )

@@ -1,0 +1,53 @@
+"""Public settings of the base role: one field per host-data key, documented once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmhost.settings import setting
+
+SERVICE_USER = "llmhost"
+CONFIG_DIR = "/etc/llmhost"
+STATE_DIR = "/var/lib/llmhost"
+FIREWALL_RULES_DIR = "/etc/llmhost/firewall.d"
+FIREWALL_UNIT = "llmhost-firewall.service"
+SUPPORTED_OS = {"Debian": ("12",), "Ubuntu": ("22.04", "24.04")}
+
+
+@dataclass(frozen=True)
+class BaseSettings:
+    base_http_proxy: str | None = setting(
+        None,
+        "Egress proxy (`http://host:port`) for apt, pip and model tools; unset means direct",
+    )
+    base_no_proxy: list[str] = setting(
+        ["localhost", "127.0.0.1", "::1"],
+        "Hosts and domains that bypass `base_http_proxy` (internal registry, mirror)",
+    )
+    base_apt_mirror: str | None = setting(
+        None,
+        "Debian/Ubuntu archive mirror URL; when set it becomes the host's only APT source",
+    )
+    base_apt_security_mirror: str | None = setting(
+        None,
+        "Security archive mirror URL, used with `base_apt_mirror` (`-security` suite)",
+    )
+    base_apt_components: list[str] = setting(
+        ["main"], "Archive components taken from `base_apt_mirror`"
+    )
+    base_ntp_servers: list[str] = setting(
+        ["0.uk.pool.ntp.org", "1.uk.pool.ntp.org", "0.europe.pool.ntp.org"],
+        "NTP servers chrony follows (UK/EU pools by default; use internal ones if you have them)",
+    )
+    base_ssh_port: int = setting(
+        22, "Port sshd listens on; llmhost opens it in the firewall but never moves sshd"
+    )
+    base_ssh_allow_from: list[str] = setting(
+        [], "Source networks (CIDR) allowed to reach SSH; empty means from anywhere"
+    )
+    base_firewall_enabled: bool = setting(
+        True, "Default-deny inbound nftables firewall; only SSH and declared ports are open"
+    )
+    base_firewall_allow_tcp: list[int] = setting(
+        [], "Extra inbound TCP ports the operator opens on every host of this scope"
+    )
