@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pyinfra.api.exceptions import PyinfraError
 
-class ConfigError(Exception):
+
+class ConfigError(PyinfraError):
     """Bad inventory, host data, catalog input or host platform, found before any change.
 
     The message always names the host (when there is one), the offending key and
-    the fix, so the operator never has to read a traceback to act on it.
+    the fix, so the operator never has to read a traceback to act on it. It is a
+    ``PyinfraError`` so that pyinfra's CLI prints it as one line, not a traceback.
     """
 
     def __init__(self, problem: str, *, key: str | None, fix: str, host: str | None = None) -> None:

@@ -27,6 +27,8 @@ class InventoryHost:
 
 def load_hosts(inventory: str, limit: tuple[str, ...] = ()) -> list[InventoryHost]:
     """The hosts ``inventory`` resolves to (after ``limit``); never an empty list."""
+    from pyinfra.api import State
+    from pyinfra.context import ctx_state
     from pyinfra_cli.inventory import make_inventory
 
     if not Path(inventory).is_file():
@@ -36,7 +38,8 @@ def load_hosts(inventory: str, limit: tuple[str, ...] = ()) -> list[InventoryHos
             fix="pass the path of an inventory, e.g. inventories/example_uk_eu.py",
         )
     logging.getLogger("pyinfra").setLevel(logging.ERROR)
-    loaded = make_inventory(inventory, cwd=str(REPO_ROOT))
+    with ctx_state.use(State()):  # pyinfra executes inventory files inside a state
+        loaded = make_inventory(inventory, cwd=str(REPO_ROOT))
     hosts = [
         InventoryHost(name=host.name, groups=tuple(host.groups), data=host.data) for host in loaded
     ]

@@ -18,9 +18,10 @@ def jinja_options() -> dict[str, Any]:
     return {"trim_blocks": True, "lstrip_blocks": True}
 
 
-def render(role: str, name: str, **variables: Any) -> str:
+def render(path: str, **variables: Any) -> str:
+    """Render ``templates/<path>``, e.g. ``render("base/chrony.conf.j2", servers=[...])``."""
     environment = jinja2.Environment(
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, **jinja_options()
     )
-    source = (TEMPLATES / role / name).read_text()
+    source = (TEMPLATES / path).read_text()
     return environment.from_string(source).render(**variables)

@@ -58,6 +58,15 @@ def pids_rooted_in(root: Path) -> list[int]:
     return found
 
 
+def pids_with_cmdline(fragment: str) -> list[int]:
+    """Processes whose command line contains ``fragment`` (e.g. a host's rootfs path)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and alive(int(entry.name), fragment):
+            found.append(int(entry.name))
+    return found
+
+
 def read_pidfile(path: Path, wait: float = 10.0) -> int:
     """The pid a daemon wrote, waiting for it to appear."""
     deadline = time.monotonic() + wait

@@ -47,6 +47,7 @@ def default_root() -> Path:
 
 @dataclass
 class TestbedHost:
+    __test__ = False  # not a pytest test class, despite the name
     name: str
     index: int
     address: str
@@ -69,6 +70,8 @@ class TestbedHost:
 
 
 class Testbed:
+    __test__ = False  # not a pytest test class, despite the name
+
     def __init__(self, root: Path | None = None, mirror: str | None = None) -> None:
         self.root = root or default_root()
         self.mirror = mirror or os.environ.get("LLMHOST_TESTBED_MIRROR", DEFAULT_MIRROR)
@@ -347,6 +350,8 @@ class Testbed:
                 if host_dir.name in {h.name for h in keep}:
                     continue
                 self._stop_pidfiles(host_dir)
+                for pid in processes.pids_with_cmdline(f"--directory={host_dir / 'rootfs'}"):
+                    processes.stop(pid)
                 for pid in processes.pids_rooted_in(host_dir / "rootfs"):
                     processes.stop(pid, timeout=5)
                 self._unmount_under(host_dir)

@@ -1,0 +1,110 @@
+"""Bad inventory input fails before any host is changed, naming host, key and fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from llmhost import converge
+from llmhost.paths import REPO_ROOT
+
+pytestmark = pytest.mark.e2e
+
+SENTINEL = "/etc/llmhost/egress.env"
+
+
+def write_inventory(tmp_path, testbed, hosts, **changes):
+    """An inventory of the testbed hosts; ``changes`` maps host name -> data edits."""
+    entries = []
+    for host in hosts:
+        data = testbed.inventory_data(host)
+        for key, value in changes.get(host.name, {}).items():
+            if value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
+        entries.append((host.name, data))
+    path = tmp_path / "inventory.py"
+    path.write_text(f"testbed = {entries!r}\n")
+    return str(path)
+
+
+@pytest.fixture
+def converged_with_sentinel_removed(testbed, hosts):
+    """Both hosts converged, then one file removed that any base run would restore."""
+    result = converge.run("inventories/testbed.py")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for host in hosts:
+        testbed.ssh(host, f"rm -f {SENTINEL}")
+    yield
+    converge.run("inventories/testbed.py")
+
+
+def assert_untouched(testbed, hosts):
+    for host in hosts:
+        assert testbed.ssh(host, f"test -e {SENTINEL} && echo present || echo absent").strip() == (
+            "absent"
+        ), f"{host.name} was changed by a run that should have stopped in preflight"
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        ({"region": None}, "key `region`: is missing"),
+        (
+            {"region": "us-east-1"},
+            "key `region`: 'us-east-1' is outside `residency_allowed_regions`",
+        ),
+        ({"hardware": "a100"}, "key `hardware`: 'a100' is not a class in hardware.toml"),
+    ],
+    ids=["missing-region", "region-outside-policy", "unknown-hardware"],
+)
+def test_bad_host_data_stops_every_host_before_any_change(
+    tmp_path, testbed, hosts, converged_with_sentinel_removed, edit, expected
+):
+    bad = hosts[-1].name
+    inventory = write_inventory(tmp_path, testbed, hosts, **{bad: edit})
+
+    result = converge.run(inventory)
+
+    assert result.returncode != 0
+    assert f"host {bad}: {expected}" in result.stderr
+    assert "Fix: " in result.stderr
+    assert "Starting operation" not in result.stderr
+    assert_untouched(testbed, hosts)
+
+    checked = subprocess.run(
+        [sys.executable, "-m", "llmhost.cli", "check", inventory],
+        capture_output=True, text=True, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert checked.returncode == 2
+    assert f"host {bad}: {expected}" in checked.stderr
+
+
+def test_an_inventory_with_no_hosts_is_refused(tmp_path, testbed, hosts):
+    empty = tmp_path / "empty.py"
+    empty.write_text("serving = []\n")
+    for argv in (
+        ["deploy", str(empty)],
+        ["deploy", "inventories/testbed.py", "--limit", "no-such-host"],
+        ["check", str(tmp_path / "typo.py")],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "llmhost.cli", *argv],
+            capture_output=True, text=True, cwd=REPO_ROOT,
+        )  # fmt: skip
+        assert result.returncode == 2, argv
+        assert "error: " in result.stderr and "Fix: " in result.stderr, result.stderr
+
+
+def test_testbed_inventory_without_a_testbed_fails_instead_of_doing_nothing(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pyinfra", "inventories/testbed.py", "deploy/site.py", "-y"],
+        capture_output=True, text=True, cwd=REPO_ROOT,
+        env={"LLMHOST_TESTBED_DIR": str(tmp_path), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "no testbed hosts are up" in result.stdout + result.stderr
+    assert "llmhost testbed up" in result.stdout + result.stderr
