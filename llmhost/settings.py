@@ -107,5 +107,6 @@ def reference_markdown(cls: type[Any]) -> str:
     """A markdown table of ``cls``'s settings, as embedded in the README."""
     lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     for key, type_name, default, doc in reference_rows(cls):
-        lines.append(f"| `{key}` | `{type_name}` | {default} | {doc} |")
+        cells = (f"`{key}`", f"`{type_name}`", default, doc)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)

@@ -55,5 +55,5 @@ def test_wrong_types_name_the_key_the_host_and_the_fix(key, value):
 def test_reference_lists_every_field_with_default_and_doc():
     table = reference_markdown(ExampleSettings)
     assert "| `example_port` | `int` | `8000` | Port it listens on |" in table
-    assert "| `example_proxy` | `str | None` | unset | Optional proxy |" in table
+    assert "| `example_proxy` | `str \\| None` | unset | Optional proxy |" in table
     assert len(table.splitlines()) == 2 + 4

@@ -1,0 +1,75 @@
+"""The CLI's help, version, documentation and input checks (no host is contacted)."""
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+from click.testing import CliRunner
+
+from llmhost import __version__
+from llmhost.cli import main
+from llmhost.paths import REPO_ROOT
+from llmhost.reference import BEGIN, END, markdown
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def run_cli(*args):
+    """In a child process: loading inventories imports pyinfra's CLI, which gevent-patches."""
+    done = subprocess.run(
+        [sys.executable, "-m", "llmhost.cli", *args], capture_output=True, text=True, cwd=REPO_ROOT
+    )
+    return SimpleNamespace(exit_code=done.returncode, output=done.stdout + done.stderr)
+
+
+def test_version_and_help_teach_the_commands():
+    assert invoke("--version").output.strip() == f"llmhost, version {__version__}"
+    help_text = invoke("--help").output
+    for command in ("check", "deploy", "demo", "testbed", "config"):
+        assert command in help_text
+    assert "llmhost demo" in help_text
+    assert "10.231.N.2" in invoke("testbed", "--help").output
+
+
+def test_readme_reference_is_the_generated_one():
+    readme = (REPO_ROOT / "README.md").read_text()
+    embedded = readme[readme.index(BEGIN) : readme.index(END) + len(END)]
+    assert embedded == markdown(), "README is stale: paste `llmhost config reference` into it"
+
+
+def test_reference_covers_every_base_setting():
+    from dataclasses import fields
+
+    from roles.base.defaults import BaseSettings
+
+    for field in fields(BaseSettings):
+        assert f"| `{field.name}` |" in markdown()
+
+
+def test_shipped_example_inventories_are_valid():
+    for inventory in ("inventories/example_uk_eu.py", "inventories/single_box.py"):
+        result = run_cli("check", str(REPO_ROOT / inventory))
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith("ok: ")
+
+
+def test_check_names_host_key_and_fix(tmp_path):
+    inventory = tmp_path / "inv.py"
+    inventory.write_text('web = [("w1", {"region": "us-east-1", "hardware": "cpu"})]\n')
+    result = run_cli("check", str(inventory))
+    assert result.exit_code == 2
+    assert "host w1: key `region`: 'us-east-1' is outside" in result.output
+    assert "Fix: " in result.output
+
+
+def test_empty_inventory_and_unmatched_limit_are_errors(tmp_path):
+    empty = tmp_path / "empty.py"
+    empty.write_text("serving = []\n")
+    assert run_cli("check", str(empty)).exit_code == 2
+    assert "resolves to no hosts" in run_cli("deploy", str(empty)).output
+    example = str(REPO_ROOT / "inventories/example_uk_eu.py")
+    limited = run_cli("check", example, "--limit", "nope*")
+    assert limited.exit_code == 2 and "with --limit nope*" in limited.output
+    assert run_cli("check", example, "--limit", "registry").output.startswith("ok: 2 host(s)")
