@@ -78,14 +78,17 @@ def check(inventory: str, limit: tuple[str, ...]) -> None:
 @click.argument("deploy", default=converge.SITE)
 @click.option("--limit", multiple=True, help="Only hosts or groups matching this (repeatable).")
 @click.option("--dry", is_flag=True, help="Show what would change; change nothing.")
-def deploy(inventory: str, deploy: str, limit: tuple[str, ...], dry: bool) -> None:
+@click.option("-y", "--yes", is_flag=True, help="Apply without showing changes and asking first.")
+def deploy(inventory: str, deploy: str, limit: tuple[str, ...], dry: bool, yes: bool) -> None:
     """Check INVENTORY, then run DEPLOY (default deploy/site.py) on its hosts with pyinfra.
 
     Unlike plain `pyinfra`, an inventory that resolves to no hosts is an error
     here, and every host's data is validated before any host is contacted.
+    pyinfra shows the changes it detected and asks before applying them,
+    unless --yes.
     """
     _checked_hosts(inventory, limit)
-    argv = converge.pyinfra_argv(os.path.abspath(inventory), deploy, limit=limit, dry=dry)
+    argv = converge.pyinfra_argv(os.path.abspath(inventory), deploy, limit=limit, dry=dry, yes=yes)
     os.chdir(REPO_ROOT)
     os.execv(argv[0], argv)
 

@@ -40,6 +40,16 @@ class RunResult:
     def errors(self) -> int:
         return self.totals.get("error", 0)
 
+    def planned_changes(self) -> dict[str, list[str]]:
+        """Operation name -> hosts it would change (a ``--dry`` run's plan)."""
+        if not self.report:
+            return {}
+        return {
+            op["name"]: op["hosts_with_change"]
+            for op in self.report["plan"]
+            if op["hosts_with_change"]
+        }
+
     def changed_operations(self) -> list[str]:
         if not self.report or not self.report.get("results"):
             return []
@@ -57,12 +67,17 @@ def pyinfra_argv(
     limit: tuple[str, ...] = (),
     dry: bool = False,
     json_output: bool = False,
+    yes: bool = True,
 ) -> list[str]:
-    argv = [sys.executable, "-m", "pyinfra", inventory, deploy, "--yes"]
+    """pyinfra's command line; ``yes=False`` lets pyinfra show changes and ask first."""
+    argv = [sys.executable, "-m", "pyinfra", inventory, deploy]
     for pattern in limit:
         argv += ["--limit", pattern]
+    # --yes skips pyinfra's change detection, which is all a dry run is for.
     if dry:
         argv.append("--dry")
+    elif yes:
+        argv.append("--yes")
     if json_output:
         argv.append("--json")
     return argv

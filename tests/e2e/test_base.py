@@ -45,6 +45,24 @@ def test_second_converge_changes_nothing(runs):
     assert second.totals["no_change"] > 0
 
 
+def test_dry_run_shows_drift_without_repairing_it_and_a_converge_repairs_it(testbed, hosts, runs):
+    drifted = hosts[0]
+    testbed.ssh(drifted, "rm /etc/llmhost/egress.env")
+
+    dry = converge.run(INVENTORY, dry=True)
+
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert dry.planned_changes() == {
+        "llmhost base | Egress environment for llmhost units and tools": [drifted.name]
+    }
+    assert testbed.ssh(drifted, "ls /etc/llmhost/egress.env", check=False) == ""
+    repaired = converge.run(INVENTORY)
+    assert repaired.changed_operations() == [
+        f"llmhost base | Egress environment for llmhost units and tools on {drifted.name}"
+    ]
+    assert testbed.ssh(drifted, "ls /etc/llmhost/egress.env").strip() == "/etc/llmhost/egress.env"
+
+
 def test_sshd_is_key_only(testbed, targets):
     for host, target in targets:
         effective = target.check_output("sshd -T")
