@@ -115,9 +115,9 @@ def demo(count: int, tear_down: bool) -> None:
     first = converge.run(inventory, stream_stderr=True)
     if first.returncode != 0 or first.errors:
         raise LlmhostFailure(f"first converge failed (exit {first.returncode})")
-    click.echo(f"converged: {first.changed} operation(s) changed", err=True)
+    click.echo(f"converged: {first.changes} operation(s) changed", err=True)
     second = converge.run(inventory, stream_stderr=False)
-    if second.returncode != 0 or second.changed or second.errors:
+    if second.returncode != 0 or second.changes or second.errors:
         changed = "\n  ".join(second.changed_operations())
         raise LlmhostFailure(f"second converge was not idempotent:\n  {changed}")
     click.echo("idempotent: second converge changed 0 operations", err=True)

@@ -32,7 +32,7 @@ class RunResult:
         return totals
 
     @property
-    def changed(self) -> int:
+    def changes(self) -> int:
         """Operations that changed something, summed over hosts."""
         return self.totals.get("success", 0)
 

@@ -12,8 +12,3 @@ TEMPLATES = REPO_ROOT / "templates"
 INVENTORIES = REPO_ROOT / "inventories"
 HARDWARE_CATALOG = INVENTORIES / "hardware.toml"
 MODELS = REPO_ROOT / "models"
-
-
-def template(role: str, name: str) -> str:
-    """Path of a role's template, as a string for pyinfra's files.template."""
-    return str(TEMPLATES / role / name)

@@ -1,7 +1,7 @@
 """One Jinja configuration for every template llmhost renders.
 
-Roles pass ``jinja_options()`` to pyinfra's ``files.template`` and tests render
-through ``render()``, so what a unit test sees is byte-for-byte what a host gets.
+Roles write templates with ``put_template()`` and tests render through
+``render()``, so what a unit test sees is byte-for-byte what a host gets.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import jinja2
+from pyinfra.api.operation import OperationMeta
+from pyinfra.operations import files
 
 from llmhost.paths import TEMPLATES
 
@@ -25,3 +27,29 @@ def render(path: str, **variables: Any) -> str:
     )
     source = (TEMPLATES / path).read_text()
     return environment.from_string(source).render(**variables)
+
+
+def put_template(
+    name: str,
+    path: str,
+    dest: str,
+    *,
+    mode: str,
+    user: str = "root",
+    group: str = "root",
+    **variables: Any,
+) -> OperationMeta:
+    """Render ``templates/<path>`` to ``dest`` on the current host with an explicit mode.
+
+    pyinfra writes the file only when its content, owner or mode differ.
+    """
+    return files.template(
+        name=name,
+        src=str(TEMPLATES / path),
+        dest=dest,
+        mode=mode,
+        user=user,
+        group=group,
+        jinja_env_kwargs=jinja_options(),
+        **variables,
+    )

@@ -8,14 +8,15 @@ service    chrony, sshd (reload only), the llmhost firewall unit
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt, files, server, systemd
 
-from llmhost.paths import template
-from llmhost.render import jinja_options
+from llmhost.render import put_template
 from roles.base.defaults import (
     CONFIG_DIR,
     FIREWALL_RULES_DIR,
@@ -68,34 +69,28 @@ def install(settings: BaseSettings, platform: PlatformDict) -> None:
 def configure_apt_egress(settings: BaseSettings, platform: PlatformDict) -> list[OperationMeta]:
     """Point APT at the proxy and/or mirror; returns the operations that may change sources."""
     proxy = (
-        files.template(
+        put_template(
             name="APT: egress proxy",
-            src=template("base", "apt-proxy.conf.j2"),
+            path="base/apt-proxy.conf.j2",
             dest=APT_PROXY_CONF,
             mode="0640",
-            user="root",
-            group="root",
             proxy=settings.base_http_proxy,
             no_proxy=[h for h in settings.base_no_proxy if h not in ("127.0.0.1", "::1")],
-            jinja_env_kwargs=jinja_options(),
         )
         if settings.base_http_proxy
         else files.file(name="APT: no egress proxy", path=APT_PROXY_CONF, present=False)
     )
     if not settings.base_apt_mirror:
         return [proxy]
-    sources = files.template(
+    sources = put_template(
         name="APT: mirror is the only source",
-        src=template("base", "sources.list.j2"),
+        path="base/sources.list.j2",
         dest="/etc/apt/sources.list",
         mode="0644",
-        user="root",
-        group="root",
         mirror=settings.base_apt_mirror,
         security_mirror=settings.base_apt_security_mirror,
         codename=platform["os_codename"],
         components=settings.base_apt_components,
-        jinja_env_kwargs=jinja_options(),
     )
     vendor = [
         files.file(name=f"APT: drop vendor source {path}", path=path, present=False)
@@ -104,19 +99,17 @@ def configure_apt_egress(settings: BaseSettings, platform: PlatformDict) -> list
     return [proxy, sources, *vendor]
 
 
-def configure(settings: BaseSettings, platform: PlatformDict) -> list[OperationMeta]:
-    """Write every file; returns the chrony files whose change needs a restart."""
+def configure(settings: BaseSettings, platform: PlatformDict) -> TimeConfig:
+    """Write every file; returns chrony's, whose change needs a restart in `service()`."""
     service_user()
-    files.template(
+    put_template(
         name="Egress environment for llmhost units and tools",
-        src=template("base", "egress.env.j2"),
+        path="base/egress.env.j2",
         dest=f"{CONFIG_DIR}/egress.env",
-        user="root",
         group=SERVICE_USER,
         mode="0640",
         proxy=settings.base_http_proxy,
         no_proxy=settings.base_no_proxy,
-        jinja_env_kwargs=jinja_options(),
     )
     time_config = time_sources(settings, platform)
     sshd_hardening()
@@ -151,34 +144,35 @@ def service_user() -> None:
     )
 
 
-def time_sources(settings: BaseSettings, platform: PlatformDict) -> list[OperationMeta]:
+class TimeConfig(NamedTuple):
+    """chrony's files: a change to either restarts it; a drop-in change reloads systemd first."""
+
+    config: OperationMeta
+    dropin: OperationMeta
+
+
+def time_sources(settings: BaseSettings, platform: PlatformDict) -> TimeConfig:
     in_container = platform["container"] != "none"
-    config = files.template(
+    config = put_template(
         name="chrony: time sources",
-        src=template("base", "chrony.conf.j2"),
+        path="base/chrony.conf.j2",
         dest="/etc/chrony/chrony.conf",
-        user="root",
-        group="root",
         mode="0644",
         servers=settings.base_ntp_servers,
         in_container=in_container,
-        jinja_env_kwargs=jinja_options(),
     )
     if in_container:
-        dropin = files.template(
+        dropin = put_template(
             name="chrony: follow time without setting the clock (container)",
-            src=template("base", "chrony-container.conf.j2"),
+            path="base/chrony-container.conf.j2",
             dest=CHRONY_CONTAINER_DROPIN,
-            user="root",
-            group="root",
             mode="0644",
-            jinja_env_kwargs=jinja_options(),
         )
     else:
         dropin = files.file(
             name="chrony: no container drop-in", path=CHRONY_CONTAINER_DROPIN, present=False
         )
-    return [config, dropin]
+    return TimeConfig(config, dropin)
 
 
 def sshd_hardening() -> None:
@@ -186,14 +180,11 @@ def sshd_hardening() -> None:
 
     A reload keeps every open session (this deploy's included) on the old settings.
     """
-    dropin = files.template(
+    dropin = put_template(
         name="sshd: key-only access",
-        src=template("base", "sshd-hardening.conf.j2"),
+        path="base/sshd-hardening.conf.j2",
         dest=SSHD_DROPIN,
-        user="root",
-        group="root",
         mode="0644",
-        jinja_env_kwargs=jinja_options(),
     )
     server.shell(
         name="sshd: validate and reload",
@@ -222,15 +213,12 @@ def firewall(settings: BaseSettings) -> None:
         group="root",
         mode="0750",
     )
-    ruleset = files.template(
+    ruleset = put_template(
         name="Firewall: default-deny inbound table",
-        src=template("base", "firewall.nft.j2"),
+        path="base/firewall.nft.j2",
         dest=FIREWALL_CONFIG,
-        user="root",
-        group="root",
         mode="0640",
         rules_dir=FIREWALL_RULES_DIR,
-        jinja_env_kwargs=jinja_options(),
     )
     ssh = firewall_rules(
         role="base",
@@ -253,28 +241,25 @@ def firewall(settings: BaseSettings) -> None:
             present=False,
         )
     )
-    unit = files.template(
+    unit = put_template(
         name=f"Firewall: {FIREWALL_UNIT}",
-        src=template("base", "llmhost-firewall.service.j2"),
+        path="base/llmhost-firewall.service.j2",
         dest=f"/etc/systemd/system/{FIREWALL_UNIT}",
-        user="root",
-        group="root",
         mode="0644",
         config=FIREWALL_CONFIG,
-        jinja_env_kwargs=jinja_options(),
     )
     systemd.daemon_reload(name="systemd: load changed units", _if=unit.did_change)
     reload_firewall(ruleset, ssh, extra)
 
 
-def service(settings: BaseSettings, time_config: list[OperationMeta]) -> None:
+def service(settings: BaseSettings, time_config: TimeConfig) -> None:
     systemd.service(
         name="chrony: running and enabled",
         service="chrony.service",
         running=True,
         enabled=True,
-        restarted=any(op.will_change for op in time_config),
-        daemon_reload=time_config[-1].will_change,
+        restarted=time_config.config.will_change or time_config.dropin.will_change,
+        daemon_reload=time_config.dropin.will_change,
     )
     if settings.base_firewall_enabled:
         systemd.service(

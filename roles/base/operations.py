@@ -11,10 +11,9 @@ import ipaddress
 from collections.abc import Sequence
 
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import files, server
+from pyinfra.operations import server
 
-from llmhost.paths import template
-from llmhost.render import jinja_options
+from llmhost.render import put_template
 from roles.base.defaults import FIREWALL_RULES_DIR, FIREWALL_UNIT
 
 
@@ -37,19 +36,16 @@ def firewall_rules(
     written all of its rule files.
     """
     ipv4, ipv6 = split_sources(sources)
-    return files.template(
+    return put_template(
         name=f"Firewall: allow TCP {', '.join(map(str, ports))} ({purpose})",
-        src=template("base", "firewall-allow.nft.j2"),
+        path="base/firewall-allow.nft.j2",
         dest=f"{FIREWALL_RULES_DIR}/{name}.nft",
-        user="root",
-        group="root",
         mode="0640",
         role=role,
         purpose=purpose,
         ports=sorted(set(ports)),
         ipv4_sources=ipv4,
         ipv6_sources=ipv6,
-        jinja_env_kwargs=jinja_options(),
     )
 
 

@@ -41,7 +41,7 @@ def test_second_converge_changes_nothing(runs):
     _, second = runs
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.errors == 0
-    assert second.changed == 0, f"changed on the second run: {second.changed_operations()}"
+    assert second.changes == 0, f"changed on the second run: {second.changed_operations()}"
     assert second.totals["no_change"] > 0
 
 
