@@ -24,7 +24,8 @@ PACKAGES = (
     "netbase",
 )
 # Bump when the way the image is prepared changes, so caches built the old way are not reused.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 
 def image_key(mirror: str) -> str:
@@ -52,6 +53,9 @@ def ensure_image(images_dir: Path, mirror: str) -> Path:
         [
             "debootstrap",
             f"--variant={VARIANT}",
+            # Every package is checked against the signed Release file.
+            "--force-check-gpg",
+            f"--keyring={KEYRING}",
             f"--include={','.join(PACKAGES)}",
             SUITE,
             str(building),
@@ -59,6 +63,7 @@ def ensure_image(images_dir: Path, mirror: str) -> Path:
         ],
         check=True,
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     _generalise(building)
     building.rename(image)

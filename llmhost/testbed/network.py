@@ -94,3 +94,9 @@ def index_of(name: str) -> int | None:
             digits = name[len(prefix) :].rstrip("hg")
             return int(digits) if digits.isdigit() else None
     return None
+
+
+def pids_in(netns: str) -> list[int]:
+    """Processes living in ``netns``: everything that runs inside a testbed host."""
+    result = _ip("netns", "pids", netns, check=False)
+    return [int(pid) for pid in result.stdout.split() if pid.isdigit()]

@@ -43,21 +43,6 @@ def stop(pid: int | None, expect: str | None = None, timeout: float = 30.0) -> N
         time.sleep(0.1)
 
 
-def pids_rooted_in(root: Path) -> list[int]:
-    """Processes whose root directory is ``root``: what runs inside a host tree."""
-    found = []
-    target = str(root.resolve())
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.readlink(entry / "root") == target:
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
-
-
 def pids_with_cmdline(fragment: str) -> list[int]:
     """Processes whose command line contains ``fragment`` (e.g. a host's rootfs path)."""
     found = []

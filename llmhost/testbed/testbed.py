@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,14 @@ PROXY_PORT = 8888
 REGION = "gb-testbed"
 HARDWARE = "cpu"
 READY_TIMEOUT = 120.0
+MACHINE_LOCK = Path("/run/lock/llmhost-testbed.lock")
+# The only destinations a host's egress proxy forwards to: the package registries.
+EGRESS_ALLOWED = (
+    "deb.debian.org",
+    "security.debian.org",
+    "pypi.org",
+    "files.pythonhosted.org",
+)
 REQUIRED_TOOLS = {
     "systemd-nspawn": "systemd-container",
     "debootstrap": "debootstrap",
@@ -96,30 +104,33 @@ class Testbed:
             raise TestbedError("--hosts must be at least 1")
         if count > 250:
             raise TestbedError("--hosts must be at most 250 (one 10.231.N.0/30 per host)")
-        require_root_and_tools()
+        require_root(*REQUIRED_TOOLS)
         with self._lock():
             kept = {h.name: h for h in self._clean_stale()}
             self._ensure_ssh_key()
-            image = ensure_image(self.images_dir, self.mirror)
+            image = self._run_step("building the host image", ensure_image, self.images_dir,
+                                   self.mirror)  # fmt: skip
             for extra in [h for h in kept.values() if h.index > count]:
                 self._destroy_host(extra)
                 del kept[extra.name]
-            created = []
             for index in range(1, count + 1):
                 if f"tb{index}" not in kept:
-                    host = self._create_host(index, image)
-                    kept[host.name] = host
-                    created.append(host)
-                    self._save(kept.values())
-            self._save(kept.values())
+                    kept[f"tb{index}"] = self._create_host(index, image)
+                    self._save(kept.values())  # recorded at once: a crash leaves it findable
             self._write_known_hosts(kept.values())
-            for host in created:
-                self._wait_ready(host)
+            for host in sorted(kept.values(), key=lambda h: h.index):
+                try:
+                    self._wait_ready(host)
+                except TestbedError:
+                    self._destroy_host(host)
+                    del kept[host.name]
+                    self._save(kept.values())
+                    raise
             return sorted(kept.values(), key=lambda h: h.index)
 
     def down(self, purge_image: bool = False) -> None:
         """Stop every host and remove every process, namespace, link and mount made."""
-        require_root_and_tools()
+        require_root("ip", "umount")
         with self._lock():
             for host in self.hosts():
                 self._destroy_host(host)
@@ -190,11 +201,20 @@ class Testbed:
             "hardware": HARDWARE,
             "base_http_proxy": f"http://{host.gateway}:{PROXY_PORT}",
             "base_ntp_servers": [host.gateway],
+            "secrets_dir": str(self.root / "secrets"),
         }
 
     # -- hosts -------------------------------------------------------------
 
     def _create_host(self, index: int, image: Path) -> TestbedHost:
+        """Make one host; on any failure remove what was made and say which step failed."""
+        try:
+            return self._make_host(index, image)
+        except (OSError, subprocess.SubprocessError, TimeoutError) as error:
+            self._sweep_orphans(keep=[h for h in self.hosts() if h.index != index])
+            raise TestbedError(f"tb{index}: could not be created: {_describe(error)}") from error
+
+    def _make_host(self, index: int, image: Path) -> TestbedHost:
         net = HostNetwork(index)
         name = f"tb{index}"
         host_dir = self.hosts_dir / name
@@ -246,9 +266,12 @@ class Testbed:
         proxy_dir = host_dir / "proxy"
         shutil.chown(proxy_dir, "nobody", "nogroup")
         config = proxy_dir / "tinyproxy.conf"
+        allowed = proxy_dir / "allowed-domains"
+        allowed.write_text("".join(f"{domain}\n" for domain in EGRESS_ALLOWED))
         config.write_text(
             f"User nobody\nGroup nogroup\nPort {PROXY_PORT}\nListen {net.gateway}\n"
             f"Allow {net.subnet}\nConnectPort 443\nMaxClients 100\nTimeout 600\n"
+            f'Filter "{allowed}"\nFilterType fnmatch\nFilterDefaultDeny Yes\n'
             f'PidFile "{proxy_dir}/tinyproxy.pid"\nLogFile "{proxy_dir}/tinyproxy.log"\n'
             "LogLevel Connect\n"
         )
@@ -314,7 +337,8 @@ class Testbed:
     def _destroy_host(self, host: TestbedHost) -> None:
         rootfs = Path(host.rootfs)
         processes.stop(host.nspawn_pid, host.rootfs)
-        for pid in processes.pids_rooted_in(rootfs):
+        # A container outlives a SIGKILLed nspawn; all of it lives in the host's namespace.
+        for pid in network.pids_in(host.network.netns):
             processes.stop(pid, timeout=5)
         processes.stop(host.proxy_pid, "tinyproxy", timeout=5)
         processes.stop(host.ntp_pid, "chronyd", timeout=5)
@@ -341,6 +365,8 @@ class Testbed:
         kept = {h.index for h in keep}
         for name in network.our_namespaces():
             if network.index_of(name) not in kept:
+                for pid in network.pids_in(name):
+                    processes.stop(pid, timeout=5)
                 subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
         for name in network.our_links():
             if network.index_of(name) not in kept:
@@ -352,8 +378,6 @@ class Testbed:
                 self._stop_pidfiles(host_dir)
                 for pid in processes.pids_with_cmdline(f"--directory={host_dir / 'rootfs'}"):
                     processes.stop(pid)
-                for pid in processes.pids_rooted_in(host_dir / "rootfs"):
-                    processes.stop(pid, timeout=5)
                 self._unmount_under(host_dir)
                 shutil.rmtree(host_dir, ignore_errors=True)
 
@@ -377,12 +401,20 @@ class Testbed:
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
+        """One testbed per machine: namespace, link and subnet names are machine-wide."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / "lock").open("w") as handle:
+        with MACHINE_LOCK.open("w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
 
-    def _save(self, hosts: Any) -> None:
+    @staticmethod
+    def _run_step(step: str, function: Any, *args: Any) -> Any:
+        try:
+            return function(*args)
+        except (OSError, subprocess.SubprocessError) as error:
+            raise TestbedError(f"{step} failed: {_describe(error)}") from error
+
+    def _save(self, hosts: Iterable[TestbedHost]) -> None:
         data = {"hosts": [asdict(h) for h in sorted(hosts, key=lambda h: h.index)]}
         temporary = self.state_file.with_suffix(".tmp")
         temporary.write_text(json.dumps(data, indent=2) + "\n")
@@ -398,7 +430,7 @@ class Testbed:
             check=True,
         )  # fmt: skip
 
-    def _write_known_hosts(self, hosts: Any) -> None:
+    def _write_known_hosts(self, hosts: Iterable[TestbedHost]) -> None:
         lines = []
         for host in sorted(hosts, key=lambda h: h.index):
             for public in sorted((Path(host.rootfs) / "etc" / "ssh").glob("ssh_host_*_key.pub")):
@@ -417,11 +449,22 @@ def mounts_under(directory: Path) -> list[str]:
     return found
 
 
-def require_root_and_tools() -> None:
+def require_root(*tools: str) -> None:
     if os.geteuid() != 0:
         raise TestbedError("the testbed boots hosts and makes namespaces: run it as root")
-    missing = sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if not shutil.which(tool)})
+    missing = sorted({REQUIRED_TOOLS[t] for t in tools if not shutil.which(t)})
     if missing:
         raise TestbedError(
-            f"missing tools; install them with: apt-get install -y {' '.join(missing)}"
+            f"missing tools; install them with: apt-get install -y {' '.join(missing)} "
+            "(or run ./scripts/setup)"
         )
+
+
+def _describe(error: BaseException) -> str:
+    """One line for a failed step, with the command's own error output when there is one."""
+    if isinstance(error, subprocess.CalledProcessError):
+        output = error.stderr or error.stdout or b""
+        text = output.decode(errors="replace") if isinstance(output, bytes) else output
+        tail = text.strip().splitlines()[-1:] or ["no output"]
+        return f"`{' '.join(map(str, error.cmd))}` exited {error.returncode}: {tail[0]}"
+    return str(error) or type(error).__name__

@@ -1,7 +1,9 @@
 """Real hosts for end-to-end tests: the testbed, booted once per session.
 
 Tests that need hosts call ``testbed.up(2)`` themselves (cheap when they are
-already up and healthy), so no test depends on another having run first.
+already up and healthy), so no test depends on another having run first. The
+session ends with ``testbed down``: there is one testbed per machine, and the
+tests own it while they run.
 Without root or the testbed's tools the tests are skipped with the reason,
 unless LLMHOST_REQUIRE_E2E=1 (as the README's test command sets), where that is
 an error: CI must never pass by skipping the hosts.
@@ -42,9 +44,11 @@ def testbed() -> Iterator[Testbed]:
             pytest.fail(f"end-to-end tests required but cannot run: {reason}")
         pytest.skip(reason)
     bed = Testbed()
-    bed.up(HOSTS)
-    yield bed
-    bed.down()
+    try:
+        bed.up(HOSTS)
+        yield bed
+    finally:
+        bed.down()
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,8 @@ def test_bad_host_data_stops_every_host_before_any_change(
     assert result.returncode != 0
     assert f"host {bad}: {expected}" in result.stderr
     assert "Fix: " in result.stderr
-    assert "Starting operation" not in result.stderr
+    assert result.report is None, "pyinfra printed results: operations ran"
+    assert "Beginning operation run" not in result.stderr
     assert_untouched(testbed, hosts)
 
     checked = subprocess.run(

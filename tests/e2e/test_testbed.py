@@ -50,6 +50,7 @@ def test_up_again_reuses_the_hosts_without_duplicates(testbed, hosts):
 
 def test_a_stale_host_is_detected_and_replaced(testbed, hosts):
     victim = hosts[-1]
+    inside = network.pids_in(victim.network.netns)
     os.kill(victim.nspawn_pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while processes.alive(victim.nspawn_pid) and time.monotonic() < deadline:
@@ -59,13 +60,16 @@ def test_a_stale_host_is_detected_and_replaced(testbed, hosts):
     replaced = testbed.up(len(hosts))
 
     assert replaced[-1].nspawn_pid != victim.nspawn_pid
+    assert not [pid for pid in inside if processes.alive(pid)], "the old container lingers"
     assert all(h.healthy() for h in replaced)
     assert len(nspawn_pids(testbed)) == len(hosts)
     assert testbed.ssh(replaced[-1], "systemctl is-system-running --wait").strip() == "running"
 
 
 def test_leftovers_of_a_crashed_testbed_are_cleaned(testbed, hosts):
-    orphans = nspawn_pids(testbed)
+    orphans = nspawn_pids(testbed) + [
+        pid for h in testbed.hosts() for pid in network.pids_in(h.network.netns)
+    ]
     testbed.state_file.unlink()  # the testbed "crashed": it no longer knows its hosts
 
     fresh = testbed.up(len(hosts))
@@ -77,12 +81,12 @@ def test_leftovers_of_a_crashed_testbed_are_cleaned(testbed, hosts):
 
 def test_down_leaves_no_process_namespace_link_or_mount(testbed, hosts):
     recorded = [pid for h in testbed.hosts() for pid in (h.nspawn_pid, h.proxy_pid, h.ntp_pid)]
-    rootfs = [Path(h.rootfs) for h in testbed.hosts()]
+    inside = [pid for h in testbed.hosts() for pid in network.pids_in(h.network.netns)]
+    assert len(inside) > len(hosts), "each host runs systemd, sshd and more"
 
     testbed.down()
 
-    assert not [pid for pid in recorded if processes.alive(pid)]
-    assert not [pid for root in rootfs for pid in processes.pids_rooted_in(root)]
+    assert not [pid for pid in recorded + inside if processes.alive(pid)]
     assert nspawn_pids(testbed) == []
     assert network.our_namespaces() == []
     assert network.our_links() == []
