@@ -8,14 +8,18 @@ resolving to no hosts (which pyinfra would run as a silent no-op).
     pyinfra inventories/testbed.py deploy/site.py
 """
 
+from llmhost.errors import ConfigError
 from llmhost.testbed import Testbed
 
 _testbed = Testbed()
 _hosts = _testbed.hosts()
 if not _hosts:
-    raise SystemExit(
-        f"error: no testbed hosts are up (state: {_testbed.state_file}). "
-        "Fix: run `llmhost testbed up --hosts 2` first."
+    raise ConfigError(
+        f"no testbed hosts are up (state: {_testbed.state_file})",
+        key=None,
+        fix="run `llmhost testbed up --hosts 2` first",
     )
 
 testbed = [(host.name, _testbed.inventory_data(host)) for host in _hosts]
+# The first host keeps the primary model registry, the second its disaster-recovery copy.
+registry = testbed[:2]

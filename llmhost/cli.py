@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from llmhost import __version__, converge
 from llmhost.errors import ConfigError
 from llmhost.paths import REPO_ROOT
+
+if TYPE_CHECKING:
+    from llmhost.testbed import Testbed
 
 
 class LlmhostError(click.ClickException):
@@ -75,7 +80,7 @@ def check(inventory: str, limit: tuple[str, ...]) -> None:
 
 @main.command()
 @click.argument("inventory", type=click.Path(dir_okay=False))
-@click.argument("deploy", default=converge.SITE)
+@click.argument("deploy", default=str(REPO_ROOT / converge.SITE))
 @click.option("--limit", multiple=True, help="Only hosts or groups matching this (repeatable).")
 @click.option("--dry", is_flag=True, help="Show what would change; change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Apply without showing changes and asking first.")
@@ -108,25 +113,33 @@ def demo(count: int, tear_down: bool) -> None:
     testbed = Testbed()
     try:
         hosts = testbed.up(count)
+        click.echo(f"testbed: {', '.join(f'{h.name} ({h.address})' for h in hosts)}", err=True)
+        _converge_twice("inventories/testbed.py")
     except TestbedError as error:
         raise LlmhostError(str(error)) from error
-    click.echo(f"testbed: {', '.join(f'{h.name} ({h.address})' for h in hosts)}", err=True)
-    inventory = "inventories/testbed.py"
+    finally:
+        if tear_down:
+            testbed.down()
+            click.echo("testbed removed", err=True)
+    if not tear_down:
+        click.echo(f"hosts stay up: `llmhost testbed ssh {hosts[0].name}`; "
+                   "`llmhost testbed down` removes them", err=True)  # fmt: skip
+
+
+def _converge_twice(inventory: str) -> None:
+    """Converge, then converge again and require that nothing changed."""
     first = converge.run(inventory, stream_stderr=True)
-    if first.returncode != 0 or first.errors:
+    if first.returncode != 0 or first.report is None or first.errors:
         raise LlmhostFailure(f"first converge failed (exit {first.returncode})")
     click.echo(f"converged: {first.changes} operation(s) changed", err=True)
     second = converge.run(inventory, stream_stderr=False)
-    if second.returncode != 0 or second.changes or second.errors:
+    if second.returncode != 0 or second.report is None or second.errors:
+        raise LlmhostFailure(f"second converge failed (exit {second.returncode}):\n"
+                             f"{second.stderr[-3000:]}")  # fmt: skip
+    if second.changes:
         changed = "\n  ".join(second.changed_operations())
         raise LlmhostFailure(f"second converge was not idempotent:\n  {changed}")
     click.echo("idempotent: second converge changed 0 operations", err=True)
-    if tear_down:
-        testbed.down()
-        click.echo("testbed removed", err=True)
-    else:
-        click.echo(f"hosts stay up: `llmhost testbed ssh {hosts[0].name}`; "
-                   "`llmhost testbed down` removes them", err=True)  # fmt: skip
 
 
 # -- testbed -----------------------------------------------------------------------------
@@ -143,7 +156,7 @@ def testbed() -> None:
     """
 
 
-def _testbed():  # type: ignore[no-untyped-def]
+def _testbed() -> Testbed:
     from llmhost.testbed import Testbed
 
     return Testbed()
@@ -205,7 +218,7 @@ def testbed_ssh(host: str, command: tuple[str, ...]) -> None:
         raise LlmhostError(str(error)) from error
     argv = testbed.ssh_argv(target)
     if command:
-        argv.append(" ".join(command))
+        argv.append(shlex.join(command))
     os.execvp(argv[0], argv)
 
 
@@ -218,11 +231,16 @@ def config() -> None:
 
 
 @config.command("reference")
-def config_reference() -> None:
+@click.option("--update-readme", is_flag=True, help="Rewrite the README's reference block.")
+def config_reference(update_readme: bool) -> None:
     """Print the configuration reference (markdown) generated from the roles' defaults."""
-    from llmhost.reference import markdown
+    from llmhost import reference
 
-    click.echo(markdown())
+    if update_readme:
+        changed = reference.update_readme(REPO_ROOT / "README.md")
+        click.echo("README.md updated" if changed else "README.md already current")
+        return
+    click.echo(reference.markdown())
 
 
 if __name__ == "__main__":  # pragma: no cover

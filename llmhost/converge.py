@@ -26,8 +26,11 @@ class RunResult:
 
     @property
     def totals(self) -> dict[str, int]:
+        """pyinfra's result totals; a run without results counts as failed, never as clean."""
         if not self.report or not self.report.get("results"):
-            return {}
+            raise RuntimeError(
+                f"pyinfra printed no results (exit {self.returncode}): {self.stderr[-2000:]}"
+            )
         totals: dict[str, int] = self.report["results"]["totals"]
         return totals
 

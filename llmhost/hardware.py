@@ -1,9 +1,10 @@
 """Hardware classes: what a host is, declared once in inventories/hardware.toml.
 
-Each host names its class in its ``hardware`` key. The class decides whether
-the nvidia role runs and, as later roles grow, the driver branch and runtime
-settings. Keeping the matrix in one checked-in file means a rebuilt host gets
-exactly the settings its class was benchmarked with.
+Each host names its class in its ``hardware`` key. As the GPU and runtime
+roles arrive, the class decides whether the NVIDIA stack is installed, the
+driver branch and the runtime settings. Keeping the matrix in one checked-in
+file means a rebuilt host gets exactly the settings its class was benchmarked
+with.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def check_hardware(value: Any, classes: dict[str, HardwareClass], host: str) -> 
             fix=f'add "hardware": "<class>" to the host\'s data; classes: {known}',
             host=host,
         )
-    if value not in classes:
+    if not isinstance(value, str) or value not in classes:
         raise ConfigError(
             f"{value!r} is not a class in {HARDWARE_CATALOG.name}",
             key="hardware",

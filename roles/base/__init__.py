@@ -1,13 +1,17 @@
 """Role base: the ground every other role stands on.
 
 preflight  assert the inventory data (region, hardware) and the platform; change nothing
-install    egress (proxy or mirror) first, then chrony and nftables
-configure  the llmhost user and directories, egress env, time sources, sshd, firewall
+install    egress (proxy or mirror) first, then chrony, nftables and ca-certificates
+configure  the llmhost user and directories, egress env, trust in the llmhost CA,
+           time sources, sshd, firewall
 service    chrony, sshd (reload only), the llmhost firewall unit
 """
 
 from __future__ import annotations
 
+import getpass
+import re
+from io import StringIO
 from typing import NamedTuple
 
 from pyinfra import host
@@ -17,6 +21,7 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt, files, server, systemd
 
 from llmhost.render import put_template
+from llmhost.secrets import certificate_authority, secrets_directory
 from roles.base.defaults import (
     CONFIG_DIR,
     FIREWALL_RULES_DIR,
@@ -25,45 +30,66 @@ from roles.base.defaults import (
     STATE_DIR,
     BaseSettings,
 )
-from roles.base.facts import Platform, PlatformDict
+from roles.base.facts import Platform, PlatformDict, SshdListenPorts
 from roles.base.operations import firewall_rules, reload_firewall
 from roles.base.preflight import HostIdentity, check_inventory, check_platform
 
-PACKAGES = ["chrony", "nftables"]
+PACKAGES = ["chrony", "nftables", "ca-certificates"]
+LLMHOST_CA = "/usr/local/share/ca-certificates/llmhost-ca.crt"
 APT_PROXY_CONF = "/etc/apt/apt.conf.d/80llmhost-proxy"
 VENDOR_APT_SOURCES = (
     "/etc/apt/sources.list.d/debian.sources",
     "/etc/apt/sources.list.d/ubuntu.sources",
 )
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/10-llmhost.conf"
+# What `sshd -T` must report once the drop-in is in effect.
+SSHD_EXPECTED = {
+    "passwordauthentication": "no",
+    "kbdinteractiveauthentication": "no",
+    "pubkeyauthentication": "yes",
+    "authenticationmethods": "publickey",
+}
+SSHD_ROOT_LOGIN = {"prohibit-password": "without-password", "no": "no"}
 CHRONY_CONTAINER_DROPIN = "/etc/systemd/system/chrony.service.d/llmhost-container.conf"
 FIREWALL_CONFIG = f"{CONFIG_DIR}/firewall.nft"
 
 
 @deploy("llmhost base")
 def base() -> None:
-    identity = preflight()
-    platform = host.get_fact(Platform)
-    check_platform(host.name, platform, identity.settings)
+    identity, platform = preflight()
     install(identity.settings, platform)
     time_config = configure(identity.settings, platform)
     service(identity.settings, time_config)
 
 
-def preflight() -> HostIdentity:
-    """Validate this host's inventory data before any fact is gathered."""
-    return check_inventory(host.name, host.data)
+def preflight() -> tuple[HostIdentity, PlatformDict]:
+    """Validate the inventory data before any fact is gathered, then the platform."""
+    identity = check_inventory(host.name, host.data, host.inventory.get_host_data(host.name))
+    # Without sudo: sudo clears SSH_CONNECTION, the deploy's own address.
+    platform = host.get_fact(Platform, _sudo=False)
+    check_platform(host.name, platform, identity.settings)
+    return identity, platform
 
 
 def install(settings: BaseSettings, platform: PlatformDict) -> None:
     apt_sources = configure_apt_egress(settings, platform)
     missing = [name for name in PACKAGES if name not in host.get_fact(DebPackages)]
     apt.packages(
-        name="Install time sync and firewall packages",
+        name="Install base packages (time sync, firewall, CA store)",
         packages=PACKAGES,
         update=bool(missing) or any(op.will_change for op in apt_sources),
         no_recommends=True,
     )
+
+
+def apt_direct_hosts(no_proxy: list[str]) -> list[str]:
+    """The `base_no_proxy` entries APT understands: plain host names (not IPs, CIDRs, .domains)."""
+    return [
+        entry
+        for entry in no_proxy
+        if re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*", entry)
+        and not re.fullmatch(r"[0-9.]+", entry)
+    ]
 
 
 def configure_apt_egress(settings: BaseSettings, platform: PlatformDict) -> list[OperationMeta]:
@@ -75,7 +101,7 @@ def configure_apt_egress(settings: BaseSettings, platform: PlatformDict) -> list
             dest=APT_PROXY_CONF,
             mode="0640",
             proxy=settings.base_http_proxy,
-            no_proxy=[h for h in settings.base_no_proxy if h not in ("127.0.0.1", "::1")],
+            no_proxy=apt_direct_hosts(settings.base_no_proxy),
         )
         if settings.base_http_proxy
         else files.file(name="APT: no egress proxy", path=APT_PROXY_CONF, present=False)
@@ -111,6 +137,7 @@ def configure(settings: BaseSettings, platform: PlatformDict) -> TimeConfig:
         proxy=settings.base_http_proxy,
         no_proxy=settings.base_no_proxy,
     )
+    trust_llmhost_ca()
     time_config = time_sources(settings, platform)
     sshd_hardening()
     firewall(settings)
@@ -151,6 +178,24 @@ class TimeConfig(NamedTuple):
     dropin: OperationMeta
 
 
+def trust_llmhost_ca() -> None:
+    """Every host trusts the llmhost CA, which signs the registry's (and later services') TLS."""
+    ca = certificate_authority(secrets_directory(host.data, host.name))
+    certificate = files.put(
+        name="Trust the llmhost CA",
+        src=StringIO(ca.certificate_pem),
+        dest=LLMHOST_CA,
+        user="root",
+        group="root",
+        mode="0644",
+    )
+    server.shell(
+        name="Rebuild the system trust store",
+        commands=["update-ca-certificates --fresh >/dev/null"],
+        _if=certificate.did_change,
+    )
+
+
 def time_sources(settings: BaseSettings, platform: PlatformDict) -> TimeConfig:
     in_container = platform["container"] != "none"
     config = put_template(
@@ -180,20 +225,31 @@ def sshd_hardening() -> None:
 
     A reload keeps every open session (this deploy's included) on the old settings.
     """
+    deploy_user = host.data.get("ssh_user") or getpass.getuser()
+    # Root may log in with a key only when it is how this deploy logs in; else never.
+    permit_root_login = "prohibit-password" if deploy_user == "root" else "no"
     dropin = put_template(
         name="sshd: key-only access",
         path="base/sshd-hardening.conf.j2",
         dest=SSHD_DROPIN,
         mode="0644",
+        permit_root_login=permit_root_login,
     )
+    expected = {**SSHD_EXPECTED, "permitrootlogin": SSHD_ROOT_LOGIN[permit_root_login]}
+    checks = " && ".join(f"grep -qx '{k} {v}' <<<\"$effective\"" for k, v in expected.items())
     server.shell(
-        name="sshd: validate and reload",
+        name="sshd: validate, check the drop-in takes effect, reload",
         commands=[
             f"sshd -t || {{ rm -f {SSHD_DROPIN}; echo 'sshd rejected {SSHD_DROPIN}; removed' >&2; "
+            "exit 1; }",
+            # sshd keeps the first value it reads: an earlier file can silently win.
+            f'effective=$(sshd -T) && {{ {checks}; }} || {{ echo "sshd settings before '
+            f'{SSHD_DROPIN} override it: check /etc/ssh/sshd_config and sshd_config.d/0*" >&2; '
             "exit 1; }",
             "systemctl try-reload-or-restart ssh.service",
         ],
         _if=dropin.did_change,
+        _shell_executable="bash",
     )
 
 
@@ -224,7 +280,9 @@ def firewall(settings: BaseSettings) -> None:
         role="base",
         purpose="SSH",
         name="00-ssh",
-        ports=sorted({settings.base_ssh_port, int(host.data.get("ssh_port", 22))}),
+        ports=sorted(
+            {settings.base_ssh_port, host.data.get("ssh_port", 22), *host.get_fact(SshdListenPorts)}
+        ),
         sources=settings.base_ssh_allow_from,
     )
     extra = (
@@ -253,13 +311,19 @@ def firewall(settings: BaseSettings) -> None:
 
 
 def service(settings: BaseSettings, time_config: TimeConfig) -> None:
+    systemd.daemon_reload(name="systemd: load chrony's drop-in", _if=time_config.dropin.did_change)
     systemd.service(
         name="chrony: running and enabled",
         service="chrony.service",
         running=True,
         enabled=True,
-        restarted=time_config.config.will_change or time_config.dropin.will_change,
-        daemon_reload=time_config.dropin.will_change,
+    )
+    # Decided when it runs, not from facts read before the install: apt starts chrony
+    # with the distribution's servers, and it must move to ours in this same run.
+    server.shell(
+        name="chrony: follow the configured servers",
+        commands=["systemctl restart chrony.service"],
+        _if=lambda: time_config.config.did_change() or time_config.dropin.did_change(),
     )
     if settings.base_firewall_enabled:
         systemd.service(

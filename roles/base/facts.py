@@ -47,3 +47,24 @@ class Platform(FactBase[PlatformDict]):
             "ssh_client": values.get("ssh_client", ""),
             "sshd_includes_dropins": values.get("sshd_includes_dropins") == "yes",
         }
+
+
+class SshdListenPorts(FactBase[list[int]]):
+    """The ports sshd is configured to listen on (``sshd -T``), which the firewall must open.
+
+    The inventory's ``ssh_port`` is where this deploy connects, which can differ
+    (NAT, a bastion); opening only that could lock out the next run.
+    """
+
+    def requires_command(self) -> str:
+        return "sshd"
+
+    def command(self) -> str:
+        return "sshd -T 2>/dev/null | awk '$1 == \"port\" {print $2}'"
+
+    @staticmethod
+    def default() -> list[int]:
+        return []
+
+    def process(self, output: list[str]) -> list[int]:
+        return sorted({int(line) for line in output if line.strip().isdigit()})

@@ -1,4 +1,4 @@
-"""Operations of the base role that later roles reuse: the firewall and egress files.
+"""Operations of the base role that later roles reuse: firewall rules and readiness waits.
 
 Each function adds pyinfra operations for the current host; files are only
 written when their content, owner or mode differ, and services only reload
@@ -59,4 +59,15 @@ def reload_firewall(*changed: OperationMeta) -> None:
         name="Firewall: apply changed rules",
         commands=[f"systemctl try-reload-or-restart {FIREWALL_UNIT}"],
         _if=lambda: any(op.did_change() for op in changed),
+    )
+
+
+def wait_for_port(port: int, unit: str, timeout: int = 30) -> str:
+    """A command that waits for a TCP listener on ``port``, else prints ``unit``'s log and fails."""
+    return (
+        f"for _ in $(seq {timeout * 5}); do "
+        f"ss -ltnH 'sport = :{port}' | grep -q . && exit 0; "
+        f"systemctl is-failed --quiet {unit} && break; sleep 0.2; done; "
+        f"echo '{unit} is not listening on port {port}; its last log lines:' >&2; "
+        f"journalctl -u {unit} -n 20 --no-pager >&2; exit 1"
     )

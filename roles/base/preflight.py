@@ -9,6 +9,7 @@ the fix.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,13 +30,37 @@ class HostIdentity:
     settings: BaseSettings
 
 
-def check_inventory(host: str, data: Any) -> HostIdentity:
-    """Validate a host's inventory data; ``data`` is a mapping or pyinfra HostData."""
+def check_inventory(
+    host: str, data: Any, host_level: Mapping[str, Any] | None = None
+) -> HostIdentity:
+    """Validate a host's inventory data; ``data`` is a mapping or pyinfra HostData.
+
+    ``host_level`` is the data set on the host itself (not inherited from groups):
+    the residency policy may not be widened there, one host at a time.
+    """
+    if host_level and "residency_allowed_regions" in host_level:
+        raise ConfigError(
+            "is set on the host itself, which would let one host widen the residency policy",
+            key="residency_allowed_regions",
+            fix="set the policy once for everyone in inventories/group_data/all.py "
+            "(or a group's file), and remove it from this host's data",
+            host=host,
+        )
     residency = from_data(ResidencySettings, data, host)
     region = check_region(data.get("region"), residency.residency_allowed_regions, host)
     hardware = check_hardware(data.get("hardware"), load_classes(), host)
     settings = from_data(BaseSettings, data, host)
     _check_ssh_networks(host, settings.base_ssh_allow_from)
+    check_port(host, "base_ssh_port", settings.base_ssh_port)
+    for port in settings.base_firewall_allow_tcp:
+        check_port(host, "base_firewall_allow_tcp", port)
+    if settings.base_apt_mirror and not settings.base_apt_security_mirror:
+        raise ConfigError(
+            "is unset while `base_apt_mirror` is set, so the host would get no security updates",
+            key="base_apt_security_mirror",
+            fix="set it to your mirror of the distribution's security archive",
+            host=host,
+        )
     if data.get("ssh_password") and not data.get("ssh_key"):
         raise ConfigError(
             "the deploy logs in with a password, and the base role turns password "
@@ -46,6 +71,12 @@ def check_inventory(host: str, data: Any) -> HostIdentity:
             host=host,
         )
     return HostIdentity(region=region, hardware=hardware, settings=settings)
+
+
+def check_port(host: str, key: str, port: int) -> None:
+    """Ports are checked here: a bad one would pass `nft --check` at no point."""
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{port} is not a TCP port", key=key, fix="use 1-65535", host=host)
 
 
 def _check_ssh_networks(host: str, networks: list[str]) -> None:
@@ -93,9 +124,19 @@ def check_platform(host: str, platform: PlatformDict, settings: BaseSettings) ->
 
 def check_deploy_not_locked_out(host: str, ssh_client: str, settings: BaseSettings) -> None:
     """The firewall must keep admitting the address this very deploy connects from."""
-    if not settings.base_firewall_enabled or not settings.base_ssh_allow_from or not ssh_client:
+    if not settings.base_firewall_enabled or not settings.base_ssh_allow_from:
         return
-    client = ipaddress.ip_address(ssh_client)
+    try:
+        client = ipaddress.ip_address(ssh_client)
+    except ValueError:
+        raise ConfigError(
+            f"the address this deploy connects from is unknown ({ssh_client or 'empty'!r} in "
+            "SSH_CONNECTION), so a firewall limited to `base_ssh_allow_from` could lock it out",
+            key="base_ssh_allow_from",
+            fix="connect so that sshd sets SSH_CONNECTION (a plain SSH login), "
+            "or leave `base_ssh_allow_from` empty",
+            host=host,
+        ) from None
     allowed = [ipaddress.ip_network(n, strict=False) for n in settings.base_ssh_allow_from]
     if not any(client in network for network in allowed):
         raise ConfigError(

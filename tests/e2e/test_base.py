@@ -160,3 +160,15 @@ def test_packages_came_through_the_egress_proxy(testbed, targets):
         assert f"HTTPS_PROXY={proxy}" in target.file("/etc/llmhost/egress.env").content_string
         log = (testbed.hosts_dir / host.name / "proxy" / "tinyproxy.log").read_text()
         assert "deb.debian.org" in log
+
+
+def test_the_egress_proxy_refuses_destinations_other_than_the_registries(targets):
+    host, target = targets[0]
+    # The proxy answers itself (filtered before it connects anywhere).
+    probe = target.run(
+        'python3 -c "import urllib.request as u, urllib.error as e\n'
+        f"o = u.build_opener(u.ProxyHandler({{'http': 'http://{host.gateway}:8888'}}))\n"
+        "try:\n  o.open('http://example.com/', timeout=10)\n"
+        'except e.HTTPError as x:\n  print(x.code)"'
+    )
+    assert probe.stdout.strip() == "403", probe.stderr

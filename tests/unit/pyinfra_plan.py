@@ -8,6 +8,7 @@ for a fresh Debian 12 host: nothing installed, no files, no units.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,9 @@ from pyinfra.api import Config, Inventory, State
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.host import Host
 from pyinfra.context import ctx_host, ctx_state
+
+# Roles make a CA and credentials on first use: keep them out of the repository.
+SECRETS_DIR = tempfile.mkdtemp(prefix="llmhost-unit-secrets-")
 
 FRESH_DEBIAN_12: dict[str, Any] = {
     "Os": "Linux",
@@ -44,6 +48,7 @@ def plan(
     An empty list is a noop. Conditional operations (``_if``) list their commands.
     """
     known = {**FRESH_DEBIAN_12, **(facts or {})}
+    data = {"secrets_dir": SECRETS_DIR, **data}
 
     def get_fact(self: Host, cls: type, *args: Any, **kwargs: Any) -> Any:
         value = known.get(cls.__name__, cls.default())  # type: ignore[attr-defined]

@@ -3,6 +3,7 @@
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +47,26 @@ def test_chrony_follows_the_configured_servers_and_leaves_rtc_in_containers():
     assert "server 10.0.0.1 iburst\nserver ntp.int iburst\n" in text
     assert "rtcsync" not in text
     assert "rtcsync" in render("base/chrony.conf.j2", servers=["a"], in_container=False)
+
+
+def test_sshd_root_login_follows_the_deploy_user():
+    assert "PermitRootLogin no\n" in render("base/sshd-hardening.conf.j2", permit_root_login="no")
+
+
+def test_ssh_rules_restrict_sources_per_family():
+    text = render(
+        "base/firewall-allow.nft.j2",
+        role="base",
+        purpose="SSH",
+        ports=[22, 2222],
+        ipv4_sources=["192.0.2.0/24"],
+        ipv6_sources=["2001:db8::/32"],
+    )
+    rules = [line for line in text.splitlines() if line.startswith("add rule")]
+    assert rules == [
+        "add rule inet llmhost input ip saddr { 192.0.2.0/24 } tcp dport { 22, 2222 } accept",
+        "add rule inet llmhost input ip6 saddr { 2001:db8::/32 } tcp dport { 22, 2222 } accept",
+    ]
 
 
 def test_sources_split_by_family_and_normalise():
@@ -112,11 +133,16 @@ def test_platform_fact_parses_captured_output():
     }
 
 
-def test_platform_fact_command_is_valid_shell_that_parses():
+def test_platform_fact_command_reads_this_machine_correctly():
     result = subprocess.run(
         ["sh", "-c", Platform().command()], capture_output=True, text=True, check=True
     )
     fact = Platform().process(result.stdout.splitlines())
-    assert fact["os_id"] == "debian" or fact["os_id"]
-    assert fact["pid1"]
-    assert isinstance(fact["sshd_includes_dropins"], bool)
+    release = dict(
+        line.split("=", 1)
+        for line in Path("/etc/os-release").read_text().splitlines()
+        if "=" in line
+    )
+    assert fact["os_id"] == release["ID"].strip('"')
+    assert fact["os_version"] == release.get("VERSION_ID", "").strip('"')
+    assert fact["pid1"] == Path("/proc/1/comm").read_text().strip()

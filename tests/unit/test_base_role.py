@@ -15,18 +15,21 @@ def commands(planned, prefix):
 
 def test_fresh_host_gets_packages_user_sshd_and_firewall():
     planned = plan(base, HOST)
-    install = commands(planned, "Install time sync and firewall packages")
+    install = commands(planned, "Install base packages")
     assert install[0] == "apt-get update"
     assert "chrony" in install[1] and "nftables" in install[1]
     assert "groupadd -r llmhost" in commands(planned, "Group llmhost")
-    assert commands(planned, "sshd: validate and reload")[0].startswith("sshd -t ||")
+    sshd = commands(planned, "sshd: validate")
+    assert sshd[0].startswith("sshd -t ||")
+    assert "grep -qx 'passwordauthentication no'" in sshd[1]
+    assert sshd[-1] == "systemctl try-reload-or-restart ssh.service"
     assert "systemctl enable llmhost-firewall.service" in commands(planned, "Firewall: active")
 
 
 def test_installed_packages_are_a_noop_without_apt_update():
-    installed = {"chrony": ["4.3"], "nftables": ["1.0.6"]}
+    installed = {"chrony": ["4.3"], "nftables": ["1.0.6"], "ca-certificates": ["2023"]}
     planned = plan(base, HOST, {"DebPackages": installed})
-    assert commands(planned, "Install time sync and firewall packages") == []
+    assert commands(planned, "Install base packages") == []
 
 
 def test_proxy_is_written_for_apt_and_removed_when_unset():
@@ -40,7 +43,14 @@ def test_proxy_is_written_for_apt_and_removed_when_unset():
 
 
 def test_mirror_replaces_the_vendor_sources():
-    planned = plan(base, {**HOST, "base_apt_mirror": "http://mirror.internal/debian"})
+    planned = plan(
+        base,
+        {
+            **HOST,
+            "base_apt_mirror": "http://mirror.internal/debian",
+            "base_apt_security_mirror": "http://mirror.internal/debian-security",
+        },
+    )
     assert any("/etc/apt/sources.list" in c for c in commands(planned, "mirror is the only"))
     assert "APT: drop vendor source /etc/apt/sources.list.d/debian.sources" in planned
 
@@ -49,9 +59,18 @@ def test_chrony_gets_the_no_clock_dropin_only_in_containers():
     container = {**FRESH_DEBIAN_12["Platform"], "container": "systemd-nspawn"}
     in_container = plan(base, HOST, {"Platform": container})
     assert any("llmhost-container.conf" in c for c in commands(in_container, "(container)"))
-    assert "systemctl daemon-reload" in commands(in_container, "chrony: running")
+    assert commands(in_container, "load chrony's drop-in") == ["systemctl daemon-reload"]
     on_metal = plan(base, HOST)
     assert commands(on_metal, "chrony: no container drop-in") == []
+
+
+def test_chrony_is_restarted_onto_our_servers_in_the_run_that_installs_it():
+    # Facts are read before apt starts chrony with the distribution's servers, so the
+    # restart is decided at run time (`_if`), not from the "not running" fact.
+    planned = plan(base, HOST)
+    assert commands(planned, "chrony: follow the configured servers") == [
+        "systemctl restart chrony.service"
+    ]
 
 
 def test_disabled_firewall_writes_no_rules():
@@ -60,12 +79,40 @@ def test_disabled_firewall_writes_no_rules():
     assert "Firewall: disabled (base_firewall_enabled = false)" in planned
 
 
-def test_operator_ports_and_ssh_sources_reach_the_rules():
+def test_firewall_opens_every_port_sshd_listens_on_and_the_operator_ports():
     planned = plan(
-        base,
-        {**HOST, "base_firewall_allow_tcp": [9100], "base_ssh_allow_from": ["192.0.2.0/24"]},
+        base, {**HOST, "base_firewall_allow_tcp": [9100]}, {"SshdListenPorts": [22, 2222]}
     )
+    assert "Firewall: allow TCP 22, 2222 (SSH)" in planned
     assert "Firewall: allow TCP 9100 (operator ports (base_firewall_allow_tcp))" in planned
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"base_firewall_allow_tcp": [70000]}, "base_firewall_allow_tcp"),
+        ({"base_ssh_port": 0}, "base_ssh_port"),
+        ({"base_apt_mirror": "http://m/debian"}, "base_apt_security_mirror"),
+        ({"hardware": ["cpu"]}, "hardware"),
+        ({"residency_allowed_regions": ["us"]}, "residency_allowed_regions"),
+    ],
+)
+def test_bad_values_fail_in_preflight_naming_the_key(data, key):
+    with pytest.raises(ConfigError, match=f"host host1: key `{key}`"):
+        plan(base, {**HOST, **data})
+
+
+def test_unknown_deploy_address_with_restricted_ssh_is_refused():
+    facts = {"Platform": {**FRESH_DEBIAN_12["Platform"], "ssh_client": ""}}
+    with pytest.raises(ConfigError, match="address this deploy connects from is unknown"):
+        plan(base, {**HOST, "base_ssh_allow_from": ["192.0.2.0/24"]}, facts)
+
+
+def test_root_key_login_is_allowed_only_for_a_root_deploy():
+    as_root = commands(plan(base, {**HOST, "ssh_user": "root"}), "sshd: validate")
+    as_deploy = commands(plan(base, {**HOST, "ssh_user": "deploy"}), "sshd: validate")
+    assert "grep -qx 'permitrootlogin without-password'" in as_root[1]
+    assert "grep -qx 'permitrootlogin no'" in as_deploy[1]
 
 
 def test_bad_inventory_fails_before_any_fact_is_gathered():
