@@ -7,6 +7,12 @@ prepares every host before it executes on any, so a bad value on one host
 stops the run before any host is changed.
 """
 
+from pyinfra import host
+
 from roles.base import base
+from roles.registry import registry
 
 base()
+
+if "registry" in host.groups:
+    registry()

@@ -1,0 +1,213 @@
+"""Role registry: the internal OCI registry models are mirrored to (hosts in group `registry`).
+
+preflight  validate settings; this host's endpoint for its certificate
+install    Debian's docker-registry (the CNCF distribution registry)
+configure  TLS from the llmhost CA, htpasswd (bcrypt) auth, our config, a hardening
+           drop-in over the vendor unit, a garbage-collection timer, the firewall port
+service    the registry (restarted when a file it reads changed) and the GC timer
+
+The first host of the group is the primary; the second is the disaster-recovery
+copy (`llmhost models sync` fills it). Both are configured the same way.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from io import StringIO
+
+import bcrypt
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.files import FileContents
+from pyinfra.operations import apt, files, server, systemd
+
+from llmhost.errors import ConfigError
+from llmhost.render import put_template
+from llmhost.secrets import (
+    RegistryCredentials,
+    certificate_authority,
+    registry_credentials,
+    secrets_directory,
+)
+from llmhost.settings import from_data
+from roles.base.operations import firewall_rules, reload_firewall, wait_for_port
+from roles.registry.defaults import (
+    CONFIG_DIR,
+    GC_UNIT,
+    REGISTRY_USER,
+    VENDOR_UNIT,
+    RegistrySettings,
+    endpoint,
+)
+
+DROPIN = f"/etc/systemd/system/{VENDOR_UNIT}.d/llmhost.conf"
+
+
+@deploy("llmhost registry")
+def registry() -> None:
+    settings = preflight()
+    install()
+    changed = configure(settings)
+    service(changed, settings)
+
+
+def preflight() -> RegistrySettings:
+    settings = from_data(RegistrySettings, host.data, host.name)
+    if not settings.registry_storage_path.startswith("/"):
+        raise ConfigError(
+            f"{settings.registry_storage_path!r} is not an absolute path",
+            key="registry_storage_path",
+            fix="give an absolute directory, e.g. /srv/registry",
+            host=host.name,
+        )
+    for network in settings.registry_allow_from:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError as error:
+            raise ConfigError(
+                f"{network!r} is not a network",
+                key="registry_allow_from",
+                fix="list CIDR networks, e.g. '10.0.0.0/8'",
+                host=host.name,
+            ) from error
+    return settings
+
+
+def install() -> None:
+    apt.packages(name="Install the distribution registry", packages=["docker-registry"])
+
+
+def htpasswd_line(credentials: RegistryCredentials, existing: list[str] | None) -> str:
+    """The user's bcrypt line; the host's current one when it still matches the password.
+
+    bcrypt salts every hash, so hashing again on each run would change the file
+    (and restart the registry) every time.
+    """
+    prefix = f"{credentials.username}:"
+    for line in existing or []:
+        if line.startswith(prefix):
+            current = line[len(prefix) :].strip().encode()
+            if bcrypt.checkpw(credentials.password.encode(), current):
+                return line.strip() + "\n"
+    fresh = bcrypt.hashpw(credentials.password.encode(), bcrypt.gensalt(rounds=10)).decode()
+    return f"{prefix}{fresh}\n"
+
+
+def configure(settings: RegistrySettings) -> list[OperationMeta]:
+    """Write every file; returns those whose change needs the registry restarted."""
+    secrets = secrets_directory(host.data, host.name)
+    credentials = registry_credentials(secrets)
+    address = endpoint(host.name, host.data).rsplit(":", 1)[0]
+    certificate = certificate_authority(secrets).issue(f"registry-{host.name}", [address])
+    files.directory(
+        name=f"{CONFIG_DIR}: registry configuration",
+        path=CONFIG_DIR,
+        user="root",
+        group=REGISTRY_USER,
+        mode="0750",
+    )
+    files.directory(
+        name=f"{settings.registry_storage_path}: registry storage",
+        path=settings.registry_storage_path,
+        user=REGISTRY_USER,
+        group=REGISTRY_USER,
+        mode="0750",
+    )
+    existing = host.get_fact(FileContents, path=f"{CONFIG_DIR}/htpasswd")
+    secret_files = [
+        ("tls.crt", certificate.certificate_pem, "0644"),
+        ("tls.key", certificate.key_pem, "0640"),
+        ("htpasswd", htpasswd_line(credentials, existing), "0640"),
+    ]
+    changed = [
+        files.put(
+            name=f"Registry: {name}",
+            src=StringIO(content),
+            dest=f"{CONFIG_DIR}/{name}",
+            user="root",
+            group=REGISTRY_USER,
+            mode=mode,
+        )
+        for name, content, mode in secret_files
+    ]
+    changed.append(
+        put_template(
+            name="Registry: configuration",
+            path="registry/config.yml.j2",
+            dest=f"{CONFIG_DIR}/config.yml",
+            group=REGISTRY_USER,
+            mode="0640",
+            storage=settings.registry_storage_path,
+            port=settings.registry_port,
+            config_dir=CONFIG_DIR,
+            http_secret=credentials.http_secret,
+        )
+    )
+    changed.append(units(settings))
+    rules = firewall_rules(
+        role="registry",
+        purpose="model registry",
+        name="20-registry",
+        ports=[settings.registry_port],
+        sources=settings.registry_allow_from,
+    )
+    reload_firewall(rules)
+    return changed
+
+
+def units(settings: RegistrySettings) -> OperationMeta:
+    """The hardening drop-in and the GC units; returns the drop-in operation."""
+    dropin = put_template(
+        name="Registry: hardened drop-in over the vendor unit",
+        path="registry/docker-registry-llmhost.conf.j2",
+        dest=DROPIN,
+        mode="0644",
+        config_dir=CONFIG_DIR,
+        storage=settings.registry_storage_path,
+        port=settings.registry_port,
+    )
+    gc_service = put_template(
+        name="Registry: garbage-collection service",
+        path="registry/gc.service.j2",
+        dest=f"/etc/systemd/system/{GC_UNIT}.service",
+        mode="0644",
+        vendor_unit=VENDOR_UNIT,
+        config_dir=CONFIG_DIR,
+        storage=settings.registry_storage_path,
+    )
+    gc_timer = put_template(
+        name="Registry: garbage-collection timer",
+        path="registry/gc.timer.j2",
+        dest=f"/etc/systemd/system/{GC_UNIT}.timer",
+        mode="0644",
+        schedule=settings.registry_gc_schedule,
+    )
+    systemd.daemon_reload(
+        name="systemd: load changed registry units",
+        _if=lambda: any(op.did_change() for op in (dropin, gc_service, gc_timer)),
+    )
+    return dropin
+
+
+def service(changed: list[OperationMeta], settings: RegistrySettings) -> None:
+    started = systemd.service(
+        name="Registry: running and enabled",
+        service=VENDOR_UNIT,
+        running=True,
+        enabled=True,
+        restarted=any(op.will_change for op in changed),
+    )
+    # `systemctl start` succeeds even when the registry exits a moment later (a bad
+    # key, a port in use): wait for its socket, and show its log when it never comes.
+    server.shell(
+        name="Registry: listening",
+        commands=[wait_for_port(settings.registry_port, VENDOR_UNIT)],
+        _if=started.did_change,
+    )
+    systemd.service(
+        name="Registry: garbage collection scheduled",
+        service=f"{GC_UNIT}.timer",
+        running=True,
+        enabled=True,
+    )

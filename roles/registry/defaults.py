@@ -1,0 +1,44 @@
+"""Public settings of the registry role (hosts in the `registry` group)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from llmhost.settings import from_data, setting
+
+REGISTRY_USER = "docker-registry"
+# Not under /etc/llmhost (root:llmhost 0750), which the registry user cannot enter.
+CONFIG_DIR = "/etc/llmhost-registry"
+VENDOR_UNIT = "docker-registry.service"
+GC_UNIT = "llmhost-registry-gc"
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    registry_port: int = setting(5000, "TCP port of the registry (HTTPS)")
+    registry_storage_path: str = setting(
+        "/var/lib/docker-registry", "Where blobs and manifests are stored on the registry host"
+    )
+    registry_address: str | None = setting(
+        None,
+        "Name or address clients use for this registry (and its certificate); "
+        "unset means the host's `ssh_hostname`, else its inventory name",
+    )
+    registry_allow_from: list[str] = setting(
+        [], "Source networks (CIDR) allowed to reach the registry; empty means from anywhere"
+    )
+    registry_gc_schedule: str = setting(
+        "Sun *-*-* 03:30:00",
+        "systemd OnCalendar of garbage collection (the registry pauses while it runs)",
+    )
+
+
+def endpoint(name: str, data: Any) -> str:
+    """``address:port`` at which clients reach the registry on host ``name``.
+
+    ``data`` is that host's data (a mapping or pyinfra HostData).
+    """
+    settings = from_data(RegistrySettings, data, name)
+    address = settings.registry_address or data.get("ssh_hostname") or name
+    return f"{address}:{settings.registry_port}"
