@@ -10,9 +10,13 @@ stops the run before any host is changed.
 from pyinfra import host
 
 from roles.base import base
+from roles.model import model
 from roles.registry import registry
 
 base()
 
 if "registry" in host.groups:
     registry()
+
+if host.data.get("model_name"):
+    model()

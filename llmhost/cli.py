@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 from typing import TYPE_CHECKING
 
@@ -218,7 +217,7 @@ def testbed_ssh(host: str, command: tuple[str, ...]) -> None:
         raise LlmhostError(str(error)) from error
     argv = testbed.ssh_argv(target)
     if command:
-        argv.append(shlex.join(command))
+        argv.append(" ".join(command))  # as ssh does: the remote shell splits it
     os.execvp(argv[0], argv)
 
 

@@ -1,7 +1,11 @@
 """One network namespace and one veth pair per host, on 10.231.N.0/30.
 
 The host side of the pair holds .1 (where the proxy and NTP server listen), the
-guest side .2. Only addresses inside namespaces the testbed made are used.
+guest side .2. Hosts reach each other (a registry on tb1, pulls on tb2) through
+this machine: forwarding is switched on for the testbed's own links only, and a
+guard table drops anything they send that is not for another testbed host, so
+no host traffic ever leaves the machine. Only addresses inside namespaces the
+testbed made are used.
 """
 
 from __future__ import annotations
@@ -14,6 +18,18 @@ from pathlib import Path
 NETNS_PREFIX = "llmhost-tb"
 VETH_PREFIX = "lhtb"
 SUBNET = "10.231"
+GUARD_TABLE = "llmhost-testbed"
+GUARD_RULES = f"""
+table inet {GUARD_TABLE}
+delete table inet {GUARD_TABLE}
+table inet {GUARD_TABLE} {{
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        iifname "{VETH_PREFIX}*" oifname != "{VETH_PREFIX}*" drop
+        iifname "{VETH_PREFIX}*" ip daddr != {SUBNET}.0.0/16 drop
+    }}
+}}
+"""
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,24 @@ def create(net: HostNetwork) -> None:
     _ip("-n", net.netns, "link", "set", net.veth_guest, "up")
     _ip("-n", net.netns, "link", "set", "lo", "up")
     _ip("-n", net.netns, "route", "add", "default", "via", net.gateway)
+    ensure_guard()
+    # Per link, not machine-wide: only packets arriving from testbed hosts are forwarded.
+    Path(f"/proc/sys/net/ipv4/conf/{net.veth_host}/forwarding").write_text("1\n")
+
+
+def ensure_guard() -> None:
+    """Drop forwarded host traffic bound anywhere but another testbed host."""
+    subprocess.run(["nft", "-f", "-"], input=GUARD_RULES, text=True, check=True)
+
+
+def remove_guard() -> None:
+    subprocess.run(["nft", "delete", "table", "inet", GUARD_TABLE], check=False,
+                   capture_output=True)  # fmt: skip
+
+
+def guard_active() -> bool:
+    listed = subprocess.run(["nft", "list", "table", "inet", GUARD_TABLE], capture_output=True)
+    return listed.returncode == 0
 
 
 def destroy(net: HostNetwork) -> None:

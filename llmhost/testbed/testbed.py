@@ -42,6 +42,8 @@ REQUIRED_TOOLS = {
     "ssh-keygen": "openssh-client",
     "ip": "iproute2",
     "mount": "mount",
+    "umount": "mount",
+    "nft": "nftables",
 }
 
 
@@ -130,11 +132,12 @@ class Testbed:
 
     def down(self, purge_image: bool = False) -> None:
         """Stop every host and remove every process, namespace, link and mount made."""
-        require_root("ip", "umount")
+        require_root("ip", "umount", "nft")
         with self._lock():
             for host in self.hosts():
                 self._destroy_host(host)
             self._sweep_orphans(keep=[])
+            network.remove_guard()
             self.state_file.unlink(missing_ok=True)
             self.known_hosts.unlink(missing_ok=True)
             if purge_image:

@@ -1,0 +1,142 @@
+"""Role model: the weights a host serves, pulled by digest from the internal registry.
+
+preflight  the model is in the catalog and mirrored (has a digest), the host's class is
+           big enough, registries are known, the disk has room
+install    the puller (standard-library Python) and the registry credentials
+configure  the blob store and models directory
+service    pull: each blob verified while streaming, resumed, renamed into the store;
+           the model materialised with hard links; nothing when it already is
+
+No host ever reaches the internet for weights: the only source is the registry.
+"""
+
+from __future__ import annotations
+
+from io import StringIO
+
+from pyinfra import host, inventory
+from pyinfra.api import deploy
+from pyinfra.operations import files
+
+from llmhost.catalog import Model, find
+from llmhost.errors import ConfigError
+from llmhost.hardware import load_classes
+from llmhost.paths import REPO_ROOT
+from llmhost.secrets import registry_credentials, secrets_directory
+from llmhost.settings import from_data
+from roles.base.defaults import SERVICE_USER, STATE_DIR
+from roles.model.defaults import (
+    AUTH_FILE,
+    MODELS_DIR,
+    PULLER,
+    PULLER_DIR,
+    STORE,
+    ModelSettings,
+    model_directory,
+)
+from roles.model.facts import FreeBytes, MaterialisedManifest
+from roles.model.operations import pulled
+from roles.registry.defaults import endpoint
+
+
+@deploy("llmhost model")
+def model() -> None:
+    settings, wanted, registries = preflight()
+    install()
+    configure()
+    pulled(
+        name=f"Model {wanted.name} ({wanted.total_size} bytes) by digest",
+        model=wanted.name,
+        digest=str(wanted.digest),
+        repository=wanted.repository,
+        registries=registries,
+        jobs=settings.model_pull_jobs,
+    )
+
+
+def preflight() -> tuple[ModelSettings, Model, list[str]]:
+    settings = from_data(ModelSettings, host.data, host.name)
+    if not settings.model_name:
+        raise ConfigError("is unset", key="model_name", fix="name a catalog model", host=host.name)
+    wanted = find(settings.model_name)
+    if not wanted.digest:
+        raise ConfigError(
+            f"model {wanted.name} has no OCI digest yet",
+            key="model_name",
+            fix=f"mirror it first: llmhost models mirror {wanted.name}",
+            host=host.name,
+        )
+    check_hardware_fits(wanted)
+    registries = settings.model_registries or [
+        endpoint(member.name, member.data) for member in inventory.get_group("registry", [])
+    ]
+    if not registries:
+        raise ConfigError(
+            "is empty and the inventory has no `registry` group",
+            key="model_registries",
+            fix="add registry hosts to the `registry` group, or list `host:port` registries",
+            host=host.name,
+        )
+    check_disk(wanted)
+    return settings, wanted, registries
+
+
+def check_hardware_fits(wanted: Model) -> None:
+    classes = load_classes()
+    mine, needed = classes[host.data.get("hardware")], classes[wanted.min_hardware]
+    if mine.gpu_count * mine.gpu_memory_gib < needed.gpu_count * needed.gpu_memory_gib:
+        raise ConfigError(
+            f"model {wanted.name} needs at least a {needed.name} ({needed.gpu_count} x "
+            f"{needed.gpu_memory_gib} GiB); this host is a {mine.name}",
+            key="model_name",
+            fix="serve a smaller model here, or put the model on bigger hosts",
+            host=host.name,
+        )
+
+
+def check_disk(wanted: Model) -> None:
+    """Refuse before downloading when the store cannot take the model at all."""
+    directory = model_directory(wanted.name, str(wanted.digest))
+    if host.get_fact(MaterialisedManifest, directory=directory) == wanted.digest:
+        return
+    free = host.get_fact(FreeBytes, path=STATE_DIR)
+    if free is not None and free < wanted.total_size:
+        raise ConfigError(
+            f"model {wanted.name} needs {wanted.total_size} bytes; {STATE_DIR} has {free} free",
+            key="model_name",
+            fix=f"free space on the filesystem of {STATE_DIR}, or grow it",
+            host=host.name,
+        )
+
+
+def install() -> None:
+    files.directory(name="Model puller directory", path=PULLER_DIR, mode="0755")
+    files.put(
+        name="Model puller (verifies while streaming, resumes, renames atomically)",
+        src=str(REPO_ROOT / "llmhost" / "ocipull.py"),
+        dest=PULLER,
+        user="root",
+        group="root",
+        mode="0644",
+    )
+    credentials = registry_credentials(secrets_directory(host.data, host.name))
+    files.put(
+        name="Registry credentials for pulls",
+        src=StringIO(credentials.auth_json()),
+        dest=AUTH_FILE,
+        # Only the service user, which runs the puller, may read the password.
+        user=SERVICE_USER,
+        group=SERVICE_USER,
+        mode="0600",
+    )
+
+
+def configure() -> None:
+    for path in (STORE, MODELS_DIR):
+        files.directory(
+            name=f"{path}: owned by the service user",
+            path=path,
+            user=SERVICE_USER,
+            group=SERVICE_USER,
+            mode="0750",
+        )
