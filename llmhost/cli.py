@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from llmhost import __version__, converge
+from llmhost.catalog import Model, find, load_catalog, load_model
 from llmhost.errors import ConfigError
-from llmhost.paths import REPO_ROOT
+from llmhost.mirror import RegistryAccess
+from llmhost.paths import MODELS, REPO_ROOT
+from llmhost.secrets import secrets_directory
 
 if TYPE_CHECKING:
     from llmhost.testbed import Testbed
@@ -139,6 +143,203 @@ def _converge_twice(inventory: str) -> None:
         changed = "\n  ".join(second.changed_operations())
         raise LlmhostFailure(f"second converge was not idempotent:\n  {changed}")
     click.echo("idempotent: second converge changed 0 operations", err=True)
+
+
+# -- models ------------------------------------------------------------------------------
+
+
+@main.group()
+@click.option(
+    "--catalog",
+    envvar="LLMHOST_MODELS_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=MODELS,
+    show_default=True,
+    help="Directory of model files (env LLMHOST_MODELS_DIR).",
+)
+@click.pass_context
+def models(context: click.Context, catalog: Path) -> None:
+    """The model catalog and the internal OCI registry mirror.
+
+    \b
+    A model file (models/<name>.toml) pins every file by size and SHA256 and, once
+    mirrored, the manifest digest hosts pull. Registry access (endpoint, CA,
+    credentials) comes from --registry and --secrets-dir, or from an inventory's
+    `registry` group with --inventory.
+    """
+    context.obj = catalog
+
+
+def _catalog(context: click.Context) -> Path:
+    catalog: Path = context.obj
+    return catalog
+
+
+def _model(context: click.Context, name: str) -> Model:
+    try:
+        return find(name, _catalog(context))
+    except ConfigError as error:
+        raise LlmhostError(str(error)) from error
+
+
+registry_option = click.option(
+    "--registry", help="Registry as host:port (default: the inventory's first registry, "
+    "else the one recorded in the model file)."
+)  # fmt: skip
+inventory_option = click.option(
+    "--inventory", type=click.Path(dir_okay=False), help="Take registries and secrets from it."
+)
+secrets_option = click.option(
+    "--secrets-dir", type=click.Path(file_okay=False, path_type=Path),
+    help="Directory with ca/ and registry.json (default: the inventory's, else "
+    "inventories/secrets).",
+)  # fmt: skip
+
+
+def _registry_access(
+    registry: str | None, inventory: str | None, secrets_dir: Path | None, recorded: str | None
+) -> list[RegistryAccess]:
+    """The registries to talk to, in order (primary first)."""
+    endpoints: list[str] = []
+    data: Any = {}
+    if inventory:
+        from llmhost.inventory import load_hosts
+        from roles.registry.defaults import endpoint
+
+        hosts = load_hosts(inventory, ("registry",))
+        endpoints = [endpoint(h.name, h.data) for h in hosts]
+        data = hosts[0].data
+    if registry:
+        endpoints = [registry]
+    if not endpoints and recorded:
+        endpoints = [recorded]
+    if not endpoints:
+        raise ConfigError("no registry given", key=None,
+                          fix="pass --registry HOST:PORT or --inventory INVENTORY")  # fmt: skip
+    directory = secrets_dir or secrets_directory(data)
+    return [RegistryAccess.from_secrets(e, directory) for e in endpoints]
+
+
+@models.command("list")
+@click.pass_context
+def models_list(context: click.Context) -> None:
+    """One line per model: name, format, size, whether mirrored, digest."""
+    try:
+        catalog = load_catalog(_catalog(context))
+    except ConfigError as error:
+        raise LlmhostError(str(error)) from error
+    for model in catalog.values():
+        mirrored = model.digest or "not mirrored"
+        click.echo(f"{model.name}\t{model.format}\t{model.total_size}\t{mirrored}")
+
+
+@models.command("validate")
+@click.argument("names", nargs=-1)
+@click.pass_context
+def models_validate(context: click.Context, names: tuple[str, ...]) -> None:
+    """Check model files (all, or NAMES); prints JSON {"ok", "failures"}; exit 0 ok, 1 not."""
+    directory = _catalog(context)
+    paths = [directory / f"{n}.toml" for n in names] or sorted(directory.glob("*.toml"))
+    failures = []
+    for path in paths:
+        try:
+            if not path.exists():
+                raise ConfigError(f"{path} does not exist", key="model", fix="check the name")
+            load_model(path)
+        except ConfigError as error:
+            failures.append({"file": str(path), "key": error.key, "error": str(error)})
+    click.echo(json.dumps({"ok": not failures, "checked": len(paths), "failures": failures},
+                          indent=2))  # fmt: skip
+    if failures:
+        sys.exit(1)
+
+
+@models.command("mirror")
+@click.argument("name")
+@registry_option
+@inventory_option
+@secrets_option
+@click.option("--hf-endpoint", envvar="HF_ENDPOINT", help="Hugging Face hub URL (env HF_ENDPOINT).")
+@click.pass_context
+def models_mirror(
+    context: click.Context,
+    name: str,
+    registry: str | None,
+    inventory: str | None,
+    secrets_dir: Path | None,
+    hf_endpoint: str | None,
+) -> None:
+    """Fetch NAME at its pinned revision, verify every file, push it, record its digest."""
+    from llmhost.mirror import mirror
+
+    model = _model(context, name)
+    try:
+        access = _registry_access(registry, inventory, secrets_dir, model.registry)[0]
+        digest = mirror(model, access, hf_endpoint)
+    except ConfigError as error:
+        raise LlmhostError(str(error)) from error
+    click.echo(f"{model.name}: {digest} on {access.endpoint} (written to {model.definition})")
+
+
+@models.command("verify")
+@click.argument("name")
+@registry_option
+@inventory_option
+@secrets_option
+@click.pass_context
+def models_verify(
+    context: click.Context,
+    name: str,
+    registry: str | None,
+    inventory: str | None,
+    secrets_dir: Path | None,
+) -> None:
+    """Fetch NAME by digest from each registry and check every byte against the catalog."""
+    from llmhost import ocipull
+    from llmhost.mirror import verify
+
+    model = _model(context, name)
+    try:
+        accesses = _registry_access(registry, inventory, secrets_dir, model.registry)
+        for access in accesses:
+            verified = verify(model, access)
+            click.echo(f"{model.name}: {model.digest} verified on {access.endpoint} "
+                       f"({verified} bytes)")  # fmt: skip
+    except ConfigError as error:
+        raise LlmhostError(str(error)) from error
+    except ocipull.PullError as error:
+        raise LlmhostFailure(f"{model.name} on {access.endpoint}: {error}") from error
+
+
+@models.command("sync")
+@click.argument("names", nargs=-1)
+@click.option("--from", "source", required=True, help="Registry to copy from (host:port).")
+@click.option("--to", "target", required=True, help="Registry to copy to (host:port).")
+@secrets_option
+@click.pass_context
+def models_sync(
+    context: click.Context,
+    names: tuple[str, ...],
+    source: str,
+    target: str,
+    secrets_dir: Path | None,
+) -> None:
+    """Copy mirrored models (NAMES, or every mirrored one) by digest, verified."""
+    from llmhost import ocipull
+    from llmhost.mirror import sync
+
+    try:
+        catalog = load_catalog(_catalog(context))
+        chosen = [_model(context, n) for n in names] or [m for m in catalog.values() if m.digest]
+        (source_access,) = _registry_access(source, None, secrets_dir, None)
+        (target_access,) = _registry_access(target, None, secrets_dir, None)
+        for model in chosen:
+            digest = sync(model, source_access, target_access)
+            click.echo(f"{model.name}: {digest} copied {source} -> {target}")
+    except ConfigError as error:
+        raise LlmhostError(str(error)) from error
+    except ocipull.PullError as error:
+        raise LlmhostFailure(f"sync from {source} failed: {error}") from error
 
 
 # -- testbed -----------------------------------------------------------------------------

@@ -211,3 +211,103 @@ def mirror(model: Model, access: RegistryAccess, hf_endpoint: str | None = None)
         digest = push(model, directory, access)
     record_mirror(model, access.endpoint, digest)
     return digest
+
+
+def _pull_request(model: Model, access: RegistryAccess, workdir: Path) -> Any:
+    from llmhost import ocipull
+
+    assert model.digest
+    return ocipull.PullRequest(
+        registries=(access.url,),
+        repository=model.repository,
+        digest=model.digest,
+        store=workdir / "store",
+        dest=workdir / "model",
+        credentials=ocipull.Credentials(access.credentials.username, access.credentials.password),
+        ca_file=access.ca_file,
+    )
+
+
+def require_digest(model: Model) -> str:
+    if not model.digest:
+        raise ConfigError(
+            f"model {model.name} has no OCI digest",
+            key="oci.digest",
+            fix=f"mirror it first: llmhost models mirror {model.name}",
+        )
+    return model.digest
+
+
+def verify(model: Model, access: RegistryAccess) -> int:
+    """Fetch the artifact by digest and check manifest, every blob and the catalog pins.
+
+    Returns the bytes verified. Raises ``ocipull.PullError`` naming what is wrong.
+    """
+    from llmhost import ocipull
+
+    require_digest(model)
+    with tempfile.TemporaryDirectory(prefix="llmhost-verify-") as workdir:
+        result = ocipull.pull(_pull_request(model, access, Path(workdir)))
+        verify_files(model, Path(workdir) / "model")
+    return sum(layer.size for layer in result.files)
+
+
+def sync(model: Model, source: RegistryAccess, target: RegistryAccess) -> str:
+    """Copy the artifact from ``source`` to ``target`` by digest, verified on both ends.
+
+    Blobs are pulled and hashed from the source, uploaded (skipped when the target
+    already has them), and the manifest is put as the exact bytes it was, so the
+    digest on the target is the digest the catalog pins.
+    """
+    digest = require_digest(model)
+    with tempfile.TemporaryDirectory(prefix="llmhost-sync-") as scratch:
+        workdir = Path(scratch)
+        from llmhost import ocipull
+
+        result = ocipull.pull(_pull_request(model, source, workdir))
+        manifest_bytes = (workdir / "model" / ocipull.MANIFEST_FILE).read_bytes()
+        manifest = json.loads(manifest_bytes)
+        source_client, target_client = source.oras(), target.oras()
+        container = target_client.get_container(f"{target.endpoint}/{model.repository}")
+        config = manifest["config"]
+        config_path = workdir / "config.blob"
+        config_path.write_bytes(_fetch_verified_blob(source_client, source, model, config))
+        uploads = [(config_path, config)] + [
+            (ocipull.blob_path(workdir / "store", layer.digest), descriptor)
+            for layer, descriptor in zip(result.files, manifest["layers"], strict=True)
+        ]
+        for path, descriptor in uploads:
+            response = target_client.upload_blob(
+                str(path), container, descriptor, do_chunked=True, chunk_size=UPLOAD_CHUNK
+            )
+            if response.status_code not in (200, 201, 202):
+                raise RuntimeError(f"{target.endpoint} refused blob {descriptor['digest']}")
+        tag = "sha-" + config["digest"].split(":", 1)[1][:16]
+        for reference in (digest, tag):
+            put = target_client.do_request(
+                f"{target.url}/v2/{model.repository}/manifests/{reference}",
+                "PUT",
+                data=manifest_bytes,
+                headers={"Content-Type": manifest["mediaType"]},
+            )
+            if put.status_code not in (200, 201):
+                raise RuntimeError(f"{target.endpoint} refused the manifest: {put.text[:300]}")
+            if put.headers.get("Docker-Content-Digest") != digest:
+                raise RuntimeError(f"{target.endpoint} stored the manifest under another digest")
+    return digest
+
+
+def _fetch_verified_blob(
+    client: Any, access: RegistryAccess, model: Model, descriptor: Any
+) -> bytes:
+    response = client.do_request(
+        f"{access.url}/v2/{model.repository}/blobs/{descriptor['digest']}", "GET"
+    )
+    body = bytes(response.content)
+    actual = "sha256:" + hashlib.sha256(body).hexdigest()
+    if response.status_code != 200 or actual != descriptor["digest"]:
+        raise RuntimeError(
+            f"{access.endpoint}: blob {descriptor['digest']} came back as {actual} "
+            f"(HTTP {response.status_code})"
+        )
+    return body
