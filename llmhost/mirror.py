@@ -12,6 +12,7 @@ from ``llmhost.ocipull``, the same code hosts run.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -71,6 +72,12 @@ class RegistryAccess:
             hostname=self.endpoint, tls_verify=str(self.ca_file), auth_backend="basic"
         )
         client.auth.set_basic_auth(self.credentials.username, self.credentials.password)
+        # Send credentials up front: answered with 401 only after a 64 MiB chunk, an upload
+        # is cut off mid-body by the registry closing the connection.
+        token = base64.b64encode(
+            f"{self.credentials.username}:{self.credentials.password}".encode()
+        ).decode()
+        client.set_header("Authorization", f"Basic {token}")
         return client
 
 
@@ -288,7 +295,7 @@ def sync(model: Model, source: RegistryAccess, target: RegistryAccess) -> str:
                 f"{target.url}/v2/{model.repository}/manifests/{reference}",
                 "PUT",
                 data=manifest_bytes,
-                headers={"Content-Type": manifest["mediaType"]},
+                headers={**target_client.headers, "Content-Type": manifest["mediaType"]},
             )
             if put.status_code not in (200, 201):
                 raise RuntimeError(f"{target.endpoint} refused the manifest: {put.text[:300]}")
@@ -301,7 +308,9 @@ def _fetch_verified_blob(
     client: Any, access: RegistryAccess, model: Model, descriptor: Any
 ) -> bytes:
     response = client.do_request(
-        f"{access.url}/v2/{model.repository}/blobs/{descriptor['digest']}", "GET"
+        f"{access.url}/v2/{model.repository}/blobs/{descriptor['digest']}",
+        "GET",
+        headers=dict(client.headers),
     )
     body = bytes(response.content)
     actual = "sha256:" + hashlib.sha256(body).hexdigest()

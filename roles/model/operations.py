@@ -25,11 +25,19 @@ def pulled(
     if host.get_fact(MaterialisedManifest, directory=directory) == digest:
         host.noop(f"model {model} is materialised at {directory}")
         return
-    arguments: list[str] = ["runuser", "-u", SERVICE_USER, "--", "python3", PULLER]
+    yield StringCommand(*pull_command(model, digest, repository, registries, jobs))
+
+
+def pull_command(
+    model: str, digest: str, repository: str, registries: list[str], jobs: int = 4
+) -> list[str]:
+    """The puller's command line on the host; the password stays in the auth file."""
+    arguments = ["runuser", "-u", SERVICE_USER, "--", "python3", PULLER]
     for registry in registries:
         arguments += ["--registry", f"https://{registry}"]
-    arguments += [
+    return [
+        *arguments,
         "--repository", repository, "--digest", digest, "--store", STORE,
-        "--dest", directory, "--auth-file", AUTH_FILE, "--jobs", str(jobs), "--no-progress",
+        "--dest", model_directory(model, digest), "--auth-file", AUTH_FILE,
+        "--jobs", str(jobs), "--no-progress",
     ]  # fmt: skip
-    yield StringCommand(*arguments)

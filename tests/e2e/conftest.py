@@ -71,3 +71,22 @@ def connect_testinfra(testbed: Testbed, host: TestbedHost) -> testinfra.host.Hos
     client.connect(host.address, username="root", key_filename=str(testbed.ssh_key), timeout=10)
     target.backend.__dict__["client"] = client
     return target
+
+
+def write_inventory(path, testbed: Testbed, hosts: list[TestbedHost], **edits) -> str:
+    """An inventory file of the testbed hosts, with per-host data edits.
+
+    ``edits`` maps a host name to {key: value}; a value of None removes the key.
+    The first two hosts form the `registry` group, as in inventories/testbed.py.
+    """
+    entries = []
+    for host in hosts:
+        data = testbed.inventory_data(host)
+        for key, value in edits.get(host.name, {}).items():
+            if value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
+        entries.append((host.name, data))
+    path.write_text(f"testbed = {entries!r}\nregistry = testbed[:2]\n")
+    return str(path)

@@ -9,26 +9,11 @@ import pytest
 
 from llmhost import converge
 from llmhost.paths import REPO_ROOT
+from tests.e2e.conftest import write_inventory
 
 pytestmark = pytest.mark.e2e
 
 SENTINEL = "/etc/llmhost/egress.env"
-
-
-def write_inventory(tmp_path, testbed, hosts, **changes):
-    """An inventory of the testbed hosts; ``changes`` maps host name -> data edits."""
-    entries = []
-    for host in hosts:
-        data = testbed.inventory_data(host)
-        for key, value in changes.get(host.name, {}).items():
-            if value is None:
-                data.pop(key, None)
-            else:
-                data[key] = value
-        entries.append((host.name, data))
-    path = tmp_path / "inventory.py"
-    path.write_text(f"testbed = {entries!r}\n")
-    return str(path)
 
 
 @pytest.fixture
@@ -65,7 +50,7 @@ def test_bad_host_data_stops_every_host_before_any_change(
     tmp_path, testbed, hosts, converged_with_sentinel_removed, edit, expected
 ):
     bad = hosts[-1].name
-    inventory = write_inventory(tmp_path, testbed, hosts, **{bad: edit})
+    inventory = write_inventory(tmp_path / "inventory.py", testbed, hosts, **{bad: edit})
 
     result = converge.run(inventory)
 

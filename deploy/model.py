@@ -1,0 +1,14 @@
+"""Pull the models hosts serve, and nothing else (hosts already converged by site.py).
+
+    pyinfra inventories/<env>.py deploy/model.py
+
+For refreshing weights after `llmhost models mirror`, without touching the
+other roles.
+"""
+
+from pyinfra import host
+
+from roles.model import model
+
+if host.data.get("model_name"):
+    model()
