@@ -188,7 +188,7 @@ def load_model(path: Path) -> Model:
     license_ = reader.text(document, "license", "license", None, "name the weights' licence")
     hardware = document.get("min_hardware")
     classes = load_classes()
-    if hardware not in classes:
+    if not isinstance(hardware, str) or hardware not in classes:
         raise reader.fail(
             "min_hardware",
             f"{hardware!r} is not a hardware class",
@@ -266,7 +266,7 @@ def find(name: str, directory: Path | None = None) -> Model:
 def record_mirror(model: Model, registry: str, digest: str) -> None:
     """Write the mirrored manifest digest (and registry) into the model file, keeping the rest."""
     text = model.definition.read_text()
-    section = re.search(r"(?ms)^\[oci\]\s*$(.*?)(?=^\[|\Z)", text)
+    section = re.search(r"(?ms)^\[oci\][ \t]*(?:#[^\n]*)?$(.*?)(?=^[ \t]*\[|\Z)", text)
     if section is None:
         raise ConfigError(f"{model.definition} has no [oci] table", key="oci", fix="add one")
     body = section.group(1)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -109,6 +110,15 @@ class CertificateAuthority:
         self.ensure()
         return self.cert_path.read_text()
 
+    def _signed_by_us(self, cert: x509.Certificate) -> bool:
+        """A certificate kept from before the CA was replaced must be issued again."""
+        ca_cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
+        try:
+            cert.verify_directly_issued_by(ca_cert)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+        return True
+
     def issue(self, name: str, sans: list[str]) -> IssuedCertificate:
         """A server certificate for ``sans``; the cached one unless names changed or it expires."""
         self.ensure()
@@ -119,7 +129,11 @@ class CertificateAuthority:
         if cert_path.exists() and key_path.exists() and meta_path.exists():
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
             fresh = cert.not_valid_after_utc - _now() > RENEW_BEFORE
-            if fresh and json.loads(meta_path.read_text())["sans"] == wanted:
+            if (
+                fresh
+                and json.loads(meta_path.read_text())["sans"] == wanted
+                and self._signed_by_us(cert)
+            ):
                 return IssuedCertificate(cert_path.read_text(), key_path.read_text())
         key = ec.generate_private_key(ec.SECP256R1())
         ca_key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)

@@ -41,7 +41,10 @@ def put_template(
 ) -> OperationMeta:
     """Render ``templates/<path>`` to ``dest`` on the current host with an explicit mode.
 
-    pyinfra writes the file only when its content, owner or mode differ.
+    pyinfra writes the file only when its content, owner or mode differ. The
+    parent directory must exist: pyinfra would otherwise create it with the
+    file's owner, and on a fresh host hand e.g. /etc/llmhost to whoever owns
+    the last file written there. Roles make their directories explicitly.
     """
     return files.template(
         name=name,
@@ -50,6 +53,7 @@ def put_template(
         mode=mode,
         user=user,
         group=group,
+        create_remote_dir=False,
         jinja_env_kwargs=jinja_options(),
         **variables,
     )

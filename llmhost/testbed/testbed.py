@@ -110,8 +110,9 @@ class Testbed:
         with self._lock():
             kept = {h.name: h for h in self._clean_stale()}
             self._ensure_ssh_key()
-            image = self._run_step("building the host image", ensure_image, self.images_dir,
-                                   self.mirror)  # fmt: skip
+            image = self._run_step(
+                "building the host image", ensure_image, self.images_dir, self.mirror
+            )
             for extra in [h for h in kept.values() if h.index > count]:
                 self._destroy_host(extra)
                 del kept[extra.name]
@@ -191,6 +192,19 @@ class Testbed:
         if check and result.returncode != 0:
             raise TestbedError(f"{host.name}: `{command}` failed: {result.stderr.strip()}")
         return result.stdout
+
+    def put(self, host: TestbedHost, path: str, content: str, mode: str = "0600") -> None:
+        """Write ``content`` to ``path`` on ``host`` through SSH's stdin (never its argv)."""
+        command = f"umask 077 && cat > {path} && chmod {mode} {path}"
+        result = subprocess.run(
+            [*self.ssh_argv(host), command],
+            input=content,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if result.returncode != 0:
+            raise TestbedError(f"{host.name}: writing {path} failed: {result.stderr.strip()}")
 
     def inventory_data(self, host: TestbedHost) -> dict[str, Any]:
         """What pyinfra needs to reach ``host``, and the settings a testbed host runs with."""
@@ -428,10 +442,20 @@ class Testbed:
             return
         self.ssh_key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "llmhost-testbed", "-f",
-             str(self.ssh_key)],
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "llmhost-testbed",
+                "-f",
+                str(self.ssh_key),
+            ],
             check=True,
-        )  # fmt: skip
+        )
 
     def _write_known_hosts(self, hosts: Iterable[TestbedHost]) -> None:
         lines = []

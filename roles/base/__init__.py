@@ -188,6 +188,7 @@ def trust_llmhost_ca() -> None:
         user="root",
         group="root",
         mode="0644",
+        create_remote_dir=False,
     )
     server.shell(
         name="Rebuild the system trust store",
@@ -207,6 +208,11 @@ def time_sources(settings: BaseSettings, platform: PlatformDict) -> TimeConfig:
         in_container=in_container,
     )
     if in_container:
+        files.directory(
+            name="chrony: drop-in directory",
+            path=CHRONY_CONTAINER_DROPIN.rsplit("/", 1)[0],
+            mode="0755",
+        )
         dropin = put_template(
             name="chrony: follow time without setting the clock (container)",
             path="base/chrony-container.conf.j2",
@@ -228,6 +234,7 @@ def sshd_hardening() -> None:
     deploy_user = host.data.get("ssh_user") or getpass.getuser()
     # Root may log in with a key only when it is how this deploy logs in; else never.
     permit_root_login = "prohibit-password" if deploy_user == "root" else "no"
+    files.directory(name="sshd: drop-in directory", path=SSHD_DROPIN.rsplit("/", 1)[0], mode="0755")
     dropin = put_template(
         name="sshd: key-only access",
         path="base/sshd-hardening.conf.j2",

@@ -56,6 +56,9 @@ def model() -> None:
 
 def preflight() -> tuple[ModelSettings, Model, list[str]]:
     settings = from_data(ModelSettings, host.data, host.name)
+    if settings.model_pull_jobs < 1:
+        raise ConfigError(f"{settings.model_pull_jobs} is not a number of downloads",
+                          key="model_pull_jobs", fix="use 1 or more", host=host.name)  # fmt: skip
     if not settings.model_name:
         raise ConfigError("is unset", key="model_name", fix="name a catalog model", host=host.name)
     wanted = find(settings.model_name)
@@ -118,6 +121,7 @@ def install() -> None:
         user="root",
         group="root",
         mode="0644",
+        create_remote_dir=False,
     )
     credentials = registry_credentials(secrets_directory(host.data, host.name))
     files.put(
@@ -128,6 +132,7 @@ def install() -> None:
         user=SERVICE_USER,
         group=SERVICE_USER,
         mode="0600",
+        create_remote_dir=False,  # /etc/llmhost is base's, and stays root:llmhost
     )
 
 

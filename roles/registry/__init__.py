@@ -32,6 +32,7 @@ from llmhost.secrets import (
 )
 from llmhost.settings import from_data
 from roles.base.operations import firewall_rules, reload_firewall, wait_for_port
+from roles.base.preflight import check_port
 from roles.registry.defaults import (
     CONFIG_DIR,
     GC_UNIT,
@@ -54,6 +55,7 @@ def registry() -> None:
 
 def preflight() -> RegistrySettings:
     settings = from_data(RegistrySettings, host.data, host.name)
+    check_port(host.name, "registry_port", settings.registry_port)
     if not settings.registry_storage_path.startswith("/"):
         raise ConfigError(
             f"{settings.registry_storage_path!r} is not an absolute path",
@@ -88,8 +90,11 @@ def htpasswd_line(credentials: RegistryCredentials, existing: list[str] | None) 
     for line in existing or []:
         if line.startswith(prefix):
             current = line[len(prefix) :].strip().encode()
-            if bcrypt.checkpw(credentials.password.encode(), current):
-                return line.strip() + "\n"
+            try:
+                if bcrypt.checkpw(credentials.password.encode(), current):
+                    return line.strip() + "\n"
+            except ValueError:  # not a bcrypt hash (e.g. htpasswd's default MD5): replace it
+                pass
     fresh = bcrypt.hashpw(credentials.password.encode(), bcrypt.gensalt(rounds=10)).decode()
     return f"{prefix}{fresh}\n"
 
@@ -128,6 +133,7 @@ def configure(settings: RegistrySettings) -> list[OperationMeta]:
             user="root",
             group=REGISTRY_USER,
             mode=mode,
+            create_remote_dir=False,
         )
         for name, content, mode in secret_files
     ]
@@ -158,6 +164,7 @@ def configure(settings: RegistrySettings) -> list[OperationMeta]:
 
 def units(settings: RegistrySettings) -> OperationMeta:
     """The hardening drop-in and the GC units; returns the drop-in operation."""
+    files.directory(name="Registry: drop-in directory", path=DROPIN.rsplit("/", 1)[0], mode="0755")
     dropin = put_template(
         name="Registry: hardened drop-in over the vendor unit",
         path="registry/docker-registry-llmhost.conf.j2",

@@ -15,7 +15,7 @@ from typing import Any
 from pyinfra.api import Config, Inventory, State
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.host import Host
-from pyinfra.context import ctx_host, ctx_state
+from pyinfra.context import ctx_host, ctx_inventory, ctx_state
 
 # Roles make a CA and credentials on first use: keep them out of the repository.
 SECRETS_DIR = tempfile.mkdtemp(prefix="llmhost-unit-secrets-")
@@ -60,7 +60,8 @@ def plan(
         inventory = Inventory(([("host1", data)], {}))
         state = State(inventory, Config())
         host = inventory.get_host("host1")
-        add_deploy(state, deploy, host=host)
+        with ctx_inventory.use(inventory):
+            add_deploy(state, deploy, host=host)
         planned: dict[str, list[str]] = {}
         with ctx_state.use(state), ctx_host.use(host):
             for op_hash in state.get_op_order():

@@ -1,0 +1,136 @@
+"""Verified model pull vs a raw curl of the same blob, side by side on the testbed.
+
+    python bench/pull_throughput.py [--size-mb 256] [--rounds 3]
+
+On testbed host tb2, fetches one blob from tb1's registry (TLS, auth) to the same
+disk, alternately with `curl` (no verification) and with llmhost's puller
+(sha256 while streaming, fsync, atomic rename, hard-link materialisation), and
+prints each time, each round's throughput ratio verified/raw, and their median
+(goal >= 0.9). Needs root
+(the testbed); brings the testbed up and converges it first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from llmhost import converge  # noqa: E402
+from llmhost.catalog import find  # noqa: E402
+from llmhost.mirror import RegistryAccess, mirror  # noqa: E402
+from llmhost.secrets import registry_credentials  # noqa: E402
+from llmhost.testbed import Testbed  # noqa: E402
+from llmhost.testmodels import sha256_file, write_tiny_gguf  # noqa: E402
+
+BENCH_DIR = "/var/lib/llmhost/bench"
+
+
+def model_toml(path: Path) -> str:
+    return (
+        'name = "bench"\nformat = "gguf"\nlicense = "apache-2.0"\nmin_hardware = "cpu"\n'
+        f'runtimes = ["llama.cpp"]\n\n[source]\nkind = "local"\npath = "{path.parent}"\n\n'
+        f'[[files]]\npath = "{path.name}"\nsize = {path.stat().st_size}\n'
+        f'sha256 = "{sha256_file(path)}"\n\n[oci]\nrepository = "models/bench"\n'
+    )
+
+
+def timed(testbed: Testbed, host, command: str) -> float:
+    start = time.perf_counter()
+    testbed.ssh(host, command)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=256, help="approximate blob size")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--chunk", default="1M", help="the puller's read size")
+    args = parser.parse_args()
+
+    testbed = Testbed()
+    primary, puller = testbed.up(2)
+    site = converge.run("inventories/testbed.py")
+    if site.returncode != 0:
+        print(site.stderr[-2000:], file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as scratch:
+        catalog = Path(scratch) / "catalog"
+        catalog.mkdir()
+        blocks = max(1, round(args.size_mb / 67))  # ~67 MB per block at 1024 wide
+        weights = write_tiny_gguf(
+            Path(scratch) / "src" / "bench.gguf", embedding=1024, blocks=blocks, heads=16
+        )
+        (catalog / "bench.toml").write_text(model_toml(weights))
+        registry = f"{primary.address}:5000"
+        access = RegistryAccess.from_secrets(registry, testbed.root / "secrets")
+        mirror(find("bench", catalog), access)
+        model = find("bench", catalog)
+    blob = model.files[0]
+    url = f"https://{registry}/v2/{model.repository}/blobs/sha256:{blob.sha256}"
+    testbed.ssh(
+        puller,
+        "command -v curl >/dev/null || DEBIAN_FRONTEND=noninteractive "
+        "apt-get install -y -q curl >/dev/null",
+    )
+    credentials = registry_credentials(testbed.root / "secrets")
+    testbed.ssh(puller, f"mkdir -p {BENCH_DIR}")
+    # Credentials go in files (a netrc for curl, the puller's auth file), never in argv.
+    netrc, auth = f"{BENCH_DIR}/netrc", f"{BENCH_DIR}/auth.json"
+    testbed.put(
+        puller,
+        netrc,
+        f"machine {primary.address} login {credentials.username} password {credentials.password}\n",
+    )
+    testbed.put(puller, auth, credentials.auth_json())
+    testbed.put(
+        puller,
+        f"{BENCH_DIR}/ocipull.py",
+        (REPO / "llmhost" / "ocipull.py").read_text(),
+        mode="0644",
+    )
+    raw = (
+        f"curl -sf --netrc-file {netrc} -o {BENCH_DIR}/raw.blob {url} "
+        f"&& sync -f {BENCH_DIR}/raw.blob"
+    )
+    verified = (
+        f"python3 {BENCH_DIR}/ocipull.py --registry https://{registry} "
+        f"--repository {model.repository} --digest {model.digest} --store {BENCH_DIR}/store "
+        f"--dest {BENCH_DIR}/model --auth-file {auth} --no-progress --json "
+        f"--chunk-size {args.chunk}"
+    )
+    clean = f"rm -rf {BENCH_DIR}/raw.blob {BENCH_DIR}/store {BENCH_DIR}/model"
+    raw_times, verified_times = [], []
+    for _ in range(args.rounds):
+        testbed.ssh(puller, clean)
+        raw_times.append(timed(testbed, puller, raw))
+        testbed.ssh(puller, clean)
+        verified_times.append(timed(testbed, puller, verified))
+    testbed.ssh(puller, f"rm -rf {BENCH_DIR}")
+    size_mb = blob.size / 1e6
+    raw_s, verified_s = statistics.median(raw_times), statistics.median(verified_times)
+    # Each round's pair ran back to back, so its ratio is the least disturbed by drift.
+    ratios = [r / v for r, v in zip(raw_times, verified_times, strict=True)]
+    result = {
+        "blob_mb": round(size_mb, 1),
+        "rounds": args.rounds,
+        "raw_curl_s": [round(t, 3) for t in raw_times],
+        "verified_pull_s": [round(t, 3) for t in verified_times],
+        "raw_mb_per_s": round(size_mb / raw_s, 1),
+        "verified_mb_per_s": round(size_mb / verified_s, 1),
+        "ratio_per_round": [round(r, 3) for r in ratios],
+        "ratio_verified_over_raw": round(statistics.median(ratios), 3),
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
