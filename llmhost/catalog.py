@@ -279,3 +279,37 @@ def record_mirror(model: Model, registry: str, digest: str) -> None:
     if not body.endswith("\n\n") and section.end() < len(text):
         body = body.rstrip("\n") + "\n\n"
     model.definition.write_text(text[: section.start(1)] + body + text[section.end(1) :])
+
+
+def model_toml(name: str, fmt: str, source: dict[str, str], files: list[tuple[str, Path]]) -> str:
+    """A model file for ``files`` (relative path, local copy), hashed now: for new entries.
+
+    The pins come from the local copies, so check those copies came from ``source``.
+    """
+    from hashlib import sha256
+
+    runtimes = ", ".join(f'"{r}"' for r in sorted(SERVABLE[fmt]))
+    lines = [
+        f'name = "{name}"',
+        f'format = "{fmt}"',
+        'license = "apache-2.0"',
+        'min_hardware = "cpu"',
+        f"runtimes = [{runtimes}]",
+        "",
+        "[source]",
+    ]
+    lines += [f'{key} = "{value}"' for key, value in source.items()]
+    for relative, path in files:
+        digest = sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        lines += [
+            "",
+            "[[files]]",
+            f'path = "{relative}"',
+            f"size = {path.stat().st_size}",
+            f'sha256 = "{digest.hexdigest()}"',
+        ]
+    lines += ["", "[oci]", f'repository = "models/{name}"', ""]
+    return "\n".join(lines)

@@ -107,17 +107,30 @@ def deploy(inventory: str, deploy: str, limit: tuple[str, ...], dry: bool, yes: 
 def demo(count: int, tear_down: bool) -> None:
     """Run the main job end to end on throwaway local test hosts.
 
-    Boots Debian 12 hosts (systemd-nspawn, own network namespaces), converges
-    deploy/site.py on them over SSH, then converges again and requires zero
-    changes. Needs root; installs nothing itself (see the README's first line).
+    \b
+    1. boot Debian 12 hosts (systemd-nspawn, own network namespaces);
+    2. converge deploy/site.py over SSH: base, and the registry on the first host;
+    3. make a tiny llama GGUF, verify it against its catalog entry, push it to
+       the registry and record its digest;
+    4. converge again with the hosts serving it: each pulls it by digest,
+       verified while streaming;
+    5. converge once more and require zero changes.
+    Needs root; installs nothing itself (see the README's first line).
     """
+    from llmhost.demo import DEMO_MODEL, demo_catalog, mirror_demo_model
     from llmhost.testbed import Testbed, TestbedError
 
     testbed = Testbed()
+    inventory = "inventories/testbed.py"
     try:
         hosts = testbed.up(count)
         click.echo(f"testbed: {', '.join(f'{h.name} ({h.address})' for h in hosts)}", err=True)
-        _converge_twice("inventories/testbed.py")
+        _converge(inventory)
+        catalog = demo_catalog(testbed)
+        os.environ["LLMHOST_MODELS_DIR"] = str(catalog)
+        digest = mirror_demo_model(testbed, catalog)
+        click.echo(f"mirrored: {DEMO_MODEL} as {digest}", err=True)
+        _converge_twice(inventory, {"model_name": DEMO_MODEL})
     except TestbedError as error:
         raise LlmhostError(str(error)) from error
     finally:
@@ -129,13 +142,17 @@ def demo(count: int, tear_down: bool) -> None:
                    "`llmhost testbed down` removes them", err=True)  # fmt: skip
 
 
-def _converge_twice(inventory: str) -> None:
+def _converge(inventory: str, data: dict[str, str] | None = None) -> None:
+    result = converge.run(inventory, data=data, stream_stderr=True)
+    if result.returncode != 0 or result.report is None or result.errors:
+        raise LlmhostFailure(f"converge failed (exit {result.returncode})")
+    click.echo(f"converged: {result.changes} operation(s) changed", err=True)
+
+
+def _converge_twice(inventory: str, data: dict[str, str] | None = None) -> None:
     """Converge, then converge again and require that nothing changed."""
-    first = converge.run(inventory, stream_stderr=True)
-    if first.returncode != 0 or first.report is None or first.errors:
-        raise LlmhostFailure(f"first converge failed (exit {first.returncode})")
-    click.echo(f"converged: {first.changes} operation(s) changed", err=True)
-    second = converge.run(inventory, stream_stderr=False)
+    _converge(inventory, data)
+    second = converge.run(inventory, data=data, stream_stderr=False)
     if second.returncode != 0 or second.report is None or second.errors:
         raise LlmhostFailure(f"second converge failed (exit {second.returncode}):\n"
                              f"{second.stderr[-3000:]}")  # fmt: skip

@@ -71,9 +71,15 @@ def pyinfra_argv(
     dry: bool = False,
     json_output: bool = False,
     yes: bool = True,
+    data: dict[str, str] | None = None,
 ) -> list[str]:
-    """pyinfra's command line; ``yes=False`` lets pyinfra show changes and ask first."""
+    """pyinfra's command line; ``yes=False`` lets pyinfra show changes and ask first.
+
+    ``data`` overrides host data on every host (pyinfra's ``--data key=value``).
+    """
     argv = [sys.executable, "-m", "pyinfra", inventory, deploy]
+    for key, value in (data or {}).items():
+        argv += ["--data", f"{key}={value}"]
     for pattern in limit:
         argv += ["--limit", pattern]
     # --yes skips pyinfra's change detection, which is all a dry run is for.
@@ -92,11 +98,12 @@ def run(
     *,
     limit: tuple[str, ...] = (),
     dry: bool = False,
+    data: dict[str, str] | None = None,
     stream_stderr: bool = False,
 ) -> RunResult:
     """Run a deploy with ``--json``; stderr (pyinfra's human output) is kept or streamed."""
     completed = subprocess.run(
-        pyinfra_argv(inventory, deploy, limit=limit, dry=dry, json_output=True),
+        pyinfra_argv(inventory, deploy, limit=limit, dry=dry, json_output=True, data=data),
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=None if stream_stderr else subprocess.PIPE,

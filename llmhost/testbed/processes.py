@@ -10,17 +10,26 @@ from pathlib import Path
 
 
 def alive(pid: int | None, expect: str | None = None) -> bool:
-    """True if ``pid`` runs and, when given, its command line contains ``expect``."""
+    """True if ``pid`` runs and, when given, its command line contains ``expect``.
+
+    The kernel reports an empty command line while a process is busy changing its
+    memory map (seen with systemd-nspawn booting): that is read again, and a
+    process that keeps it empty is judged by existing, not by its command line.
+    """
     if not pid:
         return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    if state == "Z":
-        return False
-    return expect is None or expect in cmdline
+    for _ in range(10):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return False
+        if state == "Z":
+            return False
+        if cmdline or expect is None:
+            return expect is None or expect in cmdline
+        time.sleep(0.02)
+    return True
 
 
 def stop(pid: int | None, expect: str | None = None, timeout: float = 30.0) -> None:

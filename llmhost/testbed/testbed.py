@@ -125,6 +125,9 @@ class Testbed:
                 try:
                     self._wait_ready(host)
                 except TestbedError:
+                    console = Path(host.rootfs).parent / "console.log"
+                    if console.exists():  # kept: the host's own account of what went wrong
+                        shutil.copy(console, self.root / f"{host.name}-failed-console.log")
                     self._destroy_host(host)
                     del kept[host.name]
                     self._save(kept.values())
@@ -310,7 +313,6 @@ class Testbed:
         machine = subprocess.Popen(
             [
                 "systemd-nspawn",
-                "--quiet",
                 f"--directory={rootfs}",
                 f"--machine={name}",
                 "--register=no",
@@ -334,7 +336,8 @@ class Testbed:
         while time.monotonic() < deadline:
             if not processes.alive(host.nspawn_pid, host.rootfs):
                 raise TestbedError(
-                    f"{host.name} stopped while booting; see {Path(host.rootfs).parent}/console.log"
+                    f"{host.name} stopped while booting; its console is kept in "
+                    f"{self.root}/{host.name}-failed-console.log"
                 )
             result = subprocess.run(
                 [*self.ssh_argv(host), "systemctl is-system-running --wait"],
