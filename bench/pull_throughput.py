@@ -24,22 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from llmhost import converge  # noqa: E402
-from llmhost.catalog import find  # noqa: E402
+from llmhost.catalog import find, model_toml  # noqa: E402
 from llmhost.mirror import RegistryAccess, mirror  # noqa: E402
 from llmhost.secrets import registry_credentials  # noqa: E402
 from llmhost.testbed import Testbed  # noqa: E402
-from llmhost.testmodels import sha256_file, write_tiny_gguf  # noqa: E402
+from llmhost.testmodels import write_tiny_gguf  # noqa: E402
 
 BENCH_DIR = "/var/lib/llmhost/bench"
-
-
-def model_toml(path: Path) -> str:
-    return (
-        'name = "bench"\nformat = "gguf"\nlicense = "apache-2.0"\nmin_hardware = "cpu"\n'
-        f'runtimes = ["llama.cpp"]\n\n[source]\nkind = "local"\npath = "{path.parent}"\n\n'
-        f'[[files]]\npath = "{path.name}"\nsize = {path.stat().st_size}\n'
-        f'sha256 = "{sha256_file(path)}"\n\n[oci]\nrepository = "models/bench"\n'
-    )
 
 
 def timed(testbed: Testbed, host, command: str) -> float:
@@ -68,7 +59,10 @@ def main() -> int:
         weights = write_tiny_gguf(
             Path(scratch) / "src" / "bench.gguf", embedding=1024, blocks=blocks, heads=16
         )
-        (catalog / "bench.toml").write_text(model_toml(weights))
+        source = {"kind": "local", "path": str(weights.parent)}
+        (catalog / "bench.toml").write_text(
+            model_toml("bench", "gguf", source, [(weights.name, weights)])
+        )
         registry = f"{primary.address}:5000"
         access = RegistryAccess.from_secrets(registry, testbed.root / "secrets")
         mirror(find("bench", catalog), access)

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 from llmhost import converge
-from llmhost.catalog import find
+from llmhost.catalog import find, model_toml
 from llmhost.fakehub import FakeHub
 from llmhost.paths import REPO_ROOT
-from llmhost.testmodels import sha256_file, write_tiny_gguf, write_tiny_safetensors_model
+from llmhost.testmodels import write_tiny_gguf, write_tiny_safetensors_model
 from roles.model.defaults import STORE, model_directory
 from roles.model.operations import pull_command
 from tests.e2e.conftest import write_inventory
@@ -35,30 +35,6 @@ pytestmark = pytest.mark.e2e
 HF_REPO = "llmhost-test/tiny-st"
 HF_REVISION = "5d0c7f3e9a1b2c4d6e8f0a1b3c5d7e9f1a2b4c6d"
 ONE_CHUNK = 1024 * 1024  # the puller's default read size
-
-
-def model_file(name: str, fmt: str, source: str, files: list[tuple[str, Path]]) -> str:
-    lines = [
-        f'name = "{name}"',
-        f'format = "{fmt}"',
-        'license = "apache-2.0"',
-        'min_hardware = "cpu"',
-        f'runtimes = ["{"llama.cpp" if fmt == "gguf" else "vllm"}"]',
-        "",
-        "[source]",
-        source,
-        "",
-    ]
-    for relative, path in files:
-        lines += [
-            "[[files]]",
-            f'path = "{relative}"',
-            f"size = {path.stat().st_size}",
-            f'sha256 = "{sha256_file(path)}"',
-            "",
-        ]
-    lines += ["[oci]", f'repository = "models/{name}"', ""]
-    return "\n".join(lines)
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +52,15 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     ]
     for name, options in local:
         path = write_tiny_gguf(sources / name / f"{name}.gguf", **options)
+        source = {"kind": "local", "path": str(path.parent)}
         (directory / f"{name}.toml").write_text(
-            model_file(name, "gguf", f'kind = "local"\npath = "{path.parent}"', [(path.name, path)])
+            model_toml(name, "gguf", source, [(path.name, path)])
         )
     hub_dir = root / "hub" / "tiny-st"
     relative = write_tiny_safetensors_model(hub_dir)
-    source = f'kind = "huggingface"\nrepo = "{HF_REPO}"\nrevision = "{HF_REVISION}"'
+    source = {"kind": "huggingface", "repo": HF_REPO, "revision": HF_REVISION}
     (directory / "tiny-st.toml").write_text(
-        model_file("tiny-st", "safetensors", source, [(str(r), hub_dir / r) for r in relative])
+        model_toml("tiny-st", "safetensors", source, [(str(r), hub_dir / r) for r in relative])
     )
     previous = os.environ.get("LLMHOST_MODELS_DIR")
     os.environ["LLMHOST_MODELS_DIR"] = str(directory)
