@@ -9,16 +9,18 @@ import time
 from pathlib import Path
 
 
-def alive(pid: int | None, expect: str | None = None) -> bool:
+def alive(pid: int | None, expect: str | None = None, *, patient: bool = True) -> bool:
     """True if ``pid`` runs and, when given, its command line contains ``expect``.
 
     The kernel reports an empty command line while a process is busy changing its
-    memory map (seen with systemd-nspawn booting): that is read again, and a
-    process that keeps it empty is judged by existing, not by its command line.
+    memory map (seen with systemd-nspawn booting). For a pid we recorded
+    (``patient``) that is read again, and a process that keeps it empty is judged
+    by existing. When scanning for processes, an empty command line never matches:
+    kernel threads have one too.
     """
     if not pid:
         return False
-    for _ in range(10):
+    for _ in range(10 if patient else 1):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -28,6 +30,8 @@ def alive(pid: int | None, expect: str | None = None) -> bool:
             return False
         if cmdline or expect is None:
             return expect is None or expect in cmdline
+        if not patient:
+            return False
         time.sleep(0.02)
     return True
 
@@ -56,7 +60,7 @@ def pids_with_cmdline(fragment: str) -> list[int]:
     """Processes whose command line contains ``fragment`` (e.g. a host's rootfs path)."""
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and alive(int(entry.name), fragment):
+        if entry.name.isdigit() and alive(int(entry.name), fragment, patient=False):
             found.append(int(entry.name))
     return found
 

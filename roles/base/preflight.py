@@ -50,7 +50,7 @@ def check_inventory(
     region = check_region(data.get("region"), residency.residency_allowed_regions, host)
     hardware = check_hardware(data.get("hardware"), load_classes(), host)
     settings = from_data(BaseSettings, data, host)
-    _check_ssh_networks(host, settings.base_ssh_allow_from)
+    check_networks(host, "base_ssh_allow_from", settings.base_ssh_allow_from)
     check_port(host, "base_ssh_port", settings.base_ssh_port)
     for port in settings.base_firewall_allow_tcp:
         check_port(host, "base_firewall_allow_tcp", port)
@@ -79,14 +79,15 @@ def check_port(host: str, key: str, port: int) -> None:
         raise ConfigError(f"{port} is not a TCP port", key=key, fix="use 1-65535", host=host)
 
 
-def _check_ssh_networks(host: str, networks: list[str]) -> None:
+def check_networks(host: str, key: str, networks: list[str]) -> None:
+    """Source-network settings (firewall allow lists) must be CIDR networks."""
     for network in networks:
         try:
             ipaddress.ip_network(network, strict=False)
         except ValueError as error:
             raise ConfigError(
                 f"{network!r} is not a network ({error})",
-                key="base_ssh_allow_from",
+                key=key,
                 fix="list CIDR networks such as '192.0.2.0/24' or '2001:db8::/32'",
                 host=host,
             ) from error

@@ -12,7 +12,6 @@ copy (`llmhost models sync` fills it). Both are configured the same way.
 
 from __future__ import annotations
 
-import ipaddress
 from io import StringIO
 
 import bcrypt
@@ -32,7 +31,7 @@ from llmhost.secrets import (
 )
 from llmhost.settings import from_data
 from roles.base.operations import firewall_rules, reload_firewall, wait_for_port
-from roles.base.preflight import check_port
+from roles.base.preflight import check_networks, check_port
 from roles.registry.defaults import (
     CONFIG_DIR,
     GC_UNIT,
@@ -63,16 +62,7 @@ def preflight() -> RegistrySettings:
             fix="give an absolute directory, e.g. /srv/registry",
             host=host.name,
         )
-    for network in settings.registry_allow_from:
-        try:
-            ipaddress.ip_network(network, strict=False)
-        except ValueError as error:
-            raise ConfigError(
-                f"{network!r} is not a network",
-                key="registry_allow_from",
-                fix="list CIDR networks, e.g. '10.0.0.0/8'",
-                host=host.name,
-            ) from error
+    check_networks(host.name, "registry_allow_from", settings.registry_allow_from)
     return settings
 
 
