@@ -3,7 +3,7 @@
     python bench/pull_throughput.py [--size-mb 256] [--rounds 3]
 
 On testbed host tb2, fetches one blob from tb1's registry (TLS, auth) to the same
-disk, alternately with `curl` (no verification) and with llmhost's puller
+disk, alternately (ABBA) with `curl` (no verification) and with llmhost's puller
 (sha256 while streaming, fsync, atomic rename, hard-link materialisation), and
 prints each time, each round's throughput ratio verified/raw, and their median
 (goal >= 0.9). Needs root
@@ -102,11 +102,13 @@ def main() -> int:
     )
     clean = f"rm -rf {BENCH_DIR}/raw.blob {BENCH_DIR}/store {BENCH_DIR}/model"
     raw_times, verified_times = [], []
-    for _ in range(args.rounds):
-        testbed.ssh(puller, clean)
-        raw_times.append(timed(testbed, puller, raw))
-        testbed.ssh(puller, clean)
-        verified_times.append(timed(testbed, puller, verified))
+    for round_number in range(args.rounds):
+        # Alternate which goes first, and settle the disk before each: deleting the last
+        # 500 MB file leaves writeback and reclaim that would bill whoever runs next.
+        order = [("raw", raw), ("verified", verified)]
+        for kind, command in order if round_number % 2 == 0 else reversed(order):
+            testbed.ssh(puller, f"{clean} && sync && sleep 1")
+            (raw_times if kind == "raw" else verified_times).append(timed(testbed, puller, command))
     testbed.ssh(puller, f"rm -rf {BENCH_DIR}")
     size_mb = blob.size / 1e6
     raw_s, verified_s = statistics.median(raw_times), statistics.median(verified_times)

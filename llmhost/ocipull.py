@@ -32,7 +32,6 @@ import hashlib
 import http.client
 import json
 import os
-import queue
 import re
 import shutil
 import ssl
@@ -826,48 +825,13 @@ def _stored_size_ok(path: Path, size: int) -> bool:
     return stat.S_ISREG(info.st_mode) and info.st_size == size
 
 
-class _PipelinedHash:
-    """sha256 computed on its own thread, so hashing overlaps the network read.
-
-    hashlib releases the GIL on large buffers, as do socket and TLS reads, so the
-    hash of chunk N runs while chunk N+1 arrives: still one pass over the bytes,
-    with less wall time where the CPU, not the link, is the limit.
-    """
-
-    _DONE = b""
-
-    def __init__(self) -> None:
-        self._hash = hashlib.sha256()
-        self._chunks: queue.Queue[bytes] = queue.Queue(maxsize=16)
-        self._worker: threading.Thread | None = None
-
-    def _run(self) -> None:
-        while (chunk := self._chunks.get()) is not self._DONE:
-            self._hash.update(chunk)
-
-    def update(self, chunk: bytes) -> None:
-        if not chunk:
-            return
-        if self._worker is None:
-            self._worker = threading.Thread(target=self._run, daemon=True)
-            self._worker.start()
-        self._chunks.put(chunk)
-
-    def hexdigest(self) -> str:
-        if self._worker is not None:
-            self._chunks.put(self._DONE)
-            self._worker.join()
-            self._worker = None
-        return self._hash.hexdigest()
-
-
 @dataclass
 class _Partial:
     """A ``.partial`` file being filled, with the running hash of its bytes."""
 
     file: BinaryIO
     have: int = 0
-    hasher: Any = field(default_factory=_PipelinedHash)
+    hasher: Any = field(default_factory=hashlib.sha256)
     resumed: int = 0  # bytes kept from an earlier run
     sources: list[str] = field(default_factory=list)
 
@@ -876,8 +840,7 @@ class _Partial:
         progress.add(done=-self.have)
         self.file.seek(0)
         self.file.truncate(0)
-        self.hasher.hexdigest()  # let the old hash thread finish before it is dropped
-        self.have, self.resumed, self.hasher = 0, 0, _PipelinedHash()
+        self.have, self.resumed, self.hasher = 0, 0, hashlib.sha256()
 
     def append(self, chunk: bytes) -> None:
         self.file.write(chunk)
