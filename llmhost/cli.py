@@ -138,8 +138,11 @@ def demo(count: int, tear_down: bool) -> None:
             testbed.down()
             click.echo("testbed removed", err=True)
     if not tear_down:
-        click.echo(f"hosts stay up: `llmhost testbed ssh {hosts[0].name}`; "
-                   "`llmhost testbed down` removes them", err=True)  # fmt: skip
+        click.echo(
+            f"hosts stay up: `llmhost testbed ssh {hosts[0].name}`; "
+            "`llmhost testbed down` removes them",
+            err=True,
+        )
 
 
 def _converge(inventory: str, data: dict[str, str] | None = None) -> None:
@@ -154,8 +157,9 @@ def _converge_twice(inventory: str, data: dict[str, str] | None = None) -> None:
     _converge(inventory, data)
     second = converge.run(inventory, data=data, stream_stderr=False)
     if second.returncode != 0 or second.report is None or second.errors:
-        raise LlmhostFailure(f"second converge failed (exit {second.returncode}):\n"
-                             f"{second.stderr[-3000:]}")  # fmt: skip
+        raise LlmhostFailure(
+            f"second converge failed (exit {second.returncode}):\n{second.stderr[-3000:]}"
+        )
     if second.changes:
         changed = "\n  ".join(second.changed_operations())
         raise LlmhostFailure(f"second converge was not idempotent:\n  {changed}")
@@ -200,17 +204,19 @@ def _model(context: click.Context, name: str) -> Model:
 
 
 registry_option = click.option(
-    "--registry", help="Registry as host:port (default: the inventory's first registry, "
-    "else the one recorded in the model file)."
-)  # fmt: skip
+    "--registry",
+    help="Registry as host:port (default: the inventory's first registry, "
+    "else the one recorded in the model file).",
+)
 inventory_option = click.option(
     "--inventory", type=click.Path(dir_okay=False), help="Take registries and secrets from it."
 )
 secrets_option = click.option(
-    "--secrets-dir", type=click.Path(file_okay=False, path_type=Path),
+    "--secrets-dir",
+    type=click.Path(file_okay=False, path_type=Path),
     help="Directory with ca/ and registry.json (default: the inventory's, else "
     "inventories/secrets).",
-)  # fmt: skip
+)
 
 
 def _registry_access(
@@ -231,10 +237,23 @@ def _registry_access(
     if not endpoints and recorded:
         endpoints = [recorded]
     if not endpoints:
-        raise ConfigError("no registry given", key=None,
-                          fix="pass --registry HOST:PORT or --inventory INVENTORY")  # fmt: skip
+        raise ConfigError(
+            "no registry given", key=None, fix="pass --registry HOST:PORT or --inventory INVENTORY"
+        )
     directory = secrets_dir or secrets_directory(data)
     return [RegistryAccess.from_secrets(e, directory) for e in endpoints]
+
+
+# Registry and transfer failures (oras-py and requests raise their own types, and oras-py
+# may even sys.exit): reported with the registry named, never as a traceback.
+TRANSFER_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, OSError, SystemExit, ValueError)
+
+
+def _transfer_failure(where: str, error: BaseException) -> LlmhostFailure:
+    return LlmhostFailure(
+        f"{where}: {error or type(error).__name__}. Fix: check that the registry is up and "
+        "reachable from here, and that --secrets-dir holds its CA and credentials"
+    )
 
 
 @models.command("list")
@@ -265,8 +284,9 @@ def models_validate(context: click.Context, names: tuple[str, ...]) -> None:
             load_model(path)
         except ConfigError as error:
             failures.append({"file": str(path), "key": error.key, "error": str(error)})
-    click.echo(json.dumps({"ok": not failures, "checked": len(paths), "failures": failures},
-                          indent=2))  # fmt: skip
+    click.echo(
+        json.dumps({"ok": not failures, "checked": len(paths), "failures": failures}, indent=2)
+    )
     if failures:
         sys.exit(1)
 
@@ -295,6 +315,8 @@ def models_mirror(
         digest = mirror(model, access, hf_endpoint)
     except ConfigError as error:
         raise LlmhostError(str(error)) from error
+    except TRANSFER_ERRORS as error:
+        raise _transfer_failure(f"mirror of {model.name}", error) from error
     click.echo(f"{model.name}: {digest} on {access.endpoint} (written to {model.definition})")
 
 
@@ -318,14 +340,20 @@ def models_verify(
     model = _model(context, name)
     try:
         accesses = _registry_access(registry, inventory, secrets_dir, model.registry)
-        for access in accesses:
-            verified = verify(model, access)
-            click.echo(f"{model.name}: {model.digest} verified on {access.endpoint} "
-                       f"({verified} bytes)")  # fmt: skip
     except ConfigError as error:
         raise LlmhostError(str(error)) from error
-    except ocipull.PullError as error:
-        raise LlmhostFailure(f"{model.name} on {access.endpoint}: {error}") from error
+    failures = []
+    for access in accesses:  # every registry, so a bad primary does not hide the DR copy
+        try:
+            verified = verify(model, access)
+        except (ConfigError, ocipull.PullError, *TRANSFER_ERRORS) as error:  # type: ignore[misc]
+            failures.append(f"{access.endpoint}: {error}")
+        else:
+            click.echo(
+                f"{model.name}: {model.digest} verified on {access.endpoint} ({verified} bytes)"
+            )
+    if failures:
+        raise LlmhostFailure(f"{model.name} failed verification on:\n  " + "\n  ".join(failures))
 
 
 @models.command("sync")
@@ -357,6 +385,8 @@ def models_sync(
         raise LlmhostError(str(error)) from error
     except ocipull.PullError as error:
         raise LlmhostFailure(f"sync from {source} failed: {error}") from error
+    except TRANSFER_ERRORS as error:
+        raise _transfer_failure(f"sync {source} -> {target}", error) from error
 
 
 # -- testbed -----------------------------------------------------------------------------

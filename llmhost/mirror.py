@@ -263,8 +263,10 @@ def sync(model: Model, source: RegistryAccess, target: RegistryAccess) -> str:
     """Copy the artifact from ``source`` to ``target`` by digest, verified on both ends.
 
     Blobs are pulled and hashed from the source, uploaded (skipped when the target
-    already has them), and the manifest is put as the exact bytes it was, so the
-    digest on the target is the digest the catalog pins.
+    already has them: a registry never overwrites a blob), and the manifest is put
+    as the exact bytes it was, so the digest on the target is the digest the
+    catalog pins. The target is then read back in full, so a blob it already had
+    but holds corrupt fails the sync instead of passing unseen.
     """
     digest = require_digest(model)
     with tempfile.TemporaryDirectory(prefix="llmhost-sync-") as scratch:
@@ -301,6 +303,7 @@ def sync(model: Model, source: RegistryAccess, target: RegistryAccess) -> str:
                 raise RuntimeError(f"{target.endpoint} refused the manifest: {put.text[:300]}")
             if put.headers.get("Docker-Content-Digest") != digest:
                 raise RuntimeError(f"{target.endpoint} stored the manifest under another digest")
+    verify(model, target)
     return digest
 
 

@@ -129,10 +129,12 @@ class CertificateAuthority:
         if cert_path.exists() and key_path.exists() and meta_path.exists():
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
             fresh = cert.not_valid_after_utc - _now() > RENEW_BEFORE
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
             if (
                 fresh
                 and json.loads(meta_path.read_text())["sans"] == wanted
                 and self._signed_by_us(cert)
+                and cert.public_key() == key.public_key()  # an interrupted reissue
             ):
                 return IssuedCertificate(cert_path.read_text(), key_path.read_text())
         key = ec.generate_private_key(ec.SECP256R1())

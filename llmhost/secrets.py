@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,8 @@ class SecretsSettings:
 @dataclass(frozen=True)
 class RegistryCredentials:
     username: str
-    password: str
-    http_secret: str
+    password: str = field(repr=False)
+    http_secret: str = field(repr=False)
 
     def auth_json(self) -> str:
         return json.dumps({"username": self.username, "password": self.password}) + "\n"

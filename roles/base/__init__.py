@@ -26,6 +26,7 @@ from roles.base.defaults import (
     CONFIG_DIR,
     FIREWALL_RULES_DIR,
     FIREWALL_UNIT,
+    LLMHOST_CA,
     SERVICE_USER,
     STATE_DIR,
     BaseSettings,
@@ -35,7 +36,6 @@ from roles.base.operations import firewall_rules, reload_firewall
 from roles.base.preflight import HostIdentity, check_inventory, check_platform
 
 PACKAGES = ["chrony", "nftables", "ca-certificates"]
-LLMHOST_CA = "/usr/local/share/ca-certificates/llmhost-ca.crt"
 APT_PROXY_CONF = "/etc/apt/apt.conf.d/80llmhost-proxy"
 VENDOR_APT_SOURCES = (
     "/etc/apt/sources.list.d/debian.sources",

@@ -1,4 +1,4 @@
-"""Operations of the base role that later roles reuse: firewall rules and readiness waits.
+"""Operations of the base role that later roles reuse: firewall rules, readiness, secrets.
 
 Each function adds pyinfra operations for the current host; files are only
 written when their content, owner or mode differ, and services only reload
@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from typing import Any
 
+from pyinfra import host
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import server
+from pyinfra.facts.server import Home
+from pyinfra.operations import files, server
 
+from llmhost.errors import ConfigError
 from llmhost.render import put_template
 from roles.base.defaults import FIREWALL_RULES_DIR, FIREWALL_UNIT
 
@@ -71,3 +75,33 @@ def wait_for_port(port: int, unit: str, timeout: int = 30) -> str:
         f"echo '{unit} is not listening on port {port}; its last log lines:' >&2; "
         f"journalctl -u {unit} -n 20 --no-pager >&2; exit 1"
     )
+
+
+def secret_upload_options() -> dict[str, Any]:
+    """pyinfra arguments for uploading a file that holds a secret.
+
+    With sudo, pyinfra uploads to a temporary file first, by default in /tmp with
+    the SFTP server's umask (world-readable): secrets go through a 0700 directory
+    in the SSH user's home instead. ``--diff`` would print the new content, so a
+    deploy that uploads secrets refuses it.
+    """
+    if host.state.config.DIFF:
+        raise ConfigError(
+            "--diff would print secrets (keys, passwords) into the deploy's output",
+            key=None,
+            fix="run this deploy without --diff",
+            host=host.name,
+        )
+    escalates = host.state.config.SUDO or host.data.get("_sudo") or host.data.get("_su_user")
+    if not escalates:
+        return {}
+    home = host.get_fact(Home, _sudo=False, _su_user=None)
+    directory = f"{home}/.llmhost-upload"
+    files.directory(
+        name="Private upload directory for secrets (sudo deploys)",
+        path=directory,
+        mode="0700",
+        _sudo=False,
+        _su_user=None,
+    )
+    return {"_temp_dir": directory}

@@ -20,11 +20,12 @@ from pyinfra.operations import files
 
 from llmhost.catalog import Model, find
 from llmhost.errors import ConfigError
-from llmhost.hardware import load_classes
+from llmhost.hardware import check_hardware, load_classes
 from llmhost.paths import REPO_ROOT
 from llmhost.secrets import registry_credentials, secrets_directory
 from llmhost.settings import from_data
 from roles.base.defaults import SERVICE_USER, STATE_DIR
+from roles.base.operations import secret_upload_options
 from roles.model.defaults import (
     AUTH_FILE,
     MODELS_DIR,
@@ -32,9 +33,8 @@ from roles.model.defaults import (
     PULLER_DIR,
     STORE,
     ModelSettings,
-    model_directory,
 )
-from roles.model.facts import FreeBytes, MaterialisedManifest
+from roles.model.facts import FreeBytes, StoredBlobs
 from roles.model.operations import pulled
 from roles.registry.defaults import endpoint
 
@@ -50,8 +50,13 @@ def model() -> None:
         digest=str(wanted.digest),
         repository=wanted.repository,
         registries=registries,
+        sizes=expected_sizes(wanted),
         jobs=settings.model_pull_jobs,
     )
+
+
+def expected_sizes(wanted: Model) -> dict[str, int]:
+    return {f.path: f.size for f in wanted.files}
 
 
 def preflight() -> tuple[ModelSettings, Model, list[str]]:
@@ -61,7 +66,10 @@ def preflight() -> tuple[ModelSettings, Model, list[str]]:
                           key="model_pull_jobs", fix="use 1 or more", host=host.name)  # fmt: skip
     if not settings.model_name:
         raise ConfigError("is unset", key="model_name", fix="name a catalog model", host=host.name)
-    wanted = find(settings.model_name)
+    try:
+        wanted = find(settings.model_name)
+    except ConfigError as error:
+        raise ConfigError(error.problem, key="model_name", fix=error.fix, host=host.name) from error
     if not wanted.digest:
         raise ConfigError(
             f"model {wanted.name} has no OCI digest yet",
@@ -86,7 +94,8 @@ def preflight() -> tuple[ModelSettings, Model, list[str]]:
 
 def check_hardware_fits(wanted: Model) -> None:
     classes = load_classes()
-    mine, needed = classes[host.data.get("hardware")], classes[wanted.min_hardware]
+    mine = check_hardware(host.data.get("hardware"), classes, host.name)
+    needed = classes[wanted.min_hardware]
     if mine.gpu_count * mine.gpu_memory_gib < needed.gpu_count * needed.gpu_memory_gib:
         raise ConfigError(
             f"model {wanted.name} needs at least a {needed.name} ({needed.gpu_count} x "
@@ -98,14 +107,13 @@ def check_hardware_fits(wanted: Model) -> None:
 
 
 def check_disk(wanted: Model) -> None:
-    """Refuse before downloading when the store cannot take the model at all."""
-    directory = model_directory(wanted.name, str(wanted.digest))
-    if host.get_fact(MaterialisedManifest, directory=directory) == wanted.digest:
-        return
+    """Refuse before downloading when the store cannot take the missing blobs."""
+    stored = host.get_fact(StoredBlobs, store=STORE)
+    missing = sum({f.sha256: f.size for f in wanted.files if f.sha256 not in stored}.values())
     free = host.get_fact(FreeBytes, path=STATE_DIR)
-    if free is not None and free < wanted.total_size:
+    if missing and free is not None and free < missing:
         raise ConfigError(
-            f"model {wanted.name} needs {wanted.total_size} bytes; {STATE_DIR} has {free} free",
+            f"model {wanted.name} needs {missing} more bytes; {STATE_DIR} has {free} free",
             key="model_name",
             fix=f"free space on the filesystem of {STATE_DIR}, or grow it",
             host=host.name,
@@ -125,6 +133,7 @@ def install() -> None:
     )
     credentials = registry_credentials(secrets_directory(host.data, host.name))
     files.put(
+        **secret_upload_options(),
         name="Registry credentials for pulls",
         src=StringIO(credentials.auth_json()),
         dest=AUTH_FILE,

@@ -2,27 +2,60 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from pyinfra.api import FactBase
 
 from llmhost.ocipull import MANIFEST_FILE
 
 
-class MaterialisedManifest(FactBase[str | None]):
-    """sha256 digest of the manifest a model directory was built from, or None.
+class MaterialisedDict(TypedDict):
+    manifest: str | None  # sha256 digest of the manifest the directory was built from
+    files: dict[str, int]  # relative path -> size
 
-    The puller writes the manifest into the directory last-but-one, before the
-    atomic rename, so a directory that exists is complete.
+
+class MaterialisedModel(FactBase[MaterialisedDict]):
+    """What a model directory holds: the manifest it was built from, and its files' sizes.
+
+    The puller writes the manifest before renaming the directory into place, so
+    a directory that exists was complete; the sizes catch a file deleted or
+    truncated since.
     """
 
     def command(self, directory: str) -> str:
         return (
-            f"test -f {directory}/{MANIFEST_FILE} && "
-            f"sha256sum {directory}/{MANIFEST_FILE} | cut -d' ' -f1 || true"
+            f"cd {directory} 2>/dev/null || exit 0; "
+            f"test -f {MANIFEST_FILE} && sha256sum {MANIFEST_FILE} | cut -c1-64; "
+            f"find . -type f ! -name {MANIFEST_FILE} -printf '%s %P\\n'"
         )
 
-    def process(self, output: list[str]) -> str | None:
-        value = "".join(output).strip()
-        return f"sha256:{value}" if len(value) == 64 else None
+    @staticmethod
+    def default() -> MaterialisedDict:
+        return {"manifest": None, "files": {}}
+
+    def process(self, output: list[str]) -> MaterialisedDict:
+        result = self.default()
+        for line in output:
+            if len(line) == 64 and " " not in line:
+                result["manifest"] = f"sha256:{line}"
+            elif " " in line:
+                size, path = line.split(" ", 1)
+                result["files"][path] = int(size)
+        return result
+
+
+class StoredBlobs(FactBase[set[str]]):
+    """sha256 hex digests of the verified blobs in the store."""
+
+    def command(self, store: str) -> str:
+        return f"ls -1 {store}/sha256 2>/dev/null || true"
+
+    @staticmethod
+    def default() -> set[str]:
+        return set()
+
+    def process(self, output: list[str]) -> set[str]:
+        return {name for name in output if len(name) == 64}
 
 
 class FreeBytes(FactBase[int | None]):

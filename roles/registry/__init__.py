@@ -15,7 +15,7 @@ from __future__ import annotations
 from io import StringIO
 
 import bcrypt
-from pyinfra import host
+from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import FileContents
@@ -30,7 +30,12 @@ from llmhost.secrets import (
     secrets_directory,
 )
 from llmhost.settings import from_data
-from roles.base.operations import firewall_rules, reload_firewall, wait_for_port
+from roles.base.operations import (
+    firewall_rules,
+    reload_firewall,
+    secret_upload_options,
+    wait_for_port,
+)
 from roles.base.preflight import check_networks, check_port
 from roles.registry.defaults import (
     CONFIG_DIR,
@@ -115,8 +120,10 @@ def configure(settings: RegistrySettings) -> list[OperationMeta]:
         ("tls.key", certificate.key_pem, "0640"),
         ("htpasswd", htpasswd_line(credentials, existing), "0640"),
     ]
+    upload = secret_upload_options()
     changed = [
         files.put(
+            **upload,
             name=f"Registry: {name}",
             src=StringIO(content),
             dest=f"{CONFIG_DIR}/{name}",
@@ -129,6 +136,7 @@ def configure(settings: RegistrySettings) -> list[OperationMeta]:
     ]
     changed.append(
         put_template(
+            **upload,
             name="Registry: configuration",
             path="registry/config.yml.j2",
             dest=f"{CONFIG_DIR}/config.yml",
@@ -150,6 +158,22 @@ def configure(settings: RegistrySettings) -> list[OperationMeta]:
     )
     reload_firewall(rules)
     return changed
+
+
+def gc_schedule(settings: RegistrySettings) -> str:
+    """The configured schedule, or Sunday 03:30 on the primary and two hours later per copy.
+
+    The registry stops while it collects; primary and DR must never stop together.
+    """
+    if settings.registry_gc_schedule:
+        return settings.registry_gc_schedule
+    members = [member.name for member in inventory.get_group("registry", [])]
+    return staggered_gc_schedule(members.index(host.name) if host.name in members else 0)
+
+
+def staggered_gc_schedule(position: int) -> str:
+    """Sunday 03:30 for the first registry host, two hours later for each next one."""
+    return f"Sun *-*-* {(3 + 2 * position) % 24:02d}:30:00"
 
 
 def units(settings: RegistrySettings) -> OperationMeta:
@@ -178,7 +202,7 @@ def units(settings: RegistrySettings) -> OperationMeta:
         path="registry/gc.timer.j2",
         dest=f"/etc/systemd/system/{GC_UNIT}.timer",
         mode="0644",
-        schedule=settings.registry_gc_schedule,
+        schedule=gc_schedule(settings),
     )
     systemd.daemon_reload(
         name="systemd: load changed registry units",

@@ -28,9 +28,10 @@ class RegistrySettings:
     registry_allow_from: list[str] = setting(
         [], "Source networks (CIDR) allowed to reach the registry; empty means from anywhere"
     )
-    registry_gc_schedule: str = setting(
-        "Sun *-*-* 03:30:00",
-        "systemd OnCalendar of garbage collection (the registry pauses while it runs)",
+    registry_gc_schedule: str | None = setting(
+        None,
+        "systemd OnCalendar of garbage collection, which pauses the registry; unset: Sunday "
+        "03:30 on the primary, two hours later on each further registry host",
     )
 
 

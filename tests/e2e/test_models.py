@@ -182,7 +182,7 @@ def test_a_corrupt_blob_in_the_registry_fails_the_pull_and_leaves_nothing(
     result = converge.run(inventory, "deploy/model.py")
 
     assert result.returncode != 0
-    assert f"sha256:{blob}" in result.stderr and "corrupt" in result.stderr
+    assert f"sha256:{blob}" in result.stderr and "corrupt blob in registry" in result.stderr
     assert model.files[0].path in result.stderr
     directory = model_directory(model.name, str(model.digest))
     assert testbed.ssh(puller, f"ls -d {directory}", check=False) == ""
@@ -303,7 +303,7 @@ def test_wrong_registry_credentials_are_a_clear_error(tmp_path, testbed, hosts, 
     result = converge.run(wrong, "deploy/model.py")
 
     assert result.returncode != 0
-    assert "credentials" in result.stderr.lower() or "401" in result.stderr
+    assert "HTTP 401" in result.stderr
     assert "not-the-password" not in result.stderr + result.stdout
     restored = converge.run(
         inventory_for(tmp_path, testbed, hosts, [puller], model_name=other.name), "deploy/model.py"

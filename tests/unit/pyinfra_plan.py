@@ -41,7 +41,10 @@ FRESH_DEBIAN_12: dict[str, Any] = {
 
 
 def plan(
-    deploy: Callable[[], None], data: dict[str, Any], facts: dict[str, Any] | None = None
+    deploy: Callable[[], None],
+    data: dict[str, Any],
+    facts: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, list[str]]:
     """Operation name (without the deploy's prefix) -> the commands it would run, in order.
 
@@ -58,7 +61,7 @@ def plan(
     Host.get_fact = get_fact  # type: ignore[method-assign]
     try:
         inventory = Inventory(([("host1", data)], {}))
-        state = State(inventory, Config())
+        state = State(inventory, Config(**(config or {})))
         host = inventory.get_host("host1")
         with ctx_inventory.use(inventory):
             add_deploy(state, deploy, host=host)

@@ -17,6 +17,12 @@ from tests.unit.pyinfra_plan import SECRETS_DIR, plan
 DIGEST = "sha256:" + "c" * 64
 REGISTRIES = ["10.0.0.5:5000", "10.0.0.6:5000"]
 MODEL_DIR = f"/var/lib/llmhost/models/tiny@{DIGEST}"
+TINY_FILES = {"tiny.gguf": 1000, "tokenizer.json": 24}
+
+
+def built(manifest: str = DIGEST, files: dict[str, int] | None = None) -> dict:
+    """The MaterialisedModel fact of a directory built from ``manifest``."""
+    return {"manifest": manifest, "files": TINY_FILES if files is None else files}
 
 
 def model_file(name: str, *, digest: str | None, min_hardware: str = "cpu", size: int = 1000):
@@ -111,7 +117,8 @@ def test_pull_runs_as_the_service_user_by_digest_from_every_registry_in_order():
         f"--digest {DIGEST} "
         "--store /var/lib/llmhost/blobs "
         f"--dest {MODEL_DIR} "
-        "--auth-file /etc/llmhost/registry-auth.json --jobs 4 --no-progress"
+        "--auth-file /etc/llmhost/registry-auth.json "
+        "--ca-file /usr/local/share/ca-certificates/llmhost-ca.crt --jobs 4 --no-progress"
     ) in command
 
 
@@ -134,14 +141,24 @@ def test_the_registry_password_is_in_no_command():
 
 
 def test_materialised_model_is_not_pulled_again():
-    planned = plan(model, host_data(), {"MaterialisedManifest": DIGEST})
+    planned = plan(model, host_data(), {"MaterialisedModel": built()})
     assert commands(planned, "Model tiny (1024 bytes) by digest") == []
     assert "Model tiny (1024 bytes) by digest" in planned
 
 
 def test_directory_built_from_another_manifest_is_pulled():
     other = "sha256:" + "d" * 64
-    planned = plan(model, host_data(), {"MaterialisedManifest": other})
+    planned = plan(model, host_data(), {"MaterialisedModel": built(other)})
+    assert f"--digest {DIGEST}" in pull_command(planned)
+
+
+@pytest.mark.parametrize(
+    "files",
+    [{"tiny.gguf": 1000}, {"tiny.gguf": 999, "tokenizer.json": 24}],
+    ids=["file-deleted", "file-truncated"],
+)
+def test_a_damaged_model_directory_is_pulled_again(files):
+    planned = plan(model, host_data(), {"MaterialisedModel": built(files=files)})
     assert f"--digest {DIGEST}" in pull_command(planned)
 
 
@@ -150,9 +167,9 @@ def test_materialised_manifest_is_asked_of_the_digest_directory():
 
     def materialised(directory):
         asked.append(directory)
-        return None
+        return built(manifest=None, files={})
 
-    plan(model, host_data(), {"MaterialisedManifest": materialised})
+    plan(model, host_data(), {"MaterialisedModel": materialised})
     assert set(asked) == {MODEL_DIR}
 
 
@@ -164,7 +181,9 @@ def test_unmirrored_model_tells_how_to_mirror_it():
 
 
 def test_unknown_model_lists_the_catalog():
-    with pytest.raises(ConfigError, match="key `model`: no model 'huge'") as raised:
+    with pytest.raises(
+        ConfigError, match="host host1: key `model_name`: no model 'huge'"
+    ) as raised:
         plan(model, host_data(model_name="huge"))
     assert "(models: big, tiny, unmirrored)" in str(raised.value)
 
@@ -183,7 +202,7 @@ def test_model_fits_a_big_enough_host():
 def test_model_larger_than_the_free_space_is_refused():
     with pytest.raises(ConfigError, match="host host1: key `model_name`") as raised:
         plan(model, host_data(), {"FreeBytes": 1023})
-    assert "model tiny needs 1024 bytes; /var/lib/llmhost has 1023 free" in str(raised.value)
+    assert "model tiny needs 1024 more bytes; /var/lib/llmhost has 1023 free" in str(raised.value)
     assert "free space" in str(raised.value)
 
 
@@ -192,8 +211,18 @@ def test_model_that_fits_the_free_space_is_pulled():
 
 
 def test_materialised_model_needs_no_free_space():
-    planned = plan(model, host_data(), {"FreeBytes": 0, "MaterialisedManifest": DIGEST})
+    stored = {"a" * 64, "b" * 64}
+    planned = plan(
+        model,
+        host_data(),
+        {"FreeBytes": 0, "StoredBlobs": stored, "MaterialisedModel": built()},
+    )
     assert commands(planned, "Model tiny (1024 bytes) by digest") == []
+
+
+def test_only_blobs_missing_from_the_store_need_free_space():
+    planned = plan(model, host_data(), {"FreeBytes": 24, "StoredBlobs": {"a" * 64}})
+    assert f"--digest {DIGEST}" in pull_command(planned)
 
 
 def in_inventory(inventory: Inventory):

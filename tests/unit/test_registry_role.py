@@ -14,7 +14,7 @@ from pyinfra.operations import server, systemd
 from llmhost.errors import ConfigError
 from llmhost.render import render
 from llmhost.secrets import RegistryCredentials, certificate_authority, registry_credentials
-from roles.registry import DROPIN, htpasswd_line, registry
+from roles.registry import DROPIN, htpasswd_line, registry, staggered_gc_schedule
 from roles.registry.defaults import CONFIG_DIR
 from tests.unit.pyinfra_plan import SECRETS_DIR, plan
 
@@ -320,3 +320,27 @@ def test_gc_timer_runs_on_the_configured_schedule():
     text = render("registry/gc.timer.j2", schedule="Sat *-*-* 01:00:00")
     assert "OnCalendar=Sat *-*-* 01:00:00\n" in text
     assert "Persistent=true\n" in text
+
+
+def test_secrets_go_through_a_private_directory_when_the_deploy_uses_sudo():
+    planned = plan(
+        registry, {**HOST, "ssh_user": "deploy", "_sudo": True}, {"Home": "/home/deploy"}
+    )
+    assert planned["Private upload directory for secrets (sudo deploys)"] == [
+        "mkdir -p /home/deploy/.llmhost-upload",
+        "chmod 700 /home/deploy/.llmhost-upload",
+    ]
+
+
+def test_a_diff_run_is_refused_before_it_could_print_secrets():
+    with pytest.raises(ConfigError, match="--diff would print secrets"):
+        plan(registry, HOST, config={"DIFF": True})
+
+
+def test_registry_hosts_collect_garbage_two_hours_apart():
+    # The registry stops while it collects: primary and DR must never stop together.
+    assert [staggered_gc_schedule(i) for i in range(3)] == [
+        "Sun *-*-* 03:30:00",
+        "Sun *-*-* 05:30:00",
+        "Sun *-*-* 07:30:00",
+    ]
