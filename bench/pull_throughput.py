@@ -43,7 +43,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=256, help="approximate blob size")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--chunk", default="1M", help="the puller's read size")
+    parser.add_argument("--chunk", default="64K", help="the puller's read size")
     args = parser.parse_args()
 
     testbed = Testbed()

@@ -64,7 +64,9 @@ TITLE_ANNOTATION = "org.opencontainers.image.title"
 MANIFEST_FILE = ".llmhost-manifest.json"
 # distribution refuses manifests over 4 MiB; anything bigger is not a manifest.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-DEFAULT_CHUNK_SIZE = 1024 * 1024
+# 64 KiB: read, hash and write while the chunk is still in the CPU's cache. Measured on
+# the testbed against curl: 1 MiB chunks cost up to a second more system time per 540 MB.
+DEFAULT_CHUNK_SIZE = 64 * 1024
 DEFAULT_JOBS = 4
 DEFAULT_TIMEOUT = 60.0
 HASH_READ_SIZE = 1024 * 1024

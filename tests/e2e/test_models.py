@@ -24,6 +24,7 @@ import pytest
 from llmhost import converge
 from llmhost.catalog import find, model_toml
 from llmhost.fakehub import FakeHub
+from llmhost.ocipull import DEFAULT_CHUNK_SIZE
 from llmhost.paths import REPO_ROOT
 from llmhost.testmodels import write_tiny_gguf, write_tiny_safetensors_model
 from roles.model.defaults import STORE, model_directory
@@ -34,7 +35,6 @@ pytestmark = pytest.mark.e2e
 
 HF_REPO = "llmhost-test/tiny-st"
 HF_REVISION = "5d0c7f3e9a1b2c4d6e8f0a1b3c5d7e9f1a2b4c6d"
-ONE_CHUNK = 1024 * 1024  # the puller's default read size
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +238,7 @@ def test_an_interrupted_transfer_resumes_where_it_stopped(
     report = json.loads(resumed)
     assert report["ok"] and report["changed"]
     lost = blob.size - kept
-    assert lost <= report["downloaded_bytes"] <= lost + ONE_CHUNK, report
+    assert lost <= report["downloaded_bytes"] <= lost + DEFAULT_CHUNK_SIZE, report
     assert report["reused_bytes"] >= kept
     directory = model_directory(model.name, str(model.digest))
     assert remote_sha256(testbed, puller, f"{directory}/{blob.path}") == blob.sha256
