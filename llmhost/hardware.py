@@ -17,6 +17,27 @@ from typing import Any
 from llmhost.errors import ConfigError
 from llmhost.paths import HARDWARE_CATALOG
 
+RUNTIMES = ("llama.cpp", "vllm")
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
+
+
+@dataclass(frozen=True)
+class VllmSettings:
+    tensor_parallel_size: int
+    gpu_memory_utilization: float
+    max_num_seqs: int
+    kv_cache_dtype: str
+    max_model_len: int
+
+
+@dataclass(frozen=True)
+class LlamaCppSettings:
+    n_gpu_layers: int
+    threads: int
+    ctx_size: int
+    parallel: int
+    batch: int
+
 
 @dataclass(frozen=True)
 class HardwareClass:
@@ -26,31 +47,147 @@ class HardwareClass:
     gpu_count: int
     gpu_memory_gib: int
     nvswitch: bool
+    driver_branch: str | None
+    cuda_version: str | None
+    runtime: str
+    benchmarked: str
+    llama_cpp: LlamaCppSettings
+    vllm: VllmSettings | None
 
     @property
     def has_gpu(self) -> bool:
         return self.gpu_count > 0
 
 
-def _parse_class(name: str, table: dict[str, Any], source: Path) -> HardwareClass:
-    def fail(key: str, problem: str, fix: str) -> ConfigError:
-        return ConfigError(f"{problem} in {source}", key=f"{name}.{key}", fix=fix)
+class _Table:
+    """Typed reads from one TOML table, failing with the file and the dotted key."""
 
-    description = table.get("description")
-    if not isinstance(description, str) or not description:
-        raise fail("description", "is missing", "describe the class in one line")
-    gpu_count = table.get("gpu_count", 0)
-    if not isinstance(gpu_count, int) or isinstance(gpu_count, bool) or gpu_count < 0:
-        raise fail("gpu_count", f"{gpu_count!r} is not a count", "use an integer >= 0")
-    gpu_model = table.get("gpu_model")
-    memory = table.get("gpu_memory_gib", 0)
+    def __init__(self, table: dict[str, Any], prefix: str, source: Path) -> None:
+        self.table, self.prefix, self.source = table, prefix, source
+
+    def fail(self, key: str, problem: str, fix: str) -> ConfigError:
+        return ConfigError(f"{problem} in {self.source}", key=f"{self.prefix}.{key}", fix=fix)
+
+    def integer(self, key: str, minimum: int, default: int | None = None) -> int:
+        value = self.table.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise self.fail(
+                key, f"{value!r} is not an integer >= {minimum}", f"use an integer >= {minimum}"
+            )
+        return value
+
+    def fraction(self, key: str) -> float:
+        value = self.table.get(key)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 1:
+            raise self.fail(key, f"{value!r} is not in (0, 1]", "use a fraction, e.g. 0.90")
+        return float(value)
+
+    def choice(self, key: str, options: tuple[str, ...], default: str | None = None) -> str:
+        value = self.table.get(key, default)
+        if value not in options:
+            raise self.fail(
+                key,
+                f"{value!r} is not one of {', '.join(options)}",
+                f"use one of {', '.join(options)}",
+            )
+        return str(value)
+
+    def text(self, key: str, fix: str) -> str:
+        value = self.table.get(key)
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, "is missing", fix)
+        return value
+
+    def subtable(self, key: str) -> _Table | None:
+        value = self.table.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self.fail(key, "is not a table", f"declare it as [{self.prefix}.{key}]")
+        return _Table(value, f"{self.prefix}.{key}", self.source)
+
+
+def _llama_cpp(table: _Table | None, parent: _Table, gpu_count: int) -> LlamaCppSettings:
+    if table is None:
+        raise parent.fail("llama_cpp", "is missing", "add a [<class>.llama_cpp] table")
+    settings = LlamaCppSettings(
+        n_gpu_layers=table.integer("n_gpu_layers", 0),
+        threads=table.integer("threads", 1),
+        ctx_size=table.integer("ctx_size", 1),
+        parallel=table.integer("parallel", 1),
+        batch=table.integer("batch", 1),
+    )
+    if not gpu_count and settings.n_gpu_layers:
+        raise table.fail("n_gpu_layers", "offloads layers on a class without GPUs", "set it to 0")
+    if settings.ctx_size < settings.parallel:
+        raise table.fail(
+            "ctx_size",
+            f"{settings.ctx_size} leaves no context for each of {settings.parallel} parallel slots",
+            "llama-server divides ctx_size among the slots: raise it",
+        )
+    return settings
+
+
+def _vllm(table: _Table | None, gpu_count: int) -> VllmSettings | None:
+    if table is None:
+        return None
+    if not gpu_count:
+        raise table.fail(
+            "tensor_parallel_size",
+            "vLLM settings on a class without GPUs",
+            "remove the vllm table, or give the class its GPUs",
+        )
+    settings = VllmSettings(
+        tensor_parallel_size=table.integer("tensor_parallel_size", 1),
+        gpu_memory_utilization=table.fraction("gpu_memory_utilization"),
+        max_num_seqs=table.integer("max_num_seqs", 1),
+        kv_cache_dtype=table.choice("kv_cache_dtype", KV_CACHE_DTYPES, "auto"),
+        max_model_len=table.integer("max_model_len", 1),
+    )
+    if settings.tensor_parallel_size > gpu_count:
+        raise table.fail(
+            "tensor_parallel_size",
+            f"{settings.tensor_parallel_size} is more than the class's {gpu_count} GPU(s)",
+            f"use at most {gpu_count}",
+        )
+    return settings
+
+
+def _parse_class(name: str, raw: dict[str, Any], source: Path) -> HardwareClass:
+    table = _Table(raw, name, source)
+    description = table.text("description", "describe the class in one line")
+    gpu_count = table.integer("gpu_count", 0, default=0)
+    gpu_model = raw.get("gpu_model")
+    memory = raw.get("gpu_memory_gib", 0)
     if gpu_count and (not isinstance(gpu_model, str) or not gpu_model):
-        raise fail("gpu_model", "is missing for a GPU class", "name the GPU, e.g. 'NVIDIA L40S'")
+        raise table.fail(
+            "gpu_model", "is missing for a GPU class", "name the GPU, e.g. 'NVIDIA L40S'"
+        )
     if gpu_count and (not isinstance(memory, int) or memory <= 0):
-        raise fail("gpu_memory_gib", f"{memory!r} is not a size", "give GiB per GPU, e.g. 48")
-    nvswitch = table.get("nvswitch", False)
+        raise table.fail("gpu_memory_gib", f"{memory!r} is not a size", "give GiB per GPU, e.g. 48")
+    nvswitch = raw.get("nvswitch", False)
     if not isinstance(nvswitch, bool):
-        raise fail("nvswitch", f"{nvswitch!r} is not true/false", "use true or false")
+        raise table.fail("nvswitch", f"{nvswitch!r} is not true/false", "use true or false")
+    if nvswitch and gpu_count < 2:
+        raise table.fail(
+            "nvswitch",
+            "NVSwitch on a class with fewer than 2 GPUs",
+            "set nvswitch = false, or the real GPU count",
+        )
+    driver = (
+        table.text("driver_branch", "pin the NVIDIA driver branch, e.g. '550'")
+        if gpu_count
+        else None
+    )
+    cuda = table.text("cuda_version", "pin the CUDA version, e.g. '12.4'") if gpu_count else None
+    runtime = table.choice("runtime", RUNTIMES)
+    vllm = _vllm(table.subtable("vllm"), gpu_count)
+    if runtime == "vllm" and vllm is None:
+        raise table.fail(
+            "runtime",
+            "is vllm but the class has no [vllm] settings",
+            f"add [{name}.vllm], or use llama.cpp",
+        )
     return HardwareClass(
         name=name,
         description=description,
@@ -58,6 +195,12 @@ def _parse_class(name: str, table: dict[str, Any], source: Path) -> HardwareClas
         gpu_count=gpu_count,
         gpu_memory_gib=memory if gpu_count else 0,
         nvswitch=nvswitch,
+        driver_branch=driver,
+        cuda_version=cuda,
+        runtime=runtime,
+        benchmarked=table.text("benchmarked", "say where the numbers come from"),
+        llama_cpp=_llama_cpp(table.subtable("llama_cpp"), table, gpu_count),
+        vllm=vllm,
     )
 
 

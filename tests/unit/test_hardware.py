@@ -47,3 +47,92 @@ def test_unknown_and_missing_classes_list_the_known_ones():
     with pytest.raises(ConfigError, match="is missing"):
         check_hardware(None, classes, "gpu-1")
     assert check_hardware("l40s", classes, "gpu-1").gpu_model == "NVIDIA L40S"
+
+
+GPU_CLASS = """\
+[g]
+description = "one GPU"
+gpu_model = "G"
+gpu_count = 2
+gpu_memory_gib = 24
+driver_branch = "550"
+cuda_version = "12.4"
+runtime = "vllm"
+benchmarked = "nowhere"
+
+[g.llama_cpp]
+n_gpu_layers = 99
+threads = 4
+ctx_size = 4096
+parallel = 4
+batch = 512
+
+[g.vllm]
+tensor_parallel_size = 2
+gpu_memory_utilization = 0.9
+max_num_seqs = 8
+kv_cache_dtype = "auto"
+max_model_len = 4096
+"""
+
+
+def test_a_complete_gpu_class_parses_with_its_runtime_settings(tmp_path):
+    (gpu,) = load_classes(write(tmp_path, GPU_CLASS)).values()
+    assert (gpu.runtime, gpu.driver_branch, gpu.cuda_version) == ("vllm", "550", "12.4")
+    assert gpu.vllm is not None and gpu.vllm.tensor_parallel_size == 2
+    assert gpu.llama_cpp.parallel == 4
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "problem"),
+    [
+        (
+            "tensor_parallel_size = 2",
+            "tensor_parallel_size = 4",
+            "g.vllm.tensor_parallel_size",
+            "4 is more than the class's 2 GPU(s)",
+        ),
+        (
+            "gpu_memory_utilization = 0.9",
+            "gpu_memory_utilization = 1.5",
+            "g.vllm.gpu_memory_utilization",
+            "is not in (0, 1]",
+        ),
+        ('kv_cache_dtype = "auto"', 'kv_cache_dtype = "int3"', "g.vllm.kv_cache_dtype", "int3"),
+        ("ctx_size = 4096", "ctx_size = 2", "g.llama_cpp.ctx_size", "no context for each of 4"),
+        ('runtime = "vllm"', 'runtime = "tgi"', "g.runtime", "is not one of llama.cpp, vllm"),
+        ('driver_branch = "550"\n', "", "g.driver_branch", "is missing"),
+        ('cuda_version = "12.4"\n', "", "g.cuda_version", "is missing"),
+        ("gpu_count = 2", "gpu_count = 1\nnvswitch = true", "g.nvswitch", "fewer than 2 GPUs"),
+        ("threads = 4", "threads = 0", "g.llama_cpp.threads", "is not an integer >= 1"),
+    ],
+)
+def test_impossible_gpu_settings_are_refused_naming_the_key(tmp_path, old, new, key, problem):
+    assert old in GPU_CLASS
+    with pytest.raises(ConfigError) as raised:
+        load_classes(write(tmp_path, GPU_CLASS.replace(old, new)))
+    assert f"key `{key}`" in str(raised.value)
+    assert problem in str(raised.value)
+
+
+def test_vllm_and_offload_are_refused_on_a_class_without_gpus(tmp_path):
+    cpu = GPU_CLASS.replace("gpu_count = 2", "gpu_count = 0").replace(
+        'runtime = "vllm"', 'runtime = "llama.cpp"'
+    )
+    with pytest.raises(ConfigError, match="vLLM settings on a class without GPUs"):
+        load_classes(write(tmp_path, cpu))
+    without_vllm = cpu[: cpu.index("[g.vllm]")]
+    with pytest.raises(ConfigError, match=r"key `g\.llama_cpp\.n_gpu_layers`"):
+        load_classes(write(tmp_path, without_vllm))
+
+
+def test_vllm_runtime_needs_vllm_settings(tmp_path):
+    with pytest.raises(ConfigError, match="is vllm but the class has no"):
+        load_classes(write(tmp_path, GPU_CLASS[: GPU_CLASS.index("[g.vllm]")]))
+
+
+def test_shipped_classes_pick_runtimes_their_hardware_can_run():
+    classes = load_classes()
+    assert classes["cpu"].runtime == "llama.cpp" and classes["cpu"].vllm is None
+    assert classes["h100-sxm-x8"].vllm and classes["h100-sxm-x8"].vllm.tensor_parallel_size == 8
+    assert all(c.driver_branch and c.cuda_version for c in classes.values() if c.has_gpu)
