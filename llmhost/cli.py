@@ -63,7 +63,7 @@ def _checked_hosts(inventory: str, limit: tuple[str, ...]) -> list[str]:
     try:
         hosts = load_hosts(inventory, limit)
         for host in hosts:
-            check_inventory(host.name, host.data)
+            check_inventory(host.name, host.data, host.host_data)
     except ConfigError as error:
         raise LlmhostError(str(error)) from error
     return [host.name for host in hosts]
@@ -96,7 +96,10 @@ def deploy(inventory: str, deploy: str, limit: tuple[str, ...], dry: bool, yes: 
     unless --yes.
     """
     _checked_hosts(inventory, limit)
-    argv = converge.pyinfra_argv(os.path.abspath(inventory), deploy, limit=limit, dry=dry, yes=yes)
+    # pyinfra runs from the repository root (it imports roles from there).
+    argv = converge.pyinfra_argv(
+        os.path.abspath(inventory), os.path.abspath(deploy), limit=limit, dry=dry, yes=yes
+    )
     os.chdir(REPO_ROOT)
     os.execv(argv[0], argv)
 
@@ -131,7 +134,7 @@ def demo(count: int, tear_down: bool) -> None:
         digest = mirror_demo_model(testbed, catalog)
         click.echo(f"mirrored: {DEMO_MODEL} as {digest}", err=True)
         _converge_twice(inventory, {"model_name": DEMO_MODEL})
-    except TestbedError as error:
+    except (TestbedError, ConfigError) as error:
         raise LlmhostError(str(error)) from error
     finally:
         if tear_down:

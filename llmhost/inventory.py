@@ -22,7 +22,8 @@ from llmhost.paths import REPO_ROOT
 class InventoryHost:
     name: str
     groups: tuple[str, ...]
-    data: Any  # pyinfra HostData: `.get(key, default)`
+    data: Any  # pyinfra HostData: `.get(key, default)`, with group and global data merged
+    host_data: dict[str, Any]  # what the inventory sets on this host itself
 
 
 def load_hosts(inventory: str, limit: tuple[str, ...] = ()) -> list[InventoryHost]:
@@ -41,7 +42,13 @@ def load_hosts(inventory: str, limit: tuple[str, ...] = ()) -> list[InventoryHos
     with ctx_state.use(State()):  # pyinfra executes inventory files inside a state
         loaded = make_inventory(inventory, cwd=str(REPO_ROOT))
     hosts = [
-        InventoryHost(name=host.name, groups=tuple(host.groups), data=host.data) for host in loaded
+        InventoryHost(
+            name=host.name,
+            groups=tuple(host.groups),
+            data=host.data,
+            host_data=dict(loaded.get_host_data(host.name)),
+        )
+        for host in loaded
     ]
     if limit:
         hosts = [h for h in hosts if any(fnmatch(h.name, p) or p in h.groups for p in limit)]

@@ -73,3 +73,14 @@ def test_empty_inventory_and_unmatched_limit_are_errors(tmp_path):
     limited = run_cli("check", example, "--limit", "nope*")
     assert limited.exit_code == 2 and "with --limit nope*" in limited.output
     assert run_cli("check", example, "--limit", "registry").output.startswith("ok: 2 host(s)")
+
+
+def test_check_refuses_a_host_that_widens_the_residency_policy_for_itself(tmp_path):
+    inventory = tmp_path / "inv.py"
+    inventory.write_text(
+        'web = [("w1", {"region": "us-east-1", "hardware": "cpu", '
+        '"residency_allowed_regions": ["us"]})]\n'
+    )
+    result = run_cli("check", str(inventory))
+    assert result.exit_code == 2
+    assert "host w1: key `residency_allowed_regions`: is set on the host itself" in result.output
