@@ -12,7 +12,8 @@ from __future__ import annotations
 import getpass
 import re
 from io import StringIO
-from typing import NamedTuple
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -32,7 +33,7 @@ from roles.base.defaults import (
     BaseSettings,
 )
 from roles.base.facts import Platform, PlatformDict, SshdListenPorts
-from roles.base.operations import firewall_rules, reload_firewall
+from roles.base.operations import firewall_rules, reload_firewall, secret_upload_options
 from roles.base.preflight import HostIdentity, check_inventory, check_platform
 
 PACKAGES = ["chrony", "nftables", "ca-certificates"]
@@ -92,10 +93,17 @@ def apt_direct_hosts(no_proxy: list[str]) -> list[str]:
     ]
 
 
+def proxy_upload_options(settings: BaseSettings) -> dict[str, Any]:
+    """A proxy URL with a user and password in it is uploaded as a secret."""
+    proxy = settings.base_http_proxy
+    return secret_upload_options() if proxy and urlsplit(proxy).password else {}
+
+
 def configure_apt_egress(settings: BaseSettings, platform: PlatformDict) -> list[OperationMeta]:
     """Point APT at the proxy and/or mirror; returns the operations that may change sources."""
     proxy = (
         put_template(
+            **proxy_upload_options(settings),
             name="APT: egress proxy",
             path="base/apt-proxy.conf.j2",
             dest=APT_PROXY_CONF,
@@ -129,6 +137,7 @@ def configure(settings: BaseSettings, platform: PlatformDict) -> TimeConfig:
     """Write every file; returns chrony's, whose change needs a restart in `service()`."""
     service_user()
     put_template(
+        **proxy_upload_options(settings),
         name="Egress environment for llmhost units and tools",
         path="base/egress.env.j2",
         dest=f"{CONFIG_DIR}/egress.env",

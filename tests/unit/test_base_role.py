@@ -156,3 +156,15 @@ def test_bad_ssh_networks_and_types_name_the_key():
         plan(base, {**HOST, "base_ssh_allow_from": ["lan"]})
     with pytest.raises(ConfigError, match="key `base_ssh_port`: expected int"):
         plan(base, {**HOST, "base_ssh_port": "22"})
+
+
+def test_a_proxy_password_is_uploaded_as_a_secret():
+    with_password = {**HOST, "base_http_proxy": "http://u:pw@proxy.internal:3128"}
+    with pytest.raises(ConfigError, match="--diff would print secrets"):
+        plan(base, with_password, config={"DIFF": True})
+    sudo = plan(base, {**with_password, "ssh_user": "deploy", "_sudo": True}, {"Home": "/home/d"})
+    assert "Private upload directory for secrets (sudo deploys)" in sudo
+    plain = plan(
+        base, {**HOST, "base_http_proxy": "http://proxy.internal:3128"}, config={"DIFF": True}
+    )
+    assert "APT: egress proxy" in plain
