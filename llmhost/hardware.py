@@ -37,6 +37,7 @@ class LlamaCppSettings:
     ctx_size: int
     parallel: int
     batch: int
+    build_flags: tuple[str, ...]  # CMake options llama-server is built with for this class
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,18 @@ class _Table:
             raise self.fail(key, "is missing", fix)
         return value
 
+    def flags(self, key: str) -> tuple[str, ...]:
+        value = self.table.get(key)
+        if not isinstance(value, list) or not all(
+            isinstance(flag, str) and flag.startswith("-D") and "=" in flag for flag in value
+        ):
+            raise self.fail(
+                key,
+                f"{value!r} is not a list of CMake options",
+                'list options like "-DGGML_NATIVE=OFF"',
+            )
+        return tuple(value)
+
     def subtable(self, key: str) -> _Table | None:
         value = self.table.get(key)
         if value is None:
@@ -116,6 +129,7 @@ def _llama_cpp(table: _Table | None, parent: _Table, gpu_count: int) -> LlamaCpp
         ctx_size=table.integer("ctx_size", 1),
         parallel=table.integer("parallel", 1),
         batch=table.integer("batch", 1),
+        build_flags=table.flags("build_flags"),
     )
     if not gpu_count and settings.n_gpu_layers:
         raise table.fail("n_gpu_layers", "offloads layers on a class without GPUs", "set it to 0")
@@ -125,6 +139,13 @@ def _llama_cpp(table: _Table | None, parent: _Table, gpu_count: int) -> LlamaCpp
             f"{settings.ctx_size} leaves no context for each of {settings.parallel} parallel slots",
             "llama-server divides ctx_size among the slots: raise it",
         )
+    cuda = "-DGGML_CUDA=ON" in settings.build_flags
+    if gpu_count and not cuda:
+        raise table.fail(
+            "build_flags", "builds without CUDA on a GPU class", 'add "-DGGML_CUDA=ON"'
+        )
+    if not gpu_count and cuda:
+        raise table.fail("build_flags", "builds for CUDA on a class without GPUs", "remove it")
     return settings
 
 

@@ -18,11 +18,12 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmhost.catalog import Model, record_mirror
+from llmhost.catalog import Model, ModelFile, record_mirror
 from llmhost.errors import ConfigError
 from llmhost.secrets import (
     RegistryCredentials,
@@ -179,27 +180,53 @@ def config_blob(model: Model) -> bytes:
 
 def push(model: Model, directory: Path, access: RegistryAccess) -> str:
     """Push the verified files as one artifact; returns the manifest digest."""
-    config = config_blob(model)
+    return push_artifact(
+        access,
+        repository=model.repository,
+        name=model.name,
+        directory=directory,
+        files=model.files,
+        config=config_blob(model),
+        config_media_type=CONFIG_MEDIA_TYPE,
+    )
+
+
+def push_artifact(
+    access: RegistryAccess,
+    *,
+    repository: str,
+    name: str,
+    directory: Path,
+    files: Sequence[ModelFile],
+    config: bytes,
+    config_media_type: str,
+) -> str:
+    """Push files (already checked against their sha256) as one OCI artifact.
+
+    One layer per file with its path and sha256 as annotations, ``config`` as the
+    config blob; tagged by the config's hash so a re-push of the same content is
+    the same tag. Returns the manifest digest.
+    """
     tag = "sha-" + hashlib.sha256(config).hexdigest()[:16]
     with tempfile.TemporaryDirectory(prefix="llmhost-push-") as scratch:
         config_path = Path(scratch) / "config.json"
         config_path.write_bytes(config)
         annotations = {
             str(directory / f.path): {TITLE_ANNOTATION: f.path, SHA256_ANNOTATION: f.sha256}
-            for f in model.files
+            for f in files
         }
         annotation_path = Path(scratch) / "annotations.json"
         annotation_path.write_text(json.dumps(annotations))
-        for number, pinned in enumerate(model.files, 1):
-            print(f"push: [{number}/{len(model.files)}] {pinned.path} ({pinned.size} bytes)",
+        for number, pinned in enumerate(files, 1):
+            print(f"push: [{number}/{len(files)}] {pinned.path} ({pinned.size} bytes)",
                   file=sys.stderr)  # fmt: skip
         response = access.oras().push(
-            target=f"{access.endpoint}/{model.repository}:{tag}",
-            files=[f"{directory / f.path}:{FILE_MEDIA_TYPE}" for f in model.files],
+            target=f"{access.endpoint}/{repository}:{tag}",
+            files=[f"{directory / f.path}:{FILE_MEDIA_TYPE}" for f in files],
             disable_path_validation=True,
-            manifest_config=f"{config_path}:{CONFIG_MEDIA_TYPE}",
+            manifest_config=f"{config_path}:{config_media_type}",
             annotation_file=str(annotation_path),
-            manifest_annotations={MODEL_ANNOTATION: model.name},
+            manifest_annotations={MODEL_ANNOTATION: name},
             do_chunked=True,
             chunk_size=UPLOAD_CHUNK,
             quiet=True,

@@ -42,7 +42,7 @@ from roles.registry.defaults import endpoint
 @deploy("llmhost model")
 def model() -> None:
     settings, wanted, registries = preflight()
-    install()
+    install_puller()
     configure()
     pulled(
         name=f"Model {wanted.name} ({wanted.total_size} bytes) by digest",
@@ -78,6 +78,13 @@ def preflight() -> tuple[ModelSettings, Model, list[str]]:
             host=host.name,
         )
     check_hardware_fits(wanted)
+    registries = pull_registries(settings)
+    check_disk(wanted)
+    return settings, wanted, registries
+
+
+def pull_registries(settings: ModelSettings) -> list[str]:
+    """Where this host pulls from, primary first: the setting, else the `registry` group."""
     registries = settings.model_registries or [
         endpoint(member.name, member.data) for member in inventory.get_group("registry", [])
     ]
@@ -88,8 +95,7 @@ def preflight() -> tuple[ModelSettings, Model, list[str]]:
             fix="add registry hosts to the `registry` group, or list `host:port` registries",
             host=host.name,
         )
-    check_disk(wanted)
-    return settings, wanted, registries
+    return registries
 
 
 def check_hardware_fits(wanted: Model) -> None:
@@ -120,7 +126,8 @@ def check_disk(wanted: Model) -> None:
         )
 
 
-def install() -> None:
+def install_puller() -> None:
+    """The puller and the registry credentials it reads (the runtime role pulls with it too)."""
     files.directory(name="Model puller directory", path=PULLER_DIR, mode="0755")
     files.put(
         name="Model puller (verifies while streaming, resumes, renames atomically)",

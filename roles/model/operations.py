@@ -25,6 +25,7 @@ def pulled(
     registries: list[str],
     sizes: dict[str, int],
     jobs: int = 4,
+    directory: str | None = None,
 ) -> Generator[StringCommand, None, None]:
     """Pull ``repository@digest`` into the store and materialise it, unless it already is.
 
@@ -32,15 +33,20 @@ def pulled(
     resumes partial blobs, and renames the finished directory into place; it
     rebuilds a directory whose files were deleted or truncated.
     """
-    directory = model_directory(model, digest)
+    directory = directory or model_directory(model, digest)
     if is_materialised(host.get_fact(MaterialisedModel, directory=directory), digest, sizes):
         host.noop(f"model {model} is materialised at {directory}")
         return
-    yield StringCommand(*pull_command(model, digest, repository, registries, jobs))
+    yield StringCommand(*pull_command(model, digest, repository, registries, jobs, directory))
 
 
 def pull_command(
-    model: str, digest: str, repository: str, registries: list[str], jobs: int = 4
+    model: str,
+    digest: str,
+    repository: str,
+    registries: list[str],
+    jobs: int = 4,
+    directory: str | None = None,
 ) -> list[str]:
     """The puller's command line on the host; the password stays in the auth file."""
     arguments = ["runuser", "-u", SERVICE_USER, "--", "python3", PULLER]
@@ -49,7 +55,7 @@ def pull_command(
     return [
         *arguments,
         "--repository", repository, "--digest", digest, "--store", STORE,
-        "--dest", model_directory(model, digest), "--auth-file", AUTH_FILE,
+        "--dest", directory or model_directory(model, digest), "--auth-file", AUTH_FILE,
         # Only the llmhost CA may vouch for a registry: the password goes to no one else.
         "--ca-file", LLMHOST_CA,
         "--jobs", str(jobs), "--no-progress",

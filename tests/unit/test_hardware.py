@@ -61,6 +61,7 @@ runtime = "vllm"
 benchmarked = "nowhere"
 
 [g.llama_cpp]
+build_flags = ["-DGGML_CUDA=ON"]
 n_gpu_layers = 99
 threads = 4
 ctx_size = 4096
@@ -105,6 +106,8 @@ def test_a_complete_gpu_class_parses_with_its_runtime_settings(tmp_path):
         ('cuda_version = "12.4"\n', "", "g.cuda_version", "is missing"),
         ("gpu_count = 2", "gpu_count = 1\nnvswitch = true", "g.nvswitch", "fewer than 2 GPUs"),
         ("threads = 4", "threads = 0", "g.llama_cpp.threads", "is not an integer >= 1"),
+        ('["-DGGML_CUDA=ON"]', "[]", "g.llama_cpp.build_flags", "builds without CUDA"),
+        ('["-DGGML_CUDA=ON"]', '["GGML_CUDA"]', "g.llama_cpp.build_flags", "not a list of CMake"),
     ],
 )
 def test_impossible_gpu_settings_are_refused_naming_the_key(tmp_path, old, new, key, problem):
@@ -124,6 +127,9 @@ def test_vllm_and_offload_are_refused_on_a_class_without_gpus(tmp_path):
     without_vllm = cpu[: cpu.index("[g.vllm]")]
     with pytest.raises(ConfigError, match=r"key `g\.llama_cpp\.n_gpu_layers`"):
         load_classes(write(tmp_path, without_vllm))
+    no_offload = without_vllm.replace("n_gpu_layers = 99", "n_gpu_layers = 0")
+    with pytest.raises(ConfigError, match="builds for CUDA on a class without GPUs"):
+        load_classes(write(tmp_path, no_offload))
 
 
 def test_vllm_runtime_needs_vllm_settings(tmp_path):

@@ -1,0 +1,279 @@
+"""Host-side runtime control: readiness, draining, and the state file.
+
+This file is copied to hosts and run there as ``python3 runtimectl.py ...`` (the
+unit's ExecStop, and the runtime role's checks). Hosts have only python3, so it
+uses the standard library alone. Keep it that way.
+
+- ``ready``: the runtime answers ``/health`` with 200 *and* completes one real
+  token. A server can report healthy while the model is still loading or broken;
+  only a completion proves it serves.
+- ``drain``: wait until the runtime has no request in flight (its own metrics),
+  so that stopping a colour never cuts a response off mid-stream.
+- ``check-model``: the model directory is materialised from the wanted manifest.
+- ``record``: write which release a colour runs into ``/var/lib/llmhost/state.json``
+  atomically; with ``--activate-if-none``, a host's first release becomes active.
+
+Exit codes: 0 done, 1 failed (not ready, still busy at the deadline), 2 cannot run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CANNOT_RUN = 2
+COLOURS = ("blue", "green")
+STATE_FILE = Path("/var/lib/llmhost/state.json")
+MANIFEST_FILE = ".llmhost-manifest.json"
+# What each runtime calls the requests it is working on, in its Prometheus metrics.
+BUSY_METRICS = ("llamacpp:requests_processing", "vllm:num_requests_running")
+_METRIC_LINE = re.compile(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+([0-9.eE+-]+|NaN)\s*$")
+
+
+class NotReady(Exception):
+    pass
+
+
+def _get(url: str, timeout: float) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def _post_json(url: str, body: dict[str, Any], timeout: float) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def probe(base: str, model: str, timeout: float) -> None:
+    """One readiness probe; raises NotReady saying what is missing."""
+    try:
+        status, body = _get(f"{base}/health", timeout)
+    except OSError as error:
+        raise NotReady(f"{base}/health: {error}") from error
+    if status != 200:
+        raise NotReady(f"{base}/health answered {status}: {body[:200]!r}")
+    completion = {"model": model, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
+    try:
+        status, body = _post_json(f"{base}/v1/completions", completion, timeout)
+    except OSError as error:
+        raise NotReady(f"{base}/v1/completions: {error}") from error
+    if status != 200:
+        raise NotReady(f"{base}/v1/completions answered {status}: {body[:200]!r}")
+    try:
+        choices = json.loads(body)["choices"]
+        text = choices[0]["text"]
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        raise NotReady(f"{base}/v1/completions returned no completion: {body[:200]!r}") from error
+    if not isinstance(text, str):
+        raise NotReady(f"{base}/v1/completions returned no text: {body[:200]!r}")
+
+
+def wait_ready(base: str, model: str, deadline_s: float, interval: float = 1.0) -> float:
+    """Probe until ready; returns the seconds it took, or raises NotReady at the deadline."""
+    start = time.monotonic()
+    last = "no probe finished"
+    while True:
+        remaining = deadline_s - (time.monotonic() - start)
+        if remaining <= 0:
+            raise NotReady(f"not ready after {deadline_s:.0f} s; last: {last}")
+        try:
+            probe(base, model, timeout=max(1.0, min(30.0, remaining)))
+            return time.monotonic() - start
+        except NotReady as error:
+            last = str(error)
+        time.sleep(min(interval, max(0.0, remaining)))
+
+
+def requests_in_flight(metrics_text: str) -> float | None:
+    """Requests the runtime is working on, from its metrics; None when it exposes none."""
+    found = None
+    for line in metrics_text.splitlines():
+        match = _METRIC_LINE.match(line.strip())
+        if match and match.group(1) in BUSY_METRICS:
+            found = (found or 0.0) + float(match.group(3))
+    return found
+
+
+def drain(base: str, deadline_s: float, interval: float = 0.5) -> tuple[bool, str]:
+    """Wait until nothing is in flight. Returns (drained, what was seen)."""
+    start = time.monotonic()
+    while True:
+        try:
+            status, body = _get(f"{base}/metrics", timeout=5)
+        except OSError as error:
+            return True, f"runtime not answering ({error}): nothing to drain"
+        if status != 200:
+            return True, f"/metrics answered {status}: cannot see requests, not waiting"
+        busy = requests_in_flight(body.decode(errors="replace"))
+        if busy is None:
+            return True, "the runtime reports no in-flight metric: not waiting"
+        if busy == 0:
+            return True, f"drained after {time.monotonic() - start:.1f} s"
+        if time.monotonic() - start >= deadline_s:
+            return False, f"{busy:.0f} request(s) still in flight after {deadline_s:.0f} s"
+        time.sleep(interval)
+
+
+def manifest_digest(directory: Path) -> str | None:
+    try:
+        return "sha256:" + hashlib.sha256((directory / MANIFEST_FILE).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+# -- state file ----------------------------------------------------------------------------
+
+
+def empty_state() -> dict[str, Any]:
+    return {"active": None, "colours": {}, "history": []}
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        return empty_state()
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return {**empty_state(), **state}
+
+
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    """Replace the state file atomically: readers see the old state or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=".state-", suffix=".json", delete=False
+    ) as temporary:
+        json.dump(state, temporary, indent=2, sort_keys=True)
+        temporary.write("\n")
+        temporary.flush()
+        os.fsync(temporary.fileno())
+    os.chmod(temporary.name, 0o644)
+    os.replace(temporary.name, path)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def record(
+    state: dict[str, Any], colour: str, release: dict[str, Any], activate_if_none: bool, now: str
+) -> dict[str, Any]:
+    """The state after ``colour`` was made to run ``release`` (and maybe became active)."""
+    colours = dict(state.get("colours") or {})
+    colours[colour] = {**release, "since": now}
+    history = list(state.get("history") or [])
+    history.append({"time": now, "event": "staged", "colour": colour, "release": release["id"]})
+    active = state.get("active")
+    if active is None and activate_if_none:
+        active = colour
+        history.append(
+            {
+                "time": now,
+                "event": "activated",
+                "colour": colour,
+                "release": release["id"],
+                "reason": "first release on this host",
+            }
+        )
+    return {**state, "active": active, "colours": colours, "history": history[-100:]}
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="llmhost runtime control (runs on hosts)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    ready = commands.add_parser("ready", help="wait for /health 200 and a one-token completion")
+    ready.add_argument("--port", type=int, required=True)
+    ready.add_argument("--model", required=True, help="served model name")
+    ready.add_argument("--timeout", type=float, default=300.0)
+    drain_cmd = commands.add_parser("drain", help="wait until no request is in flight")
+    drain_cmd.add_argument("--port", type=int, required=True)
+    drain_cmd.add_argument("--timeout", type=float, default=30.0)
+    check = commands.add_parser("check-model", help="the model directory is materialised")
+    check.add_argument("--dir", type=Path, required=True)
+    check.add_argument("--digest", required=True)
+    rec = commands.add_parser("record", help="record the release a colour runs")
+    rec.add_argument("--state", type=Path, default=STATE_FILE)
+    rec.add_argument("--colour", choices=COLOURS, required=True)
+    rec.add_argument("--release", required=True, help="JSON object with at least an id")
+    rec.add_argument("--activate-if-none", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    base = f"http://127.0.0.1:{getattr(args, 'port', 0)}"
+    if args.command == "ready":
+        try:
+            seconds = wait_ready(base, args.model, args.timeout)
+        except NotReady as error:
+            print(f"runtime on port {args.port} is not ready: {error}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"runtime on port {args.port} ready in {seconds:.1f} s")
+        return EXIT_OK
+    if args.command == "drain":
+        drained, seen = drain(base, args.timeout)
+        print(f"drain port {args.port}: {seen}", file=sys.stderr)
+        return EXIT_OK if drained else EXIT_FAILED
+    if args.command == "check-model":
+        found = manifest_digest(args.dir)
+        if found != args.digest:
+            why = "is missing" if found is None else f"holds {found}"
+            print(
+                f"model directory {args.dir} {why}, not {args.digest}. Fix: pull the model "
+                "first (the model role does, in deploy/site.py)",
+                file=sys.stderr,
+            )
+            return EXIT_CANNOT_RUN
+        return EXIT_OK
+    try:
+        release = json.loads(args.release)
+        if not isinstance(release, dict) or not isinstance(release.get("id"), str):
+            raise ValueError("--release must be a JSON object with a string id")
+    except ValueError as error:
+        print(f"record: {error}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    with locked(args.state):
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        state = record(read_state(args.state), args.colour, release, args.activate_if_none, now)
+        write_state(args.state, state)
+    print(f"{args.colour} runs release {release['id']} (active: {state['active']})")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

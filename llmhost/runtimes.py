@@ -1,0 +1,417 @@
+"""Runtime sources and builds: llama-server built once per hardware class, vLLM pinned by lock.
+
+``inventories/runtimes.toml`` pins the sources: the llama.cpp source archive by
+sha256, and the vLLM version with a lock file of hashed distributions.
+``llmhost runtimes build --class C`` downloads the archive (verified before it is
+unpacked), builds ``llama-server`` and ``llama-bench`` with the class's CMake
+options, pushes them to every registry as one OCI artifact, reads each back
+verified, and records the manifest digest in ``inventories/runtime-builds.toml``.
+Hosts pull that digest with the same puller as weights, so a rebuilt host runs
+the very binary its class was benchmarked with, and never needs a compiler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import tomllib
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmhost.catalog import DIGEST, OCI_REPOSITORY, SHA256, ModelFile
+from llmhost.errors import ConfigError
+from llmhost.hardware import HardwareClass
+from llmhost.paths import INVENTORIES, REPO_ROOT
+
+LLAMA_CPP_BINARIES = ("llama-server", "llama-bench")
+BUILD_INFO = "build.json"
+CONFIG_MEDIA_TYPE = "application/vnd.llmhost.runtime.config.v1+json"
+# Every build: a static, release build of just the server and the benchmark, with no
+# network code (hosts never download models themselves) and ggml's own thread pool
+# (no OpenMP runtime needed on hosts).
+BASE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_CURL=OFF",
+    "-DLLAMA_BUILD_SERVER=ON",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DGGML_OPENMP=OFF",
+)
+_VERSION = re.compile(r"^[0-9]+(\.[0-9]+)*([a-z0-9.+-]*)$")
+
+
+@dataclass(frozen=True)
+class LlamaCppSource:
+    url: str
+    sha256: str
+    subdir: str
+    repository: str
+
+
+@dataclass(frozen=True)
+class VllmPin:
+    version: str
+    lock: Path
+
+
+@dataclass(frozen=True)
+class RuntimeSources:
+    llama_cpp: LlamaCppSource
+    vllm: VllmPin
+    definition: Path
+
+
+@dataclass(frozen=True)
+class LlamaCppBuild:
+    hardware_class: str
+    digest: str
+    files: tuple[ModelFile, ...]
+
+    def file(self, name: str) -> ModelFile:
+        return next(f for f in self.files if f.path == name)
+
+
+def sources_file() -> Path:
+    return Path(os.environ.get("LLMHOST_RUNTIMES_FILE", INVENTORIES / "runtimes.toml"))
+
+
+def builds_file() -> Path:
+    return Path(os.environ.get("LLMHOST_RUNTIME_BUILDS", INVENTORIES / "runtime-builds.toml"))
+
+
+def _read_toml(path: Path, key: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise ConfigError(f"{path} does not exist", key=key, fix=f"restore {path.name}") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(
+            f"{path} is not valid TOML ({error})", key=key, fix="correct the syntax"
+        ) from error
+
+
+def _text(
+    table: dict[str, Any], key: str, prefix: str, path: Path, pattern: re.Pattern[str]
+) -> str:
+    value = table.get(key)
+    if not isinstance(value, str) or not pattern.match(value):
+        problem = "is missing" if value is None else f"{value!r} is not valid"
+        raise ConfigError(
+            f"{problem} in {path}", key=f"{prefix}.{key}", fix="see the file's header"
+        )
+    return value
+
+
+def load_sources(path: Path | None = None) -> RuntimeSources:
+    path = path or sources_file()
+    document = _read_toml(path, "runtimes")
+    llama = document.get("llama_cpp", {})
+    vllm = document.get("vllm", {})
+    subdir = _text(llama, "source_subdir", "llama_cpp", path, re.compile(r"^[\w.+-]+(/[\w.+-]+)*$"))
+    lock = Path(_text(vllm, "lock", "vllm", path, re.compile(r"^[\w./+-]+\.txt$")))
+    return RuntimeSources(
+        llama_cpp=LlamaCppSource(
+            url=_text(llama, "source_url", "llama_cpp", path, re.compile(r"^https://\S+$")),
+            sha256=_text(llama, "source_sha256", "llama_cpp", path, SHA256),
+            subdir=subdir,
+            repository=_text(llama, "repository", "llama_cpp", path, OCI_REPOSITORY),
+        ),
+        vllm=VllmPin(
+            version=_text(vllm, "version", "vllm", path, _VERSION),
+            lock=lock if lock.is_absolute() else REPO_ROOT / lock,
+        ),
+        definition=path,
+    )
+
+
+def load_builds(path: Path | None = None) -> dict[str, LlamaCppBuild]:
+    """llama.cpp builds by hardware class; a missing file means nothing is built yet."""
+    path = path or builds_file()
+    if not path.exists():
+        return {}
+    builds = {}
+    for name, table in _read_toml(path, "runtime-builds").items():
+        prefix = f"{name}"
+        files = table.get("files")
+        if not isinstance(files, list) or not files:
+            raise ConfigError(
+                f"has no files in {path}", key=f"{prefix}.files", fix="rebuild the class"
+            )
+        builds[name] = LlamaCppBuild(
+            hardware_class=name,
+            digest=_text(table, "digest", prefix, path, DIGEST),
+            files=tuple(
+                ModelFile(path=str(f["path"]), size=int(f["size"]), sha256=str(f["sha256"]))
+                for f in files
+            ),
+        )
+    return builds
+
+
+def find_build(hardware_class: str) -> LlamaCppBuild:
+    build = load_builds().get(hardware_class)
+    if build is None:
+        raise ConfigError(
+            f"no llama.cpp build is recorded for class {hardware_class} in {builds_file()}",
+            key="hardware",
+            fix=f"build and push one: llmhost runtimes build --class {hardware_class}",
+        )
+    return build
+
+
+def record_build(build: LlamaCppBuild, path: Path | None = None) -> None:
+    """Write one class's build into the builds file, keeping the other classes."""
+    path = path or builds_file()
+    builds = load_builds(path)
+    builds[build.hardware_class] = build
+    lines = [
+        "# llama.cpp builds by hardware class: written by `llmhost runtimes build`; hosts pull",
+        "# these digests. Commit this file with the hardware.toml change that caused the build.",
+    ]  # fmt: skip
+    for name in sorted(builds):
+        entry = builds[name]
+        lines += ["", f"[{name}]", f'digest = "{entry.digest}"', "files = ["]
+        lines += [
+            f'  {{ path = "{f.path}", size = {f.size}, sha256 = "{f.sha256}" }},'
+            for f in entry.files
+        ]  # fmt: skip
+        lines.append("]")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_verified(url: str, sha256: str, dest: Path) -> Path:
+    """Fetch ``url`` to a temporary name, check its sha256, then rename it to ``dest``."""
+    if dest.exists() and sha256_file(dest) == sha256:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".partial")
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(url, timeout=60) as response, partial.open("wb") as out:
+        total = int(response.headers.get("Content-Length") or 0)
+        done, shown = 0, -1
+        while chunk := response.read(1024 * 1024):
+            digest.update(chunk)
+            out.write(chunk)
+            done += len(chunk)
+            tenth = done * 10 // total if total else -1
+            if tenth != shown:
+                print(
+                    f"download: {dest.name} {done >> 20} MiB of {total >> 20} MiB", file=sys.stderr
+                )
+                shown = tenth
+    if digest.hexdigest() != sha256:
+        partial.unlink()
+        raise ConfigError(
+            f"{url} has sha256 {digest.hexdigest()}, not the pinned {sha256}",
+            key="llama_cpp.source_sha256",
+            fix="the archive changed upstream or in transit: check it, then pin the new hash",
+        )
+    partial.rename(dest)
+    return dest
+
+
+def compiler_identity() -> str:
+    """What else decides the binary: the C++ compiler and the machine it targets."""
+    found = subprocess.run(["c++", "--version"], capture_output=True, text=True, check=False)
+    return f"{found.stdout.splitlines()[0] if found.stdout else 'unknown'} {platform.machine()}"
+
+
+def build_flags(hardware: HardwareClass) -> list[str]:
+    return [*BASE_FLAGS, *hardware.llama_cpp.build_flags]
+
+
+def build_key(source: LlamaCppSource, hardware: HardwareClass) -> str:
+    inputs = {"source": source.sha256, "flags": build_flags(hardware), "cc": compiler_identity()}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_build_tools(hardware: HardwareClass) -> None:
+    needed = ["cmake", "c++"] + (["nvcc"] if hardware.has_gpu else [])
+    missing = [tool for tool in needed if shutil.which(tool) is None]
+    if missing:
+        raise ConfigError(
+            f"building llama.cpp for class {hardware.name} needs {', '.join(missing)}",
+            key="hardware",
+            fix="run the build on a machine with cmake and a C++ compiler"
+            + (" and the class's CUDA toolkit" if hardware.has_gpu else ""),
+        )
+
+
+def build_llama_cpp(
+    source: LlamaCppSource, hardware: HardwareClass, cache: Path, jobs: int | None = None
+) -> Path:
+    """Build llama-server and llama-bench for a class; returns the artifact directory.
+
+    Builds are cached by their inputs (archive hash, flags, compiler), so a second
+    call with nothing changed returns at once.
+    """
+    _check_build_tools(hardware)
+    key = build_key(source, hardware)
+    artifact = cache / "builds" / f"{hardware.name}-{key}"
+    if (artifact / BUILD_INFO).exists():
+        return artifact
+    archive = download_verified(
+        source.url, source.sha256, cache / "sources" / f"{source.sha256}.tar.gz"
+    )
+    with tempfile.TemporaryDirectory(prefix="llmhost-build-", dir=cache) as scratch:
+        work = Path(scratch)
+        with tarfile.open(archive) as tar:
+            tar.extractall(work / "src", filter="data")
+        tree = work / "src" / source.subdir
+        if not (tree / "CMakeLists.txt").exists():
+            raise ConfigError(
+                f"{source.subdir} in the archive has no CMakeLists.txt",
+                key="llama_cpp.source_subdir",
+                fix="name the llama.cpp directory inside the archive",
+            )
+        out = work / "out"
+        print(f"build: llama.cpp for class {hardware.name} ({key})", file=sys.stderr)
+        subprocess.run(
+            ["cmake", "-S", str(tree), "-B", str(out), *build_flags(hardware)],
+            check=True,
+            stdout=sys.stderr,
+        )
+        subprocess.run(
+            [
+                "cmake",
+                "--build",
+                str(out),
+                "--parallel",
+                str(jobs or os.cpu_count() or 1),
+                "--target",
+                *LLAMA_CPP_BINARIES,
+            ],
+            check=True,
+            stdout=sys.stderr,
+        )
+        staging = work / "artifact"
+        staging.mkdir()
+        for binary in LLAMA_CPP_BINARIES:
+            shutil.copy2(out / "bin" / binary, staging / binary)
+        info = {
+            "source_sha256": source.sha256,
+            "flags": build_flags(hardware),
+            "compiler": compiler_identity(),
+            "class": hardware.name,
+        }
+        (staging / BUILD_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        artifact.parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(artifact)
+    return artifact
+
+
+def artifact_files(directory: Path) -> tuple[ModelFile, ...]:
+    names = [*LLAMA_CPP_BINARIES, BUILD_INFO]
+    return tuple(
+        ModelFile(
+            path=name, size=(directory / name).stat().st_size, sha256=sha256_file(directory / name)
+        )
+        for name in names
+    )
+
+
+def config_blob(hardware_class: str, files: Sequence[ModelFile]) -> bytes:
+    document = {
+        "runtime": "llama.cpp",
+        "class": hardware_class,
+        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files],
+    }
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+# -- vLLM lock ------------------------------------------------------------------------------
+
+# The hosts vLLM is locked for: Debian 12 / Ubuntu 22.04 (CPython 3.11 and manylinux x86_64).
+LOCK_PYTHON = "3.11"
+LOCK_PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux_2_5_x86_64",
+    "manylinux1_x86_64",
+    "linux_x86_64",
+    "any",
+)
+
+
+def vllm_resolve_command(version: str, report: Path, index_url: str) -> list[str]:
+    """pip's resolver, run for the hosts' platform, writing what it chose (with hashes)."""
+    command = [
+        sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+        "--only-binary=:all:", "--python-version", LOCK_PYTHON, "--implementation", "cp",
+        "--abi", "cp" + LOCK_PYTHON.replace(".", ""), "--abi", "abi3", "--abi", "none",
+        "--target", str(report.parent / "target"), "--report", str(report),
+        "--index-url", index_url,
+    ]  # fmt: skip
+    for platform_tag in LOCK_PLATFORMS:
+        command += ["--platform", platform_tag]
+    return [*command, f"vllm=={version}"]
+
+
+def lock_from_report(report: dict[str, Any], version: str) -> str:
+    """A requirements file pinning every distribution pip chose, each with its sha256."""
+    lines = [
+        f"# vLLM {version} and every dependency, for CPython {LOCK_PYTHON} on x86_64 Linux.",
+        "# Written by `llmhost runtimes lock-vllm`; hosts install it with --require-hashes.",
+    ]  # fmt: skip
+    entries = []
+    for item in report.get("install", []):
+        name, pinned = item["metadata"]["name"], item["metadata"]["version"]
+        digest = item["download_info"].get("archive_info", {}).get("hashes", {}).get("sha256")
+        if not digest:
+            raise ConfigError(
+                f"pip reported no sha256 for {name} {pinned}",
+                key="vllm.lock",
+                fix="resolve against an index that publishes hashes (PyPI does)",
+            )
+        entries.append(f"{name.lower()}=={pinned} \\\n    --hash=sha256:{digest}")
+    if not any(entry.startswith(f"vllm=={version} ") for entry in entries):
+        raise ConfigError(
+            f"the resolution has no vllm {version}",
+            key="vllm.version",
+            fix="check that the version exists on the index",
+        )
+    return "\n".join([*lines, *sorted(entries)]) + "\n"
+
+
+def lock_vllm(version: str, dest: Path, index_url: str) -> Path:
+    with tempfile.TemporaryDirectory(prefix="llmhost-lock-") as scratch:
+        report = Path(scratch) / "report.json"
+        done = subprocess.run(
+            vllm_resolve_command(version, report, index_url),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise ConfigError(
+                f"pip could not resolve vllm=={version} for the hosts: "
+                + (done.stderr.strip().splitlines() or ["no output"])[-1],
+                key="vllm.version",
+                fix="pick a version whose dependencies all have wheels on the index",
+            )
+        text = lock_from_report(json.loads(report.read_text()), version)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(text)
+    return dest

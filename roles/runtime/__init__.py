@@ -1,0 +1,434 @@
+"""Role runtime: the serving engine as blue-green systemd units.
+
+preflight  the hardware class, the engine and whether it can serve the model's
+           format, the ports, the recorded state; which colour is idle, and
+           whether the wanted release is already running there or on the active one
+install    the runtime user, the control helper, the engine (llama-server pulled by
+           digest and copied root-owned; or vLLM in a venv from a hashed lock), the
+           hardened unit template and the optional scheduled-restart timer
+configure  on the idle colour only: check the model is materialised, write its env file
+service    on the idle colour only: (re)start it, wait until /health answers and one
+           token is generated, record the release in /var/lib/llmhost/state.json
+
+The active colour is never touched: a deploy stages the release on the idle
+colour, and cutover (the gateway) moves traffic. A host's first release has no
+traffic to protect, so it becomes the active colour once it is ready.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
+from pyinfra.operations import apt, files, server, systemd
+
+from llmhost.catalog import Model, find
+from llmhost.errors import ConfigError
+from llmhost.hardware import RUNTIMES, HardwareClass, check_hardware, load_classes
+from llmhost.paths import REPO_ROOT
+from llmhost.render import put_template
+from llmhost.runtimes import find_build, load_sources, sha256_file
+from llmhost.settings import from_data
+from roles.base.defaults import CONFIG_DIR, SERVICE_USER, BaseSettings
+from roles.base.preflight import check_port
+from roles.model import install_puller, pull_registries
+from roles.model.defaults import PULLER_DIR, ModelSettings, model_directory
+from roles.model.operations import pulled
+from roles.registry.defaults import RegistrySettings
+from roles.runtime.defaults import (
+    COLOURS,
+    LLAMA_CPP_DIR,
+    RESTART_SERVICE,
+    RESTART_TIMER,
+    RUNTIME_ARTIFACTS,
+    RUNTIME_USER,
+    RUNTIMECTL,
+    STATE_FILE,
+    UNIT_PATH,
+    VLLM_DIR,
+    RuntimeSettings,
+    env_file,
+    llama_cpp_binary,
+    unit_name,
+    vllm_venv,
+)
+from roles.runtime.engines import Release, check_servable, llama_cpp_release, vllm_release
+from roles.runtime.facts import RuntimeState, UnitActive
+from roles.runtime.operations import binary_installed, runtimectl, vllm_installed
+
+
+@dataclass(frozen=True)
+class Plan:
+    settings: RuntimeSettings
+    hardware: HardwareClass
+    model: Model
+    release: Release
+    active: str | None
+    stage_on: str | None  # the idle colour to stage on; None: nothing to stage
+    reason: str  # why nothing is staged, or what is
+
+
+@deploy("llmhost runtime")
+def runtime() -> None:
+    plan = preflight()
+    unit = install(plan)
+    if plan.stage_on is None:
+        host.noop(plan.reason)
+        systemd.daemon_reload(name="systemd: load the changed unit template", _if=unit.did_change)
+        return
+    configure(plan)
+    service(plan, unit)
+
+
+# -- preflight ---------------------------------------------------------------------------
+
+
+def preflight() -> Plan:
+    settings = from_data(RuntimeSettings, host.data, host.name)
+    hardware = check_hardware(host.data.get("hardware"), load_classes(), host.name)
+    engine = settings.runtime_engine or hardware.runtime
+    if engine not in RUNTIMES:
+        raise ConfigError(
+            f"{engine!r} is not a runtime",
+            key="runtime_engine",
+            fix=f"use one of {', '.join(RUNTIMES)}",
+            host=host.name,
+        )
+    check_settings(settings)
+    model = served_model()
+    check_servable(engine, model, host.name)
+    release = wanted_release(engine, settings, hardware, model)
+    state = host.get_fact(RuntimeState, path=STATE_FILE)
+    if "unreadable" in state:
+        raise ConfigError(
+            f"{STATE_FILE} is {state['unreadable']}",
+            key=None,
+            fix=f"restore {STATE_FILE} from the last good copy, or move it away: the next "
+            "release is then staged on blue and becomes active",
+            host=host.name,
+        )
+    active, stage_on, reason = stage_decision(state, release.id)
+    return Plan(settings, hardware, model, release, active, stage_on, reason)
+
+
+def check_settings(settings: RuntimeSettings) -> None:
+    """Ports: both colours, valid, distinct, and not taken by another llmhost service."""
+    ports = settings.runtime_ports
+    if sorted(ports) != sorted(COLOURS):
+        raise ConfigError(
+            f"names {sorted(ports)}",
+            key="runtime_ports",
+            fix='give exactly {"blue": PORT, "green": PORT}',
+            host=host.name,
+        )
+    for colour in COLOURS:
+        check_port(host.name, f"runtime_ports.{colour}", ports[colour])
+    if ports["blue"] == ports["green"]:
+        raise ConfigError(
+            f"blue and green share port {ports['blue']}",
+            key="runtime_ports",
+            fix="give each colour its own port: both run at once during a cutover",
+            host=host.name,
+        )
+    for key, taken in taken_ports().items():
+        for colour in COLOURS:
+            if ports[colour] == taken:
+                raise ConfigError(
+                    f"{colour} uses port {taken}, which `{key}` already uses on this host",
+                    key=f"runtime_ports.{colour}",
+                    fix="pick a free port for the runtime",
+                    host=host.name,
+                )
+    for key in ("runtime_ready_timeout_s", "runtime_drain_timeout_s"):
+        if getattr(settings, key) < 1:
+            raise ConfigError(
+                f"{getattr(settings, key)} is not a timeout",
+                key=key,
+                fix="give seconds, 1 or more",
+                host=host.name,
+            )
+
+
+def taken_ports() -> dict[str, int]:
+    """Ports other llmhost services hold on this host, by the key that sets them."""
+    taken = {"base_ssh_port": from_data(BaseSettings, host.data, host.name).base_ssh_port}
+    if "registry" in host.groups:
+        taken["registry_port"] = from_data(RegistrySettings, host.data, host.name).registry_port
+    gateway = host.data.get("gateway_port", 8000)
+    if isinstance(gateway, int):
+        taken["gateway_port"] = gateway
+    return taken
+
+
+def served_model() -> Model:
+    name = from_data(ModelSettings, host.data, host.name).model_name
+    if not name:
+        raise ConfigError(
+            "is unset: the runtime serves the host's model",
+            key="model_name",
+            fix="name a catalog model",
+            host=host.name,
+        )
+    try:
+        model = find(name)
+    except ConfigError as error:
+        raise ConfigError(error.problem, key="model_name", fix=error.fix, host=host.name) from error
+    if not model.digest:
+        raise ConfigError(
+            f"model {model.name} has no OCI digest yet",
+            key="model_name",
+            fix=f"mirror it first: llmhost models mirror {model.name}",
+            host=host.name,
+        )
+    return model
+
+
+def wanted_release(
+    engine: str, settings: RuntimeSettings, hardware: HardwareClass, model: Model
+) -> Release:
+    served = settings.runtime_served_model_name or model.name
+    extra = list(settings.runtime_extra_args)
+    try:
+        if engine == "llama.cpp":
+            binary = llama_cpp_binary(find_build(hardware.name).digest)
+            return llama_cpp_release(model, hardware, binary, served, extra)
+        return vllm_release(model, hardware, load_sources().vllm.version, served, extra)
+    except ConfigError as error:
+        raise ConfigError(error.problem, key=error.key, fix=error.fix, host=host.name) from error
+
+
+def other(colour: str) -> str:
+    return COLOURS[1 - COLOURS.index(colour)]
+
+
+def stage_decision(state: dict[str, Any], release_id: str) -> tuple[str | None, str | None, str]:
+    """(active colour, colour to stage on or None, why)."""
+    active = state.get("active")
+    colours = state.get("colours") or {}
+    if active not in COLOURS:
+        return None, "blue", f"first release {release_id}: staged on blue"
+    if (colours.get(active) or {}).get("id") == release_id:
+        return active, None, f"release {release_id} is already active on {active}"
+    idle = other(active)
+    if (colours.get(idle) or {}).get("id") == release_id and host.get_fact(
+        UnitActive, unit=unit_name(idle)
+    ):
+        return active, None, f"release {release_id} is staged on {idle}, awaiting cutover"
+    return active, idle, f"release {release_id} staged on idle {idle} ({active} serves)"
+
+
+# -- install -----------------------------------------------------------------------------
+
+
+def install(plan: Plan) -> OperationMeta:
+    """User, helper, engine and units; returns the unit template's operation."""
+    server.user(
+        name=f"System user {RUNTIME_USER} (runs the engine; owns nothing it runs)",
+        user=RUNTIME_USER,
+        group=RUNTIME_USER,
+        system=True,
+        home="/nonexistent",
+        create_home=False,
+        shell="/usr/sbin/nologin",
+    )
+    files.directory(name="llmhost helpers directory", path=PULLER_DIR, mode="0755")
+    files.put(
+        name="Runtime control helper (readiness, drain, state)",
+        src=str(REPO_ROOT / "llmhost" / "runtimectl.py"),
+        dest=RUNTIMECTL,
+        mode="0644",
+        create_remote_dir=False,
+    )
+    if plan.release.engine == "llama.cpp":
+        install_llama_cpp(plan.hardware)
+    else:
+        install_vllm()
+    unit = put_template(
+        name=f"Runtime unit template {UNIT_PATH.rsplit('/', 1)[1]} (hardened)",
+        path="runtime/llmhost-runtime@.service.j2",
+        dest=UNIT_PATH,
+        mode="0644",
+        user=RUNTIME_USER,
+        model_group=SERVICE_USER,
+        runtimectl=RUNTIMECTL,
+        drain_timeout=plan.settings.runtime_drain_timeout_s,
+        gpu=plan.hardware.has_gpu,
+        jit=plan.release.engine == "vllm",  # torch and triton write code at run time
+    )
+    restart_timers(plan.settings)
+    return unit
+
+
+def install_llama_cpp(hardware: HardwareClass) -> None:
+    build = find_build(hardware.name)
+    pulled_to = f"{RUNTIME_ARTIFACTS}/llama.cpp@{build.digest}"
+    install_puller()
+    files.directory(
+        name=f"{RUNTIME_ARTIFACTS}: pulled runtime builds",
+        path=RUNTIME_ARTIFACTS,
+        user=SERVICE_USER,
+        group=SERVICE_USER,
+        mode="0750",
+    )
+    pulled(
+        name=f"llama.cpp build for {hardware.name} by digest",
+        model="llama.cpp",
+        digest=build.digest,
+        repository=load_sources().llama_cpp.repository,
+        registries=pull_registries(from_data(ModelSettings, host.data, host.name)),
+        sizes={f.path: f.size for f in build.files},
+        directory=pulled_to,
+    )
+    files.directory(name=f"{LLAMA_CPP_DIR}: engine binaries", path=LLAMA_CPP_DIR, mode="0755")
+    server_binary = llama_cpp_binary(build.digest)
+    for name in ("llama-server", "llama-bench"):
+        binary_installed(
+            name=f"{name} installed root-owned from the verified build",
+            source=f"{pulled_to}/{name}",
+            dest=f"{server_binary.rsplit('/', 1)[0]}/{name}",
+            sha256=build.file(name).sha256,
+        )
+
+
+def install_vllm() -> None:
+    pin = load_sources().vllm
+    if not pin.lock.exists():
+        raise ConfigError(
+            f"{pin.lock} does not exist",
+            key="vllm.lock",
+            fix="generate it: llmhost runtimes lock-vllm",
+            host=host.name,
+        )
+    apt.packages(name="Python venv support for vLLM", packages=["python3-venv"])
+    files.directory(name=f"{VLLM_DIR}: vLLM versions", path=VLLM_DIR, mode="0755")
+    lock = f"{VLLM_DIR}/{pin.version}.lock.txt"
+    files.put(
+        name=f"vLLM {pin.version} lock (every distribution hashed)",
+        src=str(pin.lock),
+        dest=lock,
+        mode="0644",
+        create_remote_dir=False,
+    )
+    vllm_installed(
+        name=f"vLLM {pin.version} in {vllm_venv(pin.version)}",
+        venv=vllm_venv(pin.version),
+        lock=lock,
+        lock_sha256=sha256_file(pin.lock),
+        egress_env=f"{CONFIG_DIR}/egress.env",
+    )
+
+
+def restart_timers(settings: RuntimeSettings) -> None:
+    """The scheduled restart: a timer per colour when a schedule is set, else none at all."""
+    schedule = settings.runtime_restart_schedule
+    units = ((RESTART_SERVICE, "restart.service.j2"), (RESTART_TIMER, "restart.timer.j2"))
+    timers = [RESTART_TIMER.replace("@", f"@{colour}") for colour in COLOURS]
+    if not schedule:
+        for timer in timers:
+            systemd.service(
+                name=f"No scheduled restart: {timer} off",
+                service=timer,
+                running=False,
+                enabled=False,
+            )
+        for name, _ in units:
+            files.file(
+                name=f"No scheduled restart: no {name}",
+                path=f"/etc/systemd/system/{name}",
+                present=False,
+            )
+        return
+    changed = [
+        put_template(
+            name=f"Scheduled restart: {name}",
+            path=f"runtime/{template}",
+            dest=f"/etc/systemd/system/{name}",
+            mode="0644",
+            schedule=schedule,
+        )
+        for name, template in units
+    ]
+    for timer in timers:
+        systemd.service(
+            name=f"Scheduled restart: {timer} on ({schedule})",
+            service=timer,
+            running=True,
+            enabled=True,
+            restarted=any(op.will_change for op in changed),
+            daemon_reload=any(op.will_change for op in changed),
+        )
+
+
+# -- configure and service (idle colour only) --------------------------------------------
+
+
+def configure(plan: Plan) -> None:
+    colour = plan.stage_on
+    assert colour is not None and plan.model.digest
+    server.shell(
+        name=f"Model {plan.model.name} is materialised for {colour}",
+        commands=[
+            runtimectl(
+                "check-model",
+                "--dir",
+                model_directory(plan.model.name, plan.model.digest),
+                "--digest",
+                plan.model.digest,
+            )
+        ],
+    )
+    put_template(
+        name=f"{colour}: release {plan.release.id}",
+        path="runtime/runtime.env.j2",
+        dest=env_file(colour),
+        mode="0644",
+        colour=colour,
+        release=plan.release,
+        port=plan.settings.runtime_ports[colour],
+    )
+
+
+def service(plan: Plan, unit: OperationMeta) -> None:
+    colour = plan.stage_on
+    assert colour is not None
+    port = plan.settings.runtime_ports[colour]
+    systemd.service(
+        name=f"{colour}: start release {plan.release.id} on port {port}",
+        service=unit_name(colour),
+        running=True,
+        restarted=True,
+        enabled=True,
+        daemon_reload=unit.did_change,
+    )
+    server.shell(
+        name=f"{colour}: ready (/health 200 and a one-token completion)",
+        commands=[
+            runtimectl(
+                "ready",
+                "--port",
+                str(port),
+                "--model",
+                plan.release.served_model_name,
+                "--timeout",
+                str(plan.settings.runtime_ready_timeout_s),
+            )
+            + f" || {{ journalctl -u {unit_name(colour)} -n 30 --no-pager >&2; exit 1; }}"
+        ],
+    )
+    server.shell(
+        name=f"{colour}: record release {plan.release.id} in {STATE_FILE}",
+        commands=[
+            runtimectl(
+                "record",
+                "--colour",
+                colour,
+                "--release",
+                json.dumps(plan.release.summary(), sort_keys=True),
+                "--activate-if-none",
+            )
+        ],
+    )

@@ -1,0 +1,71 @@
+"""The runtime role's operations: install an engine exactly once, check before staging."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Generator
+
+from pyinfra import host
+from pyinfra.api import StringCommand, operation
+from pyinfra.facts.files import Sha256File
+
+from roles.runtime.defaults import RUNTIMECTL
+from roles.runtime.facts import InstalledMarker
+
+VLLM_MARKER = ".llmhost-lock-sha256"
+
+
+@operation()
+def binary_installed(source: str, dest: str, sha256: str) -> Generator[StringCommand, None, None]:
+    """Copy a pulled binary to a root-owned 0755 file, checked against its sha256.
+
+    The puller's store belongs to the service user; the runtime must not run
+    anything that user could rewrite, so the binary is copied out of it.
+    """
+    if host.get_fact(Sha256File, path=dest) == sha256:
+        host.noop(f"{dest} is installed (sha256 {sha256[:12]})")
+        return
+    directory = dest.rsplit("/", 1)[0]
+    staged = f"{dest}.new"
+    yield StringCommand(
+        f"install -d -o root -g root -m 0755 {directory} && "
+        f"install -o root -g root -m 0755 {source} {staged} && "
+        f"echo '{sha256}  {staged}' | sha256sum --check --quiet && "
+        f"mv -f {staged} {dest}"
+    )
+
+
+def vllm_install_script(venv: str, lock: str, lock_sha256: str, egress_env: str) -> str:
+    """Build the venv in place from the hashed lock; the marker, written last, says it is done.
+
+    A venv cannot be moved (its scripts name their own path), so a failed
+    install leaves no marker and the next run starts the venv again from empty.
+    """
+    pip = f"{venv}/bin/pip"
+    return " && ".join(
+        [
+            f"rm -rf {venv}",
+            f"python3 -m venv {venv}",
+            # The host's proxy settings, if it has any, from the base role.
+            f"set -a && {{ [ ! -r {egress_env} ] || . {egress_env}; }} && set +a",
+            f"{pip} install --no-input --disable-pip-version-check --require-hashes "
+            f"--no-deps --only-binary :all: -r {lock}",
+            f"{venv}/bin/python -c 'import vllm'",
+            f"echo {lock_sha256} > {venv}/{VLLM_MARKER}",
+        ]
+    )
+
+
+@operation()
+def vllm_installed(
+    venv: str, lock: str, lock_sha256: str, egress_env: str
+) -> Generator[StringCommand, None, None]:
+    """vLLM in ``venv`` exactly as the lock file pins it, or (re)installed."""
+    if host.get_fact(InstalledMarker, path=f"{venv}/{VLLM_MARKER}") == lock_sha256:
+        host.noop(f"vLLM in {venv} matches lock {lock_sha256[:12]}")
+        return
+    yield StringCommand(vllm_install_script(venv, lock, lock_sha256, egress_env))
+
+
+def runtimectl(*arguments: str) -> str:
+    return "python3 " + " ".join(shlex.quote(a) for a in (RUNTIMECTL, *arguments))
