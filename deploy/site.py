@@ -12,6 +12,7 @@ from pyinfra import host
 from roles.base import base
 from roles.model import model
 from roles.registry import registry
+from roles.runtime import runtime
 
 base()
 
@@ -20,3 +21,4 @@ if "registry" in host.groups:
 
 if host.data.get("model_name"):
     model()
+    runtime()

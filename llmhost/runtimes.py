@@ -179,14 +179,14 @@ def record_build(build: LlamaCppBuild, path: Path | None = None) -> None:
     lines = [
         "# llama.cpp builds by hardware class: written by `llmhost runtimes build`; hosts pull",
         "# these digests. Commit this file with the hardware.toml change that caused the build.",
-    ]  # fmt: skip
+    ]
     for name in sorted(builds):
         entry = builds[name]
         lines += ["", f"[{name}]", f'digest = "{entry.digest}"', "files = ["]
         lines += [
             f'  {{ path = "{f.path}", size = {f.size}, sha256 = "{f.sha256}" }},'
             for f in entry.files
-        ]  # fmt: skip
+        ]
         lines.append("]")
     path.write_text("\n".join(lines) + "\n")
 
@@ -373,7 +373,7 @@ def lock_from_report(report: dict[str, Any], version: str) -> str:
     lines = [
         f"# vLLM {version} and every dependency, for CPython {LOCK_PYTHON} on x86_64 Linux.",
         "# Written by `llmhost runtimes lock-vllm`; hosts install it with --require-hashes.",
-    ]  # fmt: skip
+    ]
     entries = []
     for item in report.get("install", []):
         name, pinned = item["metadata"]["name"], item["metadata"]["version"]
@@ -415,3 +415,47 @@ def lock_vllm(version: str, dest: Path, index_url: str) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(text)
     return dest
+
+
+def publish_build(
+    artifact: Path, hardware_class: str, repository: str, accesses: Sequence[Any]
+) -> LlamaCppBuild:
+    """Push the build to every registry, read each copy back verified, record the digest."""
+    from llmhost import ocipull
+    from llmhost.mirror import push_artifact
+
+    files = artifact_files(artifact)
+    config = config_blob(hardware_class, files)
+    digests = set()
+    for access in accesses:
+        digest = push_artifact(
+            access,
+            repository=repository,
+            name=f"llama.cpp-{hardware_class}",
+            directory=artifact,
+            files=files,
+            config=config,
+            config_media_type=CONFIG_MEDIA_TYPE,
+        )
+        with tempfile.TemporaryDirectory(prefix="llmhost-verify-") as scratch:
+            credentials = access.credentials
+            pulled = ocipull.pull(
+                ocipull.PullRequest(
+                    registries=(access.url,),
+                    repository=repository,
+                    digest=digest,
+                    store=Path(scratch) / "store",
+                    dest=Path(scratch) / "build",
+                    credentials=ocipull.Credentials(credentials.username, credentials.password),
+                    ca_file=access.ca_file,
+                )
+            )
+            got = {layer.title: layer.digest for layer in pulled.files}
+        if got != {f.path: f"sha256:{f.sha256}" for f in files}:
+            raise RuntimeError(f"{access.endpoint} returned other files than were pushed")
+        digests.add(digest)
+    if len(digests) != 1:
+        raise RuntimeError(f"registries stored the build under different digests: {digests}")
+    build = LlamaCppBuild(hardware_class=hardware_class, digest=digests.pop(), files=files)
+    record_build(build)
+    return build

@@ -252,7 +252,7 @@ def install(plan: Plan) -> OperationMeta:
         path="runtime/llmhost-runtime@.service.j2",
         dest=UNIT_PATH,
         mode="0644",
-        user=RUNTIME_USER,
+        runtime_user=RUNTIME_USER,
         model_group=SERVICE_USER,
         runtimectl=RUNTIMECTL,
         drain_timeout=plan.settings.runtime_drain_timeout_s,

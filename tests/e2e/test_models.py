@@ -140,8 +140,8 @@ def test_pull_on_two_hosts_is_byte_identical_and_the_second_deploy_changes_nothi
     model = find("tiny-gguf", catalog)
     inventory = inventory_for(tmp_path, testbed, hosts, hosts, model_name=model.name)
 
-    first = converge.run(inventory)
-    second = converge.run(inventory)
+    first = converge.run(inventory, "deploy/model.py")
+    second = converge.run(inventory, "deploy/model.py")
 
     assert first.returncode == 0 and first.errors == 0, first.stderr[-3000:]
     directory = model_directory(model.name, str(model.digest))

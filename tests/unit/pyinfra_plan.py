@@ -45,6 +45,7 @@ def plan(
     data: dict[str, Any],
     facts: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
+    groups: list[str] | None = None,
 ) -> dict[str, list[str]]:
     """Operation name (without the deploy's prefix) -> the commands it would run, in order.
 
@@ -60,7 +61,9 @@ def plan(
     original = Host.get_fact
     Host.get_fact = get_fact  # type: ignore[method-assign]
     try:
-        inventory = Inventory(([("host1", data)], {}))
+        inventory = Inventory(
+            ([("host1", data)], {}), **{group: (["host1"], {}) for group in groups or []}
+        )
         state = State(inventory, Config(**(config or {})))
         host = inventory.get_host("host1")
         with ctx_inventory.use(inventory):

@@ -1,0 +1,14 @@
+"""Stage the runtime release on the idle colour (hosts already converged by site.py).
+
+    pyinfra inventories/<env>.py deploy/runtime.py
+
+The model must already be pulled (site.py or deploy/model.py); the active colour
+is never touched.
+"""
+
+from pyinfra import host
+
+from roles.runtime import runtime
+
+if host.data.get("model_name"):
+    runtime()

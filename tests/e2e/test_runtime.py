@@ -1,0 +1,259 @@
+"""Runtimes on real hosts: llama-server built from the pinned source, pulled by digest,
+served as blue-green systemd units, and what a deploy must never do to the active colour.
+
+The llama.cpp build is the production path (`llmhost runtimes build --class cpu`):
+the pinned archive is downloaded and checked, built with the class's flags, pushed
+to both testbed registries and read back. Only where the build digest is recorded
+differs: a file in the test's temporary directory, not inventories/runtime-builds.toml.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from llmhost import converge
+from llmhost.catalog import model_toml
+from llmhost.paths import REPO_ROOT
+from llmhost.testmodels import write_tiny_gguf, write_tiny_safetensors_model
+from roles.runtime.defaults import STATE_FILE, env_file, unit_name
+from tests.e2e.conftest import write_inventory
+
+pytestmark = pytest.mark.e2e
+
+BUILD_CACHE = Path(os.environ.get("LLMHOST_BUILD_CACHE", Path.home() / ".cache" / "llmhost"))
+# Exposure is systemd-analyze's 0-10 score. 2.0 is the edge of its "OK" band; what keeps
+# it from lower is the network (AF_INET is needed to serve) and the syscall allow-list
+# being @system-service rather than a hand-made list.
+MAX_EXPOSURE = 2.0
+
+LOAD_SCRIPT = r"""
+import http.client, json, os, sys, threading, time
+port, stop = int(sys.argv[1]), sys.argv[2]
+counts = {"ok": 0, "failed": 0}
+errors = []
+lock = threading.Lock()
+def client():
+    while not os.path.exists(stop):
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            body = json.dumps({"prompt": "Hello", "max_tokens": 4, "temperature": 0})
+            conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            data = response.read()
+            good = response.status == 200 and "choices" in json.loads(data)
+            conn.close()
+        except Exception as error:
+            good = False
+            data = repr(error).encode()
+        with lock:
+            counts["ok" if good else "failed"] += 1
+            if not good and len(errors) < 5:
+                errors.append(data[:200].decode(errors="replace"))
+threads = [threading.Thread(target=client) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps({**counts, "errors": errors}))
+"""
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmhost.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def runtime_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Two releases of a tiny GGUF, a safetensors model, and a builds file of our own."""
+    root = tmp_path_factory.mktemp("runtime")
+    directory = root / "catalog"
+    directory.mkdir()
+    for name, seed in (("rt-one", 11), ("rt-two", 12), ("rt-unpulled", 13)):
+        path = write_tiny_gguf(root / "sources" / name / f"{name}.gguf", seed=seed)
+        source = {"kind": "local", "path": str(path.parent)}
+        (directory / f"{name}.toml").write_text(
+            model_toml(name, "gguf", source, [(path.name, path)])
+        )
+    st = root / "sources" / "rt-st"
+    relative = write_tiny_safetensors_model(st)
+    (directory / "rt-st.toml").write_text(
+        model_toml(
+            "rt-st",
+            "safetensors",
+            {"kind": "local", "path": str(st)},
+            [(str(r), st / r) for r in relative],
+        )
+    )
+    saved = {k: os.environ.get(k) for k in ("LLMHOST_MODELS_DIR", "LLMHOST_RUNTIME_BUILDS")}
+    os.environ["LLMHOST_MODELS_DIR"] = str(directory)
+    os.environ["LLMHOST_RUNTIME_BUILDS"] = str(root / "runtime-builds.toml")
+    try:
+        yield directory
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def published(testbed, hosts, runtime_catalog):
+    """Registries up, models mirrored to both, llama.cpp built for `cpu` and pushed to both."""
+    site = converge.run("inventories/testbed.py")
+    assert site.returncode == 0 and site.errors == 0, site.stderr[-3000:]
+    for name in ("rt-one", "rt-two", "rt-unpulled", "rt-st"):
+        done = cli("models", "mirror", name, "--inventory", "inventories/testbed.py")
+        assert done.returncode == 0, done.stderr[-2000:]
+    primary, dr = (f"{h.address}:5000" for h in hosts[:2])
+    synced = cli("models", "sync", "--from", primary, "--to", dr,
+                 "--secrets-dir", str(testbed.root / "secrets"))  # fmt: skip
+    assert synced.returncode == 0, synced.stderr[-2000:]
+    built = cli("runtimes", "build", "--class", "cpu", "--inventory", "inventories/testbed.py",
+                "--cache-dir", str(BUILD_CACHE))  # fmt: skip
+    assert built.returncode == 0, built.stderr[-4000:]
+    assert "sha256:" in built.stdout
+    return built.stdout
+
+
+def serve(tmp_path: Path, testbed, hosts, host, deploy: str = "deploy/site.py", **data):
+    inventory = write_inventory(tmp_path / "inventory.py", testbed, hosts, **{host.name: data})
+    return inventory, converge.run(inventory, deploy)
+
+
+def state(testbed, host) -> dict:
+    return json.loads(testbed.ssh(host, f"cat {STATE_FILE}"))
+
+
+def completion(testbed, host, port: int) -> dict:
+    body = json.dumps({"prompt": "Hello", "max_tokens": 3, "temperature": 0})
+    out = testbed.ssh(
+        host,
+        f"curl -sf -H 'Content-Type: application/json' -d {shlex.quote(body)} "
+        f"http://127.0.0.1:{port}/v1/completions",
+    )
+    return json.loads(out)
+
+
+def main_pid(testbed, host, colour: str) -> int:
+    return int(testbed.ssh(host, f"systemctl show -p MainPID --value {unit_name(colour)}"))
+
+
+def test_blue_serves_and_a_second_run_changes_nothing(tmp_path, testbed, hosts, published):
+    host = hosts[1]
+    _, first = serve(tmp_path, testbed, hosts, host, model_name="rt-one")
+    assert first.returncode == 0 and first.errors == 0, first.stderr[-4000:]
+    recorded = state(testbed, host)
+    assert recorded["active"] == "blue"
+    assert recorded["colours"]["blue"]["model"] == "rt-one"
+    answer = completion(testbed, host, 8001)
+    assert answer["choices"][0]["text"] is not None
+    assert answer["usage"]["completion_tokens"] >= 1
+
+    _, second = serve(tmp_path, testbed, hosts, host, model_name="rt-one")
+    assert second.returncode == 0 and second.changes == 0, second.changed_operations()
+
+
+def test_a_new_release_goes_to_green_while_blue_keeps_serving(tmp_path, testbed, hosts, published):
+    host = hosts[1]
+    _, first = serve(tmp_path, testbed, hosts, host, model_name="rt-one")
+    assert first.returncode == 0, first.stderr[-3000:]
+    blue_pid, blue_env = (
+        main_pid(testbed, host, "blue"),
+        testbed.ssh(host, f"cat {env_file('blue')}"),
+    )
+    testbed.put(host, "/root/load.py", LOAD_SCRIPT, mode="0644")
+    stop = "/root/load.stop"
+    testbed.ssh(host, f"rm -f {stop}")
+    load = subprocess.Popen(
+        [*testbed.ssh_argv(host), f"python3 /root/load.py 8001 {stop}"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2)
+        _, staged = serve(tmp_path, testbed, hosts, host, model_name="rt-two")
+        time.sleep(2)
+    finally:
+        testbed.ssh(host, f"touch {stop}")
+        out, _ = load.communicate(timeout=120)
+    counts = json.loads(out)
+    print(f"requests to blue during the green release: {counts}")
+    assert staged.returncode == 0 and staged.errors == 0, staged.stderr[-4000:]
+    assert counts["failed"] == 0, counts["errors"]
+    assert counts["ok"] >= 20
+    recorded = state(testbed, host)
+    assert recorded["active"] == "blue"
+    assert recorded["colours"]["green"]["model"] == "rt-two"
+    assert recorded["colours"]["blue"]["model"] == "rt-one"
+    assert main_pid(testbed, host, "blue") == blue_pid, "the active colour was restarted"
+    assert testbed.ssh(host, f"cat {env_file('blue')}") == blue_env
+    assert completion(testbed, host, 8002)["usage"]["completion_tokens"] >= 1
+
+    _, again = serve(tmp_path, testbed, hosts, host, model_name="rt-two")
+    assert again.returncode == 0 and again.changes == 0, again.changed_operations()
+
+
+def test_systemd_brings_a_killed_runtime_back_and_it_is_ready_again(testbed, hosts, published):
+    host = hosts[1]
+    before = main_pid(testbed, host, "blue")
+    testbed.ssh(host, f"kill -9 {before}")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        now = main_pid(testbed, host, "blue")
+        if now not in (0, before):
+            break
+        time.sleep(0.5)
+    assert main_pid(testbed, host, "blue") not in (0, before)
+    ready = testbed.ssh(
+        host, "python3 /usr/local/lib/llmhost/runtimectl.py ready --port 8001 --model rt-one"
+        " --timeout 60"
+    )  # fmt: skip
+    assert "ready" in ready
+
+
+def test_the_unit_is_hardened(testbed, hosts, published):
+    host = hosts[1]
+    out = testbed.ssh(host, f"systemd-analyze security {unit_name('blue')} --no-pager")
+    exposure = float(out.strip().splitlines()[-1].split("exposure level for")[1].split(":")[1]
+                     .split()[0])  # fmt: skip
+    assert exposure <= MAX_EXPOSURE, out
+    user = testbed.ssh(host, f"ps -o user= -p {main_pid(testbed, host, 'blue')}").strip()
+    assert user == "llmhost-runtime"
+    listening = testbed.ssh(host, "ss -ltnH 'sport = :8001'")
+    assert "127.0.0.1:8001" in listening, "the runtime listens on loopback only"
+
+
+def test_bad_inputs_fail_before_any_unit_changes(tmp_path, testbed, hosts, published):
+    host = hosts[1]
+    env_before = testbed.ssh(host, f"cat {env_file('green')}", check=False)
+    state_before = testbed.ssh(host, f"cat {STATE_FILE}")
+    cases = [
+        ({"model_name": "rt-st"}, "deploy/site.py", "llama.cpp cannot serve model rt-st"),
+        ({"model_name": "rt-one", "runtime_ports": {"blue": 8001, "green": 8001}},
+         "deploy/site.py", "blue and green share port 8001"),
+        ({"model_name": "rt-one", "runtime_ports": {"blue": 8001, "green": 5000}},
+         "deploy/site.py", "registry_port"),
+        ({"model_name": "rt-one", "hardware": "tpu-pod"}, "deploy/site.py",
+         "'tpu-pod' is not a class"),
+        ({"model_name": "rt-unpulled"}, "deploy/runtime.py", "Fix: pull the model first"),
+    ]  # fmt: skip
+    for data, deploy, message in cases:
+        _, result = serve(tmp_path, testbed, hosts, host, deploy, **data)
+        assert result.returncode != 0, data
+        assert message in result.stderr + result.stdout, (data, result.stderr[-3000:])
+    assert testbed.ssh(host, f"cat {env_file('green')}", check=False) == env_before
+    assert testbed.ssh(host, f"cat {STATE_FILE}") == state_before

@@ -1,0 +1,127 @@
+"""Host-side runtime control against a real local HTTP server standing in for a runtime."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from llmhost import runtimectl
+
+
+class FakeRuntime(BaseHTTPRequestHandler):
+    health = 200
+    completion: ClassVar[dict | None] = {"choices": [{"text": " hi"}]}
+    metrics = "llamacpp:requests_processing 0\n"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path == "/health":
+            self._send(type(self).health, b'{"status":"ok"}')
+        elif self.path == "/metrics":
+            self._send(200, type(self).metrics.encode())
+        else:
+            self._send(404, b"")
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = type(self).completion
+        self._send(200 if body else 500, json.dumps(body or {"error": "boom"}).encode())
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, type[FakeRuntime]]]:
+    handler = type("Handler", (FakeRuntime,), {})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
+    httpd.shutdown()
+
+
+def test_ready_means_health_and_a_real_completion(server):
+    base, handler = server
+    runtimectl.probe(base, "m", timeout=2)
+    handler.completion = None
+    with pytest.raises(runtimectl.NotReady, match="completions answered 500"):
+        runtimectl.probe(base, "m", timeout=2)
+    handler.completion = {"choices": [{"text": " ok"}]}
+    handler.health = 503
+    with pytest.raises(runtimectl.NotReady, match="health answered 503"):
+        runtimectl.probe(base, "m", timeout=2)
+
+
+def test_waiting_for_readiness_gives_up_at_the_deadline_with_the_last_reason(server):
+    base, handler = server
+    handler.health = 503
+    with pytest.raises(runtimectl.NotReady, match=r"not ready after 1 s; last: .*503"):
+        runtimectl.wait_ready(base, "m", deadline_s=1, interval=0.1)
+
+
+def test_nothing_listening_is_not_ready():
+    with pytest.raises(runtimectl.NotReady):
+        runtimectl.probe("http://127.0.0.1:9", "m", timeout=1)
+
+
+def test_in_flight_requests_are_read_from_either_engines_metrics():
+    text = (
+        "# HELP llamacpp:requests_processing Number of requests processing.\n"
+        "llamacpp:requests_processing 3\n"
+        'vllm:num_requests_running{model_name="m"} 2.0\n'
+        "llamacpp:requests_deferred 9\n"
+    )
+    assert runtimectl.requests_in_flight(text) == 5
+    assert runtimectl.requests_in_flight("other_metric 1\n") is None
+
+
+def test_drain_waits_for_in_flight_requests_and_gives_up_at_its_deadline(server):
+    base, handler = server
+    handler.metrics = "llamacpp:requests_processing 1\n"
+    drained, seen = runtimectl.drain(base, deadline_s=0.3, interval=0.1)
+    assert not drained and "1 request(s) still in flight" in seen
+
+    def finish() -> None:
+        handler.metrics = "llamacpp:requests_processing 0\n"
+
+    threading.Timer(0.3, finish).start()
+    drained, seen = runtimectl.drain(base, deadline_s=5, interval=0.1)
+    assert drained and seen.startswith("drained after")
+
+
+def test_drain_of_a_dead_runtime_returns_at_once():
+    drained, seen = runtimectl.drain("http://127.0.0.1:9", deadline_s=5)
+    assert drained and "nothing to drain" in seen
+
+
+def test_record_makes_the_first_release_active_and_later_ones_only_staged(tmp_path: Path):
+    path = tmp_path / "state.json"
+    args = ["record", "--state", str(path), "--activate-if-none"]
+    assert runtimectl.main([*args, "--colour", "blue", "--release", '{"id": "r1"}']) == 0
+    assert runtimectl.main([*args, "--colour", "green", "--release", '{"id": "r2"}']) == 0
+    state = json.loads(path.read_text())
+    assert state["active"] == "blue"
+    assert state["colours"]["blue"]["id"] == "r1" and state["colours"]["green"]["id"] == "r2"
+    assert [e["event"] for e in state["history"]] == ["staged", "activated", "staged"]
+    assert runtimectl.main([*args, "--colour", "green", "--release", "[]"]) == 2
+
+
+def test_check_model_compares_the_manifest_digest(tmp_path: Path, capsys):
+    (tmp_path / runtimectl.MANIFEST_FILE).write_bytes(b"{}")
+    digest = runtimectl.manifest_digest(tmp_path)
+    assert runtimectl.main(["check-model", "--dir", str(tmp_path), "--digest", digest]) == 0
+    missing = tmp_path / "missing"
+    assert runtimectl.main(["check-model", "--dir", str(missing), "--digest", digest]) == 2
+    assert "is missing" in capsys.readouterr().err

@@ -1,0 +1,116 @@
+"""Runtime pins: the sources file, recorded builds, verified downloads and the vLLM lock."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from llmhost.catalog import ModelFile
+from llmhost.errors import ConfigError
+from llmhost.hardware import load_classes
+from llmhost.runtimes import (
+    BASE_FLAGS,
+    LlamaCppBuild,
+    build_flags,
+    download_verified,
+    load_builds,
+    load_sources,
+    lock_from_report,
+    record_build,
+    vllm_resolve_command,
+)
+
+
+def test_the_shipped_sources_pin_an_archive_and_a_lock_that_exists():
+    sources = load_sources()
+    assert len(sources.llama_cpp.sha256) == 64
+    assert sources.llama_cpp.url.startswith("https://")
+    assert sources.vllm.lock.exists()
+    lock = sources.vllm.lock.read_text()
+    assert f"vllm=={sources.vllm.version} \\\n    --hash=sha256:" in lock
+    requirements = [line for line in lock.splitlines() if "==" in line]
+    hashes = [line for line in lock.splitlines() if "--hash=sha256:" in line]
+    assert len(requirements) == len(hashes) > 50, "every distribution carries its hash"
+
+
+def test_a_bad_source_pin_names_the_key(tmp_path: Path):
+    text = (
+        (load_sources().definition).read_text().replace('source_sha256 = "', 'source_sha256 = "x')
+    )
+    (tmp_path / "runtimes.toml").write_text(text)
+    with pytest.raises(ConfigError, match=r"key `llama_cpp\.source_sha256`"):
+        load_sources(tmp_path / "runtimes.toml")
+
+
+def test_builds_round_trip_and_recording_one_class_keeps_the_others(tmp_path: Path):
+    path = tmp_path / "builds.toml"
+    files = (ModelFile("llama-server", 10, "a" * 64), ModelFile("build.json", 2, "b" * 64))
+    record_build(LlamaCppBuild("cpu", "sha256:" + "1" * 64, files), path)
+    record_build(LlamaCppBuild("l40s", "sha256:" + "2" * 64, files), path)
+    record_build(LlamaCppBuild("cpu", "sha256:" + "3" * 64, files), path)
+    builds = load_builds(path)
+    assert builds["cpu"].digest == "sha256:" + "3" * 64
+    assert builds["l40s"].files == files
+    assert load_builds(tmp_path / "absent.toml") == {}
+
+
+def test_every_build_is_static_and_offline_and_adds_the_class_flags():
+    classes = load_classes()
+    cpu = build_flags(classes["cpu"])
+    assert cpu[: len(BASE_FLAGS)] == list(BASE_FLAGS)
+    assert "-DLLAMA_CURL=OFF" in cpu and "-DGGML_CUDA=ON" not in cpu
+    assert "-DGGML_CUDA=ON" in build_flags(classes["l40s"])
+
+
+@pytest.fixture
+def files_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = partial(SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", root
+    httpd.shutdown()
+
+
+def test_a_download_is_kept_only_when_its_hash_matches(files_server, tmp_path: Path):
+    url, root = files_server
+    (root / "src.tar.gz").write_bytes(b"source bytes")
+    good = hashlib.sha256(b"source bytes").hexdigest()
+    dest = tmp_path / "cache" / "src.tar.gz"
+    with pytest.raises(ConfigError, match="not the pinned"):
+        download_verified(f"{url}/src.tar.gz", "0" * 64, dest)
+    assert not dest.exists() and not dest.with_name("src.tar.gz.partial").exists()
+    assert download_verified(f"{url}/src.tar.gz", good, dest).read_bytes() == b"source bytes"
+
+
+def test_the_lock_pins_every_distribution_pip_chose_with_its_hash():
+    report = {
+        "install": [
+            {"metadata": {"name": "vllm", "version": "1.0"},
+             "download_info": {"archive_info": {"hashes": {"sha256": "a" * 64}}}},
+            {"metadata": {"name": "Torch", "version": "2.0"},
+             "download_info": {"archive_info": {"hashes": {"sha256": "b" * 64}}}},
+        ]
+    }  # fmt: skip
+    lock = lock_from_report(report, "1.0")
+    assert f"torch==2.0 \\\n    --hash=sha256:{'b' * 64}" in lock
+    assert f"vllm==1.0 \\\n    --hash=sha256:{'a' * 64}" in lock
+    del report["install"][1]["download_info"]["archive_info"]
+    with pytest.raises(ConfigError, match="no sha256 for Torch"):
+        lock_from_report(report, "1.0")
+
+
+def test_the_resolver_runs_for_the_hosts_python_and_platform(tmp_path: Path):
+    command = vllm_resolve_command("1.0", tmp_path / "r.json", "https://pypi.org/simple")
+    assert command[-1] == "vllm==1.0"
+    assert "--only-binary=:all:" in command and "--dry-run" in command
+    assert command[command.index("--python-version") + 1] == "3.11"
+    assert "manylinux_2_28_x86_64" in command
