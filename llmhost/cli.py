@@ -115,12 +115,20 @@ def demo(count: int, tear_down: bool) -> None:
     2. converge deploy/site.py over SSH: base, and the registry on the first host;
     3. make a tiny llama GGUF, verify it against its catalog entry, push it to
        the registry and record its digest;
-    4. converge again with the hosts serving it: each pulls it by digest,
-       verified while streaming;
-    5. converge once more and require zero changes.
+    4. build llama-server for class `cpu` from the pinned source (about five
+       minutes on two cores the first time, then cached) and push it;
+    5. converge again with the hosts serving it: each pulls model and engine by
+       digest, verified while streaming, and starts the blue colour;
+    6. converge once more and require zero changes; ask each host for a completion.
     Needs root; installs nothing itself (see the README's first line).
     """
-    from llmhost.demo import DEMO_MODEL, demo_catalog, mirror_demo_model
+    from llmhost.demo import (
+        DEMO_MODEL,
+        ask_demo_model,
+        demo_catalog,
+        mirror_demo_model,
+        publish_demo_runtime,
+    )
     from llmhost.testbed import Testbed, TestbedError
 
     testbed = Testbed()
@@ -133,7 +141,12 @@ def demo(count: int, tear_down: bool) -> None:
         os.environ["LLMHOST_MODELS_DIR"] = str(catalog)
         digest = mirror_demo_model(testbed, catalog)
         click.echo(f"mirrored: {DEMO_MODEL} as {digest}", err=True)
+        os.environ["LLMHOST_RUNTIME_BUILDS"] = str(testbed.root / "runtime-builds.toml")
+        build = publish_demo_runtime(testbed)
+        click.echo(f"llama.cpp for class cpu: {build}", err=True)
         _converge_twice(inventory, {"model_name": DEMO_MODEL})
+        for host in hosts:
+            click.echo(f"{host.name}: {ask_demo_model(testbed, host)}", err=True)
     except (TestbedError, ConfigError) as error:
         raise LlmhostError(str(error)) from error
     finally:

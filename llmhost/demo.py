@@ -1,4 +1,4 @@
-"""The end-to-end demo's model: a tiny llama GGUF made here, mirrored, pulled by digest.
+"""The end-to-end demo: a tiny llama GGUF made here, mirrored, pulled by digest, served.
 
 It is generated deterministically (same bytes every run), so the demo needs no
 hub and its catalog entry is the same each time.
@@ -6,11 +6,13 @@ hub and its catalog entry is the same each time.
 
 from __future__ import annotations
 
+import json
+import shlex
 from pathlib import Path
 
 from llmhost.catalog import find, model_toml
 from llmhost.mirror import RegistryAccess, mirror
-from llmhost.testbed import Testbed
+from llmhost.testbed import Testbed, TestbedHost
 from llmhost.testmodels import write_tiny_gguf
 
 DEMO_MODEL = "tiny-llama"
@@ -36,3 +38,31 @@ def mirror_demo_model(testbed: Testbed, catalog: Path) -> str:
     registry = f"{testbed.hosts()[0].address}:5000"
     access = RegistryAccess.from_secrets(registry, testbed.root / "secrets")
     return mirror(find(DEMO_MODEL, catalog), access)
+
+
+def publish_demo_runtime(testbed: Testbed) -> str:
+    """Build llama-server for class cpu (cached) and push it to the first host's registry."""
+    from llmhost.hardware import load_classes
+    from llmhost.runtimes import build_llama_cpp, load_sources, publish_build
+
+    source = load_sources().llama_cpp
+    registry = f"{testbed.hosts()[0].address}:5000"
+    access = RegistryAccess.from_secrets(registry, testbed.root / "secrets")
+    artifact = build_llama_cpp(source, load_classes()["cpu"], Path.home() / ".cache" / "llmhost")
+    return publish_build(artifact, "cpu", source.repository, [access]).digest
+
+
+def ask_demo_model(testbed: Testbed, host: TestbedHost) -> str:
+    """One completion from the active colour, on the host itself (runtimes bind loopback)."""
+    state = json.loads(testbed.ssh(host, "cat /var/lib/llmhost/state.json"))
+    port = {"blue": 8001, "green": 8002}[state["active"]]
+    body = json.dumps({"prompt": "Hello", "max_tokens": 8, "temperature": 0})
+    answer = json.loads(
+        testbed.ssh(
+            host,
+            f"curl -sf -H 'Content-Type: application/json' -d {shlex.quote(body)} "
+            f"http://127.0.0.1:{port}/v1/completions",
+        )
+    )
+    tokens, text = answer["usage"]["completion_tokens"], answer["choices"][0]["text"]
+    return f"{state['active']} (port {port}) generated {tokens} tokens: {text!r}"
