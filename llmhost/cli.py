@@ -416,6 +416,10 @@ def runtimes() -> None:
     llama-server is built once per hardware class from the pinned source archive
     and pushed to the registries; hosts pull it by digest. vLLM is installed on
     hosts from a lock file with every distribution hashed.
+
+    \b
+    llmhost runtimes build --class cpu --inventory inventories/production.py
+    llmhost runtimes lock-vllm --version 0.10.1.1
     """
 
 

@@ -56,12 +56,11 @@ def ask_demo_model(testbed: Testbed, host: TestbedHost) -> str:
     """One completion from the active colour, on the host itself (runtimes bind loopback)."""
     state = json.loads(testbed.ssh(host, "cat /var/lib/llmhost/state.json"))
     port = {"blue": 8001, "green": 8002}[state["active"]]
-    body = json.dumps({"prompt": "Hello", "max_tokens": 8, "temperature": 0})
     answer = json.loads(
         testbed.ssh(
             host,
-            f"curl -sf -H 'Content-Type: application/json' -d {shlex.quote(body)} "
-            f"http://127.0.0.1:{port}/v1/completions",
+            "python3 /usr/local/lib/llmhost/runtimectl.py complete "
+            f"--port {port} --model {shlex.quote(DEMO_MODEL)} --max-tokens 8",
         )
     )
     tokens, text = answer["usage"]["completion_tokens"], answer["choices"][0]["text"]

@@ -9,6 +9,8 @@ uses the standard library alone. Keep it that way.
   only a completion proves it serves.
 - ``drain``: wait until the runtime has no request in flight (its own metrics),
   so that stopping a colour never cuts a response off mid-stream.
+- ``complete``: one completion at temperature 0, printed as the runtime's JSON
+  (for operators, and tests: hosts have no curl).
 - ``check-model``: the model directory is materialised from the wanted manifest.
 - ``record``: write which release a colour runs into ``/var/lib/llmhost/state.json``
   atomically; with ``--activate-if-none``, a host's first release becomes active.
@@ -223,6 +225,11 @@ def _parser() -> argparse.ArgumentParser:
     drain_cmd = commands.add_parser("drain", help="wait until no request is in flight")
     drain_cmd.add_argument("--port", type=int, required=True)
     drain_cmd.add_argument("--timeout", type=float, default=30.0)
+    complete = commands.add_parser("complete", help="one completion; prints the JSON answer")
+    complete.add_argument("--port", type=int, required=True)
+    complete.add_argument("--model", required=True, help="served model name")
+    complete.add_argument("--prompt", default="Hello")
+    complete.add_argument("--max-tokens", type=int, default=16)
     check = commands.add_parser("check-model", help="the model directory is materialised")
     check.add_argument("--dir", type=Path, required=True)
     check.add_argument("--digest", required=True)
@@ -245,6 +252,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_FAILED
         print(f"runtime on port {args.port} ready in {seconds:.1f} s")
         return EXIT_OK
+    if args.command == "complete":
+        body = {"model": args.model, "prompt": args.prompt, "max_tokens": args.max_tokens,
+                "temperature": 0}  # fmt: skip
+        try:
+            status, answer = _post_json(f"{base}/v1/completions", body, timeout=120)
+        except OSError as error:
+            print(f"runtime on port {args.port}: {error}", file=sys.stderr)
+            return EXIT_FAILED
+        print(answer.decode(errors="replace"))
+        return EXIT_OK if status == 200 else EXIT_FAILED
     if args.command == "drain":
         drained, seen = drain(base, args.timeout)
         print(f"drain port {args.port}: {seen}", file=sys.stderr)

@@ -226,6 +226,7 @@ def stage_decision(state: dict[str, Any], release_id: str) -> tuple[str | None, 
 
 def install(plan: Plan) -> OperationMeta:
     """User, helper, engine and units; returns the unit template's operation."""
+    server.group(name=f"Group {RUNTIME_USER}", group=RUNTIME_USER, system=True)
     server.user(
         name=f"System user {RUNTIME_USER} (runs the engine; owns nothing it runs)",
         user=RUNTIME_USER,
@@ -402,7 +403,7 @@ def service(plan: Plan, unit: OperationMeta) -> None:
         running=True,
         restarted=True,
         enabled=True,
-        daemon_reload=unit.did_change,
+        daemon_reload=unit.will_change,
     )
     server.shell(
         name=f"{colour}: ready (/health 200 and a one-token completion)",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -138,12 +137,11 @@ def state(testbed, host) -> dict:
     return json.loads(testbed.ssh(host, f"cat {STATE_FILE}"))
 
 
-def completion(testbed, host, port: int) -> dict:
-    body = json.dumps({"prompt": "Hello", "max_tokens": 3, "temperature": 0})
+def completion(testbed, host, port: int, model: str = "rt-one") -> dict:
     out = testbed.ssh(
         host,
-        f"curl -sf -H 'Content-Type: application/json' -d {shlex.quote(body)} "
-        f"http://127.0.0.1:{port}/v1/completions",
+        "python3 /usr/local/lib/llmhost/runtimectl.py complete "
+        f"--port {port} --model {model} --max-tokens 3",
     )
     return json.loads(out)
 
@@ -201,7 +199,7 @@ def test_a_new_release_goes_to_green_while_blue_keeps_serving(tmp_path, testbed,
     assert recorded["colours"]["blue"]["model"] == "rt-one"
     assert main_pid(testbed, host, "blue") == blue_pid, "the active colour was restarted"
     assert testbed.ssh(host, f"cat {env_file('blue')}") == blue_env
-    assert completion(testbed, host, 8002)["usage"]["completion_tokens"] >= 1
+    assert completion(testbed, host, 8002, "rt-two")["usage"]["completion_tokens"] >= 1
 
     _, again = serve(tmp_path, testbed, hosts, host, model_name="rt-two")
     assert again.returncode == 0 and again.changes == 0, again.changed_operations()

@@ -84,3 +84,19 @@ def test_check_refuses_a_host_that_widens_the_residency_policy_for_itself(tmp_pa
     result = run_cli("check", str(inventory))
     assert result.exit_code == 2
     assert "host w1: key `residency_allowed_regions`: is set on the host itself" in result.output
+
+
+def test_runtimes_list_shows_the_pins_and_what_each_class_has_built(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMHOST_RUNTIME_BUILDS", str(tmp_path / "builds.toml"))
+    result = invoke("runtimes", "list")
+    assert result.exit_code == 0, result.output
+    assert "sha256:832db0699007f1be" in result.output
+    assert "cpu\tllama.cpp\tnot built" in result.output
+    assert "l40s\tvllm\tnot built" in result.output
+
+
+def test_runtimes_build_refuses_an_unknown_class_before_building_anything():
+    result = invoke("runtimes", "build", "--class", "tpu", "--registry", "r:5000")
+    assert result.exit_code == 2
+    assert "'tpu' is not a class" in result.output
+    assert "runtimes build" in invoke("runtimes", "--help").output

@@ -125,3 +125,10 @@ def test_check_model_compares_the_manifest_digest(tmp_path: Path, capsys):
     missing = tmp_path / "missing"
     assert runtimectl.main(["check-model", "--dir", str(missing), "--digest", digest]) == 2
     assert "is missing" in capsys.readouterr().err
+
+
+def test_complete_prints_the_runtimes_answer(server, capsys):
+    base, _ = server
+    port = base.rsplit(":", 1)[1]
+    assert runtimectl.main(["complete", "--port", port, "--model", "m"]) == 0
+    assert json.loads(capsys.readouterr().out)["choices"][0]["text"] == " hi"
