@@ -6,8 +6,9 @@ On testbed host tb2, serves a small f32 llama model with llama-server as
 `llmhost-runtime@blue` (the production unit: hardened, the class's settings),
 and alternately (ABBA) measures
   A. llama-bench's text-generation rate (`-p 0 -n N`) with the class's threads, and
-  B. the rate a client sees through the unit: a streamed completion of N tokens
-     (EOS ignored), (tokens - 1) / (last token time - first token time),
+  B. the rate a client sees through the unit: the time of an N-token completion
+     (EOS ignored) minus that of a 1-token one with the same prompt, over N - 1
+     tokens, so prompt processing and the HTTP round trip cancel out,
 then prints each round's ratio B/A and their median (goal >= 0.9). Both use the
 same binary build, model file and thread count. Needs root (the testbed); builds
 llama.cpp for class `cpu` if no build is cached.
@@ -35,22 +36,21 @@ from llmhost.testmodels import write_tiny_gguf  # noqa: E402
 from roles.model.defaults import model_directory  # noqa: E402
 from roles.runtime.defaults import llama_cpp_binary  # noqa: E402
 
-STREAM_CLIENT = r"""
+CLIENT = r"""
 import http.client, json, sys, time
 port, tokens = int(sys.argv[1]), int(sys.argv[2])
-conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-body = {"prompt": "Once upon a time", "max_tokens": tokens, "temperature": 0,
-        "ignore_eos": True, "stream": True}
-conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
-response = conn.getresponse()
-assert response.status == 200, response.status
-times = []
-for raw in response:
-    line = raw.strip()
-    if line.startswith(b"data: ") and line != b"data: [DONE]":
-        if json.loads(line[6:])["choices"][0].get("text"):
-            times.append(time.perf_counter())
-print(json.dumps({"tokens": len(times), "seconds": times[-1] - times[0]}))
+def timed(n):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    body = {"prompt": "Once upon a time", "max_tokens": n, "temperature": 0, "ignore_eos": True}
+    start = time.perf_counter()
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    answer = json.loads(response.read())
+    elapsed = time.perf_counter() - start
+    assert response.status == 200 and answer["usage"]["completion_tokens"] == n, answer
+    return elapsed
+one, many = timed(1), timed(tokens)
+print(json.dumps({"tokens": tokens, "seconds": many - one}))
 """
 
 
@@ -117,7 +117,8 @@ def main() -> int:
         from llmhost.runtimes import find_build
 
         bench = llama_cpp_binary(find_build("cpu").digest).replace("llama-server", "llama-bench")
-        testbed.put(host, "/root/stream.py", STREAM_CLIENT, mode="0644")
+        testbed.put(host, "/root/generate.py", CLIENT, mode="0644")
+        size_mib = weights.stat().st_size >> 20
 
     def llama_bench() -> float:
         out = testbed.ssh(
@@ -126,12 +127,12 @@ def main() -> int:
         return float(json.loads(out)[0]["avg_ts"])
 
     def through_unit() -> float:
-        result = json.loads(testbed.ssh(host, f"python3 /root/stream.py {port} {args.tokens}"))
+        result = json.loads(testbed.ssh(host, f"python3 /root/generate.py {port} {args.tokens}"))
         return (result["tokens"] - 1) / result["seconds"]
 
     through_unit()  # warm the server's caches once, untimed
     ratios = []
-    print(f"model {weights.name}: {weights.stat().st_size >> 20} MiB f32, {threads} threads, "
+    print(f"model {weights.name}: {size_mib} MiB f32, {threads} threads, "
           f"{args.tokens} tokens")  # fmt: skip
     for number in range(1, args.rounds + 1):
         if number % 2:

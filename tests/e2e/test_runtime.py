@@ -22,6 +22,7 @@ import pytest
 from llmhost import converge
 from llmhost.catalog import model_toml
 from llmhost.paths import REPO_ROOT
+from llmhost.runtimes import load_sources
 from llmhost.testmodels import write_tiny_gguf, write_tiny_safetensors_model
 from roles.runtime.defaults import STATE_FILE, env_file, unit_name
 from tests.e2e.conftest import write_inventory
@@ -228,6 +229,7 @@ def test_the_unit_is_hardened(testbed, hosts, published):
     out = testbed.ssh(host, f"systemd-analyze security {unit_name('blue')} --no-pager")
     exposure = float(out.strip().splitlines()[-1].split("exposure level for")[1].split(":")[1]
                      .split()[0])  # fmt: skip
+    print(f"systemd-analyze security exposure of {unit_name('blue')}: {exposure}")
     assert exposure <= MAX_EXPOSURE, out
     user = testbed.ssh(host, f"ps -o user= -p {main_pid(testbed, host, 'blue')}").strip()
     assert user == "llmhost-runtime"
@@ -255,3 +257,23 @@ def test_bad_inputs_fail_before_any_unit_changes(tmp_path, testbed, hosts, publi
         assert message in result.stderr + result.stdout, (data, result.stderr[-3000:])
     assert testbed.ssh(host, f"cat {env_file('green')}", check=False) == env_before
     assert testbed.ssh(host, f"cat {STATE_FILE}") == state_before
+
+
+def test_a_dry_run_for_a_vllm_class_shows_the_install_and_staging_and_changes_nothing(
+    tmp_path, testbed, hosts, published
+):
+    """Planned against the real host's facts; no GPU is needed to plan, and none is used."""
+    host = hosts[1]
+    state_before = testbed.ssh(host, f"cat {STATE_FILE}")
+    data = {"model_name": "rt-st", "hardware": "l40s"}
+    inventory = write_inventory(tmp_path / "inventory.py", testbed, hosts, **{host.name: data})
+    dry = converge.run(inventory, "deploy/runtime.py", dry=True)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    planned = {name.split(" | ", 1)[1] for name in dry.planned_changes()}
+    version = load_sources().vllm.version
+    assert f"vLLM {version} in /opt/llmhost/vllm/{version}" in planned
+    assert f"vLLM {version} lock (every distribution hashed)" in planned
+    assert any(name.startswith("green: release ") for name in planned), planned
+    assert not any(name.startswith("blue") for name in planned), "blue is active: untouched"
+    assert testbed.ssh(host, f"cat {STATE_FILE}") == state_before
+    assert testbed.ssh(host, "test -e /opt/llmhost/vllm && echo yes || echo no").strip() == "no"

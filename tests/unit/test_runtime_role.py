@@ -255,3 +255,19 @@ def test_a_registry_host_cannot_give_a_colour_the_registry_port():
             facts={},
             groups=["registry"],
         )
+
+
+def test_a_restart_schedule_installs_a_timer_per_colour_and_no_schedule_removes_them():
+    planned = plan(runtime, host_data(runtime_restart_schedule="Mon *-*-* 04:00:00"))
+    timer = [n for n in planned if n.startswith("Scheduled restart: llmhost-runtime-restart@")]
+    assert timer == [
+        "Scheduled restart: llmhost-runtime-restart@.service",
+        "Scheduled restart: llmhost-runtime-restart@.timer",
+        "Scheduled restart: llmhost-runtime-restart@blue.timer on (Mon *-*-* 04:00:00)",
+        "Scheduled restart: llmhost-runtime-restart@green.timer on (Mon *-*-* 04:00:00)",
+    ]
+    text = render("runtime/restart.timer.j2", schedule="Mon *-*-* 04:00:00")
+    assert "OnCalendar=Mon *-*-* 04:00:00\n" in text
+    assert "try-restart" in render("runtime/restart.service.j2")
+    without = plan(runtime, host_data())
+    assert "No scheduled restart: no llmhost-runtime-restart@.timer" in without
