@@ -116,6 +116,7 @@ class Testbed:
             for extra in [h for h in kept.values() if h.index > count]:
                 self._destroy_host(extra)
                 del kept[extra.name]
+            self._save(kept.values())  # an inventory read now must not list a removed host
             for index in range(1, count + 1):
                 if f"tb{index}" not in kept:
                     kept[f"tb{index}"] = self._create_host(index, image)

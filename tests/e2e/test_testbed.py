@@ -48,8 +48,17 @@ def test_up_again_reuses_the_hosts_without_duplicates(testbed, hosts):
     assert network.our_links() == sorted(f"lhtb{h.index}h" for h in hosts)
 
 
+def test_fewer_hosts_removes_the_extra_ones_from_the_recorded_state(testbed, hosts):
+    """What inventories/testbed.py reads must never list a host that `up` just removed."""
+    fewer = testbed.up(1)
+    assert [h.name for h in fewer] == [h.name for h in testbed.hosts()] == ["tb1"]
+    assert network.our_namespaces() == ["llmhost-tb1"]
+    restored = testbed.up(len(hosts))
+    assert [h.name for h in restored] == [h.name for h in hosts]
+
+
 def test_a_stale_host_is_detected_and_replaced(testbed, hosts):
-    victim = hosts[-1]
+    victim = testbed.hosts()[-1]  # as recorded now (earlier tests may have replaced it)
     inside = network.pids_in(victim.network.netns)
     os.kill(victim.nspawn_pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
