@@ -148,8 +148,9 @@ def test_pull_on_two_hosts_is_byte_identical_and_the_second_deploy_changes_nothi
     for host in hosts:
         path = f"{directory}/{model.files[0].path}"
         assert remote_sha256(testbed, host, path) == model.files[0].sha256
-        links = testbed.ssh(host, f"stat -c %h {path}").strip()
-        assert links == "2", "the model file is a hard link to the verified store blob"
+        blob = f"{STORE}/sha256/{model.files[0].sha256}"
+        inodes = testbed.ssh(host, f"stat -c %i {path} {blob}").split()
+        assert inodes[0] == inodes[1], "the model file is a hard link to the verified store blob"
     assert second.returncode == 0 and second.changes == 0, second.changed_operations()
 
 
