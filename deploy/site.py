@@ -10,6 +10,8 @@ stops the run before any host is changed.
 from pyinfra import host
 
 from roles.base import base
+from roles.cutover import cutover
+from roles.gateway import gateway
 from roles.model import model
 from roles.registry import registry
 from roles.runtime import runtime
@@ -20,5 +22,7 @@ if "registry" in host.groups:
     registry()
 
 if host.data.get("model_name"):
+    gateway()
     model()
     runtime()
+    cutover()

@@ -87,21 +87,75 @@ def check(inventory: str, limit: tuple[str, ...]) -> None:
 @click.option("--limit", multiple=True, help="Only hosts or groups matching this (repeatable).")
 @click.option("--dry", is_flag=True, help="Show what would change; change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Apply without showing changes and asking first.")
-def deploy(inventory: str, deploy: str, limit: tuple[str, ...], dry: bool, yes: bool) -> None:
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Roll out this many hosts at a time (after the canary), stopping at the first failure.",
+)
+@click.option(
+    "--canary",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="With --batch-size: hosts in the first batch, alone.",
+)
+def deploy(
+    inventory: str,
+    deploy: str,
+    limit: tuple[str, ...],
+    dry: bool,
+    yes: bool,
+    batch_size: int | None,
+    canary: int,
+) -> None:
     """Check INVENTORY, then run DEPLOY (default deploy/site.py) on its hosts with pyinfra.
 
     Unlike plain `pyinfra`, an inventory that resolves to no hosts is an error
     here, and every host's data is validated before any host is contacted.
     pyinfra shows the changes it detected and asks before applying them,
     unless --yes.
+
+    \b
+    Rolling: with --batch-size N the hosts (in inventory order) go in batches:
+    the first --canary host(s) alone, then N at a time; a batch with a failed
+    host stops the rollout, and the hosts after it are not touched.
     """
-    _checked_hosts(inventory, limit)
+    names = _checked_hosts(inventory, limit)
+    inventory_path, deploy_path = os.path.abspath(inventory), os.path.abspath(deploy)
+    if batch_size and not dry:
+        _roll_out(inventory_path, deploy_path, names, batch_size, canary, yes)
+        return
     # pyinfra runs from the repository root (it imports roles from there).
-    argv = converge.pyinfra_argv(
-        os.path.abspath(inventory), os.path.abspath(deploy), limit=limit, dry=dry, yes=yes
-    )
+    argv = converge.pyinfra_argv(inventory_path, deploy_path, limit=limit, dry=dry, yes=yes)
     os.chdir(REPO_ROOT)
     os.execv(argv[0], argv)
+
+
+def rollout_batches(names: list[str], batch_size: int, canary: int) -> list[list[str]]:
+    """The canary batch, then batches of ``batch_size``, in inventory order."""
+    first, rest = names[:canary], names[canary:]
+    return [first] + [rest[i : i + batch_size] for i in range(0, len(rest), batch_size)]
+
+
+def _roll_out(
+    inventory: str, deploy: str, names: list[str], batch_size: int, canary: int, yes: bool
+) -> None:
+    batches = rollout_batches(names, batch_size, canary)
+    plan = "; ".join(f"{n}: {', '.join(b)}" for n, b in enumerate(batches, 1))
+    click.echo(f"rollout in {len(batches)} batch(es): {plan}", err=True)
+    if not yes:
+        click.confirm("Apply, batch by batch?", abort=True, err=True)
+    for number, batch in enumerate(batches, 1):
+        click.echo(f"batch {number}/{len(batches)}: {', '.join(batch)}", err=True)
+        result = converge.run(inventory, deploy, limit=tuple(batch), stream_stderr=True)
+        if result.returncode != 0 or result.errors:
+            untouched = [n for b in batches[number:] for n in b]
+            raise LlmhostFailure(
+                f"batch {number} failed; rollout stopped. Not touched: "
+                f"{', '.join(untouched) or 'none'}. Fix the failure, then deploy again "
+                "(hosts already done change nothing)"
+            )
+        click.echo(f"batch {number}/{len(batches)}: done ({result.changes} changes)", err=True)
 
 
 @main.command()
@@ -118,14 +172,17 @@ def demo(count: int, tear_down: bool) -> None:
     4. build llama-server for class `cpu` from the pinned source (about five
        minutes on two cores the first time, then cached) and push it;
     5. converge again with the hosts serving it: each pulls model and engine by
-       digest, verified while streaming, and starts the blue colour;
-    6. converge once more and require zero changes; ask each host for a completion.
+       digest, verified while streaming, starts the blue colour and puts the
+       gateway (nginx: HTTPS, API key, limits, audit log) in front of it;
+    6. converge once more and require zero changes; ask each host's gateway for
+       a completion with the demo identity's key.
     Needs root; installs nothing itself (see the README's first line).
     """
     from llmhost.demo import (
         DEMO_MODEL,
         ask_demo_model,
         demo_catalog,
+        demo_key,
         mirror_demo_model,
         publish_demo_runtime,
     )
@@ -144,6 +201,7 @@ def demo(count: int, tear_down: bool) -> None:
         os.environ["LLMHOST_RUNTIME_BUILDS"] = str(testbed.root / "runtime-builds.toml")
         build = publish_demo_runtime(testbed)
         click.echo(f"llama.cpp for class cpu: {build}", err=True)
+        demo_key(testbed)
         _converge_twice(inventory, {"model_name": DEMO_MODEL})
         for host in hosts:
             click.echo(f"{host.name}: {ask_demo_model(testbed, host)}", err=True)
@@ -403,6 +461,116 @@ def models_sync(
         raise LlmhostFailure(f"sync from {source} failed: {error}") from error
     except TRANSFER_ERRORS as error:
         raise _transfer_failure(f"sync {source} -> {target}", error) from error
+
+
+# -- gateway: keys, status, rollback -----------------------------------------------------
+
+
+@main.group()
+def keys() -> None:
+    """API keys of the gateway: one per identity, kept in the secrets directory.
+
+    \b
+    llmhost keys add team-a --inventory inventories/production.py   # prints the key once
+    llmhost keys list --inventory inventories/production.py
+    Then converge: every gateway admits the identities its `gateway_identities` names.
+    """
+
+
+def _secrets_for(inventory: str | None, secrets_dir: Path | None) -> Path:
+    if secrets_dir:
+        return secrets_dir
+    if inventory:
+        from llmhost.inventory import load_hosts
+
+        return secrets_directory(load_hosts(inventory)[0].data)
+    return secrets_directory({})
+
+
+@keys.command("add")
+@click.argument("identity")
+@inventory_option
+@secrets_option
+@click.option("--rotate", is_flag=True, help="Replace the identity's existing key.")
+def keys_add(identity: str, inventory: str | None, secrets_dir: Path | None, rotate: bool) -> None:
+    """Create a key for IDENTITY (or rotate it) and print it once."""
+    from llmhost.secrets import add_api_key
+
+    try:
+        key = add_api_key(_secrets_for(inventory, secrets_dir), identity, rotate)
+    except ConfigError as error:
+        raise LlmhostError(str(error)) from error
+    click.echo(key)
+    click.echo(f"{identity}: key {'rotated' if rotate else 'created'}; converge to apply", err=True)
+
+
+@keys.command("list")
+@inventory_option
+@secrets_option
+def keys_list(inventory: str | None, secrets_dir: Path | None) -> None:
+    """The identities that have a key (never the keys)."""
+    from llmhost.secrets import api_keys
+
+    try:
+        names = sorted(api_keys(_secrets_for(inventory, secrets_dir)))
+    except ConfigError as error:
+        raise LlmhostError(str(error)) from error
+    for name in names:
+        click.echo(name)
+
+
+@main.command()
+@click.argument("inventory", type=click.Path(dir_okay=False))
+@click.argument("hosts", nargs=-1)
+def rollback(inventory: str, hosts: tuple[str, ...]) -> None:
+    """Switch HOSTS (default: every serving host) back to the previous colour.
+
+    \b
+    Instant when the previous colour is warm (within `gateway_rollback_window_s`);
+    when it is cold it is started, and the switch waits for /health and a one-token
+    completion. A host whose previous colour cannot serve keeps its active colour.
+    """
+    names = _checked_hosts(inventory, hosts)
+    click.echo(f"rollback: {', '.join(names)}", err=True)
+    result = converge.run(
+        os.path.abspath(inventory),
+        str(REPO_ROOT / "deploy" / "rollback.py"),
+        limit=hosts,
+        stream_stderr=True,
+    )
+    if result.returncode != 0 or result.errors:
+        raise LlmhostFailure(f"rollback failed (exit {result.returncode}); see above")
+
+
+@main.command()
+@click.argument("inventory", type=click.Path(dir_okay=False))
+@click.option("--limit", multiple=True, help="Only hosts or groups matching this (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per host.")
+def status(inventory: str, limit: tuple[str, ...], as_json: bool) -> None:
+    """Per serving host: active colour, each colour's release and health, last gate result."""
+    from llmhost.status import collect
+
+    try:
+        rows = collect(os.path.abspath(inventory), limit)
+    except ConfigError as error:
+        raise LlmhostError(str(error)) from error
+    failed = False
+    for name, found in rows:
+        if as_json:
+            click.echo(json.dumps({"host": name, **found}, sort_keys=True))
+            continue
+        if "error" in found:
+            failed = True
+            click.echo(f"{name}: {found['error']}")
+            continue
+        click.echo(f"{name}: active {found['active']} (gateway -> {found['gateway_sends_to']})")
+        for colour, info in found["colours"].items():
+            release = info["release"] or {}
+            label = f"{release.get('id')} {release.get('model')}" if release else "no release"
+            click.echo(f"  {colour:5} {label:40} {info['health']}")
+        click.echo(f"  last gate: {found['last_gate'] or 'none recorded'}")
+    if failed:
+        sys.exit(1)
 
 
 # -- runtimes ----------------------------------------------------------------------------

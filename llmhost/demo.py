@@ -6,13 +6,14 @@ hub and its catalog entry is the same each time.
 
 from __future__ import annotations
 
+import http.client
 import json
-import shlex
+import ssl
 from pathlib import Path
 
 from llmhost.catalog import find, model_toml
 from llmhost.mirror import RegistryAccess, mirror
-from llmhost.testbed import Testbed, TestbedHost
+from llmhost.testbed import Testbed, TestbedError, TestbedHost
 from llmhost.testmodels import write_tiny_gguf
 
 DEMO_MODEL = "tiny-llama"
@@ -52,16 +53,28 @@ def publish_demo_runtime(testbed: Testbed) -> str:
     return publish_build(artifact, "cpu", source.repository, [access]).digest
 
 
+def demo_key(testbed: Testbed) -> str:
+    """The demo identity's API key (made once, kept in the testbed's secrets)."""
+    from llmhost.secrets import add_api_key, api_keys
+
+    secrets = testbed.root / "secrets"
+    return api_keys(secrets).get("demo") or add_api_key(secrets, "demo")
+
+
 def ask_demo_model(testbed: Testbed, host: TestbedHost) -> str:
-    """One completion from the active colour, on the host itself (runtimes bind loopback)."""
+    """One completion through the host's gateway: HTTPS, the demo's key, the active colour."""
+    context = ssl.create_default_context(cafile=str(testbed.root / "secrets" / "ca" / "ca.crt"))
+    connection = http.client.HTTPSConnection(host.address, 8000, context=context, timeout=60)
+    body = json.dumps({"prompt": "Hello", "max_tokens": 8, "temperature": 0})
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {demo_key(testbed)}"}
+    connection.request("POST", "/v1/completions", body, headers)
+    response = connection.getresponse()
+    answer = json.loads(response.read())
+    if response.status != 200:
+        raise TestbedError(f"{host.name}: the gateway answered {response.status}: {answer}")
     state = json.loads(testbed.ssh(host, "cat /var/lib/llmhost/state.json"))
-    port = {"blue": 8001, "green": 8002}[state["active"]]
-    answer = json.loads(
-        testbed.ssh(
-            host,
-            "python3 /usr/local/lib/llmhost/runtimectl.py complete "
-            f"--port {port} --model {shlex.quote(DEMO_MODEL)} --max-tokens 8",
-        )
-    )
     tokens, text = answer["usage"]["completion_tokens"], answer["choices"][0]["text"]
-    return f"{state['active']} (port {port}) generated {tokens} tokens: {text!r}"
+    return (
+        f"https://{host.address}:8000 (active colour {state['active']}) generated "
+        f"{tokens} tokens: {text!r}"
+    )

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -212,6 +213,165 @@ def record(
     return {**state, "active": active, "colours": colours, "history": history[-100:]}
 
 
+# -- cutover and rollback --------------------------------------------------------------------
+
+UNIT = "llmhost-runtime@{}.service"
+WINDOW_UNIT = "llmhost-rollback-window-{}"
+
+
+def upstream_text(colour: str, port: int) -> str:
+    """The gateway's one managed include: where requests go, and the colour the audit log names."""
+    return (
+        "# managed by llmhost (cutover): the colour the gateway sends requests to.\n"
+        "# Switched only by `runtimectl.py cutover` / `rollback`, after a readiness check.\n"
+        # No keepalive to the engine: llama-server closes kept-alive connections on its own
+        # (after streamed answers too), and a request sent on one it is closing fails, even
+        # with a retry. A new loopback connection per request never races; see
+        # docs/architecture.md for what it costs.
+        f"upstream llmhost_runtime {{\n    server 127.0.0.1:{port};\n}}\n"
+        f"map $host $llmhost_colour {{\n    default {colour};\n}}\n"
+    )
+
+
+def colour_in(upstream: str) -> str | None:
+    match = re.search(r"default (blue|green);", upstream)
+    return match.group(1) if match else None
+
+
+def _run(command: list[str]) -> tuple[bool, str]:
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    return done.returncode == 0, (done.stderr or done.stdout).strip()
+
+
+def replace_file(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.new")
+    temporary.write_text(text)
+    os.chmod(temporary, 0o644)
+    os.replace(temporary, path)
+
+
+def switch_gateway(upstream: Path, text: str) -> None:
+    """Point nginx at ``text``'s upstream: check the whole config, reload gracefully.
+
+    On any failure the previous include is put back (and nginx reloaded onto it),
+    so the gateway never serves from a half-switched configuration.
+    """
+    previous = upstream.read_text() if upstream.exists() else None
+    replace_file(upstream, text)
+    for step in (["nginx", "-t", "-q"], ["systemctl", "reload", "nginx.service"]):
+        ok, detail = _run(step)
+        if not ok:
+            if previous is None:
+                upstream.unlink()
+            else:
+                replace_file(upstream, previous)
+            _run(["systemctl", "reload", "nginx.service"])
+            raise RuntimeError(f"`{' '.join(step)}` failed, previous upstream restored: {detail}")
+
+
+def schedule_stop(colour: str, seconds: int) -> None:
+    """Stop ``colour`` after the rollback window, unless a cutover back to it cancels that."""
+    cancel_stop(colour)
+    if seconds > 0:
+        ok, detail = _run(
+            [
+                "systemd-run",
+                f"--unit={WINDOW_UNIT.format(colour)}",
+                f"--on-active={seconds}",
+                "--timer-property=AccuracySec=1s",
+                "systemctl",
+                "stop",
+                UNIT.format(colour),
+            ]
+        )
+        if not ok:
+            raise RuntimeError(
+                f"could not schedule the end of {colour}'s rollback window: {detail}"
+            )
+
+
+def cancel_stop(colour: str) -> None:
+    _run(["systemctl", "stop", f"{WINDOW_UNIT.format(colour)}.timer"])
+
+
+def cutover(
+    *,
+    to: str,
+    port: int,
+    model: str,
+    upstream: Path,
+    state_path: Path,
+    ready_timeout: float,
+    rollback_window: int,
+    reason: str,
+) -> str:
+    """Readiness, switch, record; returns what happened. Raises NotReady or RuntimeError."""
+    wait_ready(f"http://127.0.0.1:{port}", model, ready_timeout)
+    cancel_stop(to)  # the colour about to serve must not have a stop pending
+    before = colour_in(upstream.read_text()) if upstream.exists() else None
+    text = upstream_text(to, port)
+    if before != to or upstream.read_text() != text:
+        switch_gateway(upstream, text)
+    with locked(state_path):
+        state = read_state(state_path)
+        previous = state.get("active")
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        release = (state.get("colours") or {}).get(to, {}).get("id")
+        history = list(state.get("history") or [])
+        history.append(
+            {"time": now, "event": reason, "from": previous, "to": to, "release": release}
+        )
+        write_state(state_path, {**state, "active": to, "history": history[-100:]})
+    if previous in COLOURS and previous != to:
+        schedule_stop(previous, rollback_window)
+        return f"{reason}: gateway now sends to {to} (release {release}); {previous} stays warm"
+    return f"{reason}: gateway sends to {to} (release {release})"
+
+
+def rollback_target(state: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    active = state.get("active")
+    if active not in COLOURS:
+        raise RuntimeError("no active colour recorded: nothing to roll back from")
+    previous = COLOURS[1 - COLOURS.index(active)]
+    release = (state.get("colours") or {}).get(previous)
+    if not release:
+        raise RuntimeError(f"{previous} never ran a release on this host: nothing to roll back to")
+    return previous, release
+
+
+def host_status(state_path: Path, ports: dict[str, int], upstream: Path) -> dict[str, Any]:
+    """What `llmhost status` shows for this host: active colour, releases, health, last gate."""
+    state = read_state(state_path)
+    colours: dict[str, Any] = {}
+    for colour in COLOURS:
+        release = (state.get("colours") or {}).get(colour)
+        running = unit_active(colour)
+        health = "stopped"
+        if running and release:
+            try:
+                probe(
+                    f"http://127.0.0.1:{ports[colour]}",
+                    release.get("served_model_name") or release["model"],
+                    timeout=10,
+                )
+                health = "ready"
+            except NotReady as error:
+                health = f"not ready: {error}"
+        colours[colour] = {"release": release, "running": running, "health": health}
+    gateway = colour_in(upstream.read_text()) if upstream.exists() else None
+    return {
+        "active": state.get("active"),
+        "gateway_sends_to": gateway,
+        "colours": colours,
+        "last_gate": state.get("last_gate"),
+        "last_event": (state.get("history") or [None])[-1],
+    }
+
+
+def unit_active(colour: str) -> bool:
+    return _run(["systemctl", "is-active", "--quiet", UNIT.format(colour)])[0]
+
+
 # -- command line ---------------------------------------------------------------------------
 
 
@@ -233,6 +393,22 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-model", help="the model directory is materialised")
     check.add_argument("--dir", type=Path, required=True)
     check.add_argument("--digest", required=True)
+    for name, text in (
+        ("cutover", "switch the gateway to a ready colour"),
+        ("rollback", "switch back to the previous colour (restarted if cold)"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        if name == "cutover":
+            sub.add_argument("--to", choices=COLOURS, required=True)
+        sub.add_argument("--ports", required=True, help="blue=PORT,green=PORT")
+        sub.add_argument("--upstream", type=Path, required=True, help="the gateway's include")
+        sub.add_argument("--state", type=Path, default=STATE_FILE)
+        sub.add_argument("--ready-timeout", type=float, default=300.0)
+        sub.add_argument("--rollback-window", type=int, default=3600)
+    status = commands.add_parser("status", help="this host's colours, releases and health")
+    status.add_argument("--ports", default="blue=8001,green=8002")
+    status.add_argument("--upstream", type=Path, default=Path("/etc/nginx/llmhost/upstream.conf"))
+    status.add_argument("--state", type=Path, default=STATE_FILE)
     rec = commands.add_parser("record", help="record the release a colour runs")
     rec.add_argument("--state", type=Path, default=STATE_FILE)
     rec.add_argument("--colour", choices=COLOURS, required=True)
@@ -253,8 +429,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"runtime on port {args.port} ready in {seconds:.1f} s")
         return EXIT_OK
     if args.command == "complete":
-        body = {"model": args.model, "prompt": args.prompt, "max_tokens": args.max_tokens,
-                "temperature": 0}  # fmt: skip
+        body = {
+            "model": args.model,
+            "prompt": args.prompt,
+            "max_tokens": args.max_tokens,
+            "temperature": 0,
+        }
         try:
             status, answer = _post_json(f"{base}/v1/completions", body, timeout=120)
         except OSError as error:
@@ -277,6 +457,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return EXIT_CANNOT_RUN
         return EXIT_OK
+    if args.command in ("cutover", "rollback"):
+        return switch_command(args)
+    if args.command == "status":
+        ports = parse_ports(args.ports)
+        if ports is None:
+            return EXIT_CANNOT_RUN
+        print(json.dumps(host_status(args.state, ports, args.upstream), sort_keys=True))
+        return EXIT_OK
     try:
         release = json.loads(args.release)
         if not isinstance(release, dict) or not isinstance(release.get("id"), str):
@@ -290,6 +478,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_state(args.state, state)
     print(f"{args.colour} runs release {release['id']} (active: {state['active']})")
     return EXIT_OK
+
+
+def parse_ports(text: str) -> dict[str, int] | None:
+    try:
+        pairs = dict(part.split("=", 1) for part in text.split(","))
+        return {colour: int(pairs[colour]) for colour in COLOURS}
+    except (ValueError, KeyError):
+        print(f"--ports {text!r}: give blue=PORT,green=PORT", file=sys.stderr)
+        return None
+
+
+def switch_command(args: argparse.Namespace) -> int:
+    ports = parse_ports(args.ports)
+    if ports is None:
+        return EXIT_CANNOT_RUN
+    try:
+        state = read_state(args.state)
+        if args.command == "rollback":
+            target, release = rollback_target(state)
+            if not unit_active(target):
+                print(f"rollback: {target} is cold; starting it", file=sys.stderr)
+                cancel_stop(target)
+                ok, detail = _run(["systemctl", "start", UNIT.format(target)])
+                if not ok:
+                    raise RuntimeError(f"could not start {target}: {detail}")
+        else:
+            target = args.to
+            release = (state.get("colours") or {}).get(target) or {}
+        model = release.get("served_model_name") or release.get("model")
+        if not model:
+            raise RuntimeError(f"state.json records no release on {target}")
+        print(
+            cutover(
+                to=target,
+                port=ports[target],
+                model=model,
+                upstream=args.upstream,
+                state_path=args.state,
+                ready_timeout=args.ready_timeout,
+                rollback_window=args.rollback_window,
+                reason=args.command,
+            )
+        )
+        return EXIT_OK
+    except NotReady as error:
+        print(f"{args.command}: {error}; the gateway was not switched", file=sys.stderr)
+        return EXIT_FAILED
+    except (RuntimeError, OSError, ValueError) as error:
+        print(f"{args.command}: {error}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

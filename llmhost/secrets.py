@@ -1,7 +1,7 @@
 """Secrets llmhost makes and keeps on the control machine, outside the repository.
 
-``secrets_dir`` (default ``inventories/secrets``, ignored by git) holds the CA
-and the registry credentials. Values are generated once and then reused, so a
+``secrets_dir`` (default ``inventories/secrets``, ignored by git) holds the CA,
+the registry credentials and the gateway's API keys. Values are generated once and then reused, so a
 second converge uploads identical files. Nothing here ever goes into argv or a
 log: roles upload secrets with ``files.put`` from memory, mode 0600/0640.
 """
@@ -9,11 +9,13 @@ log: roles upload secrets with ``files.put`` from memory, mode 0600/0640.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmhost.errors import ConfigError
 from llmhost.paths import REPO_ROOT
 from llmhost.pki import CertificateAuthority
 from llmhost.settings import from_data, setting
@@ -65,3 +67,59 @@ def registry_credentials(directory: Path) -> RegistryCredentials:
         temporary.replace(path)
     values = json.loads(path.read_text())
     return RegistryCredentials(values["username"], values["password"], values["http_secret"])
+
+
+API_KEY = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
+IDENTITY = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def api_keys(directory: Path) -> dict[str, str]:
+    """Identity -> API key, from ``api-keys.json``; every entry checked (a bad one is refused)."""
+    path = directory / "api-keys.json"
+    if not path.exists():
+        return {}
+    keys = json.loads(path.read_text())
+    if not isinstance(keys, dict):
+        raise ConfigError(
+            f"{path} is not a JSON object",
+            key="api-keys.json",
+            fix='map identities to keys: {"team-a": "<key>"}',
+        )
+    for identity, key in keys.items():
+        if not IDENTITY.match(identity):
+            raise ConfigError(
+                f"identity {identity!r} in {path} is not a valid name",
+                key="api-keys.json",
+                fix="use lower-case letters, digits, . _ -",
+            )
+        if not isinstance(key, str) or not API_KEY.match(key):
+            # The key itself is never echoed: it is a secret even when malformed.
+            raise ConfigError(
+                f"the key of {identity} in {path} is not 32-128 URL-safe characters",
+                key="api-keys.json",
+                fix=f"llmhost keys add {identity} --rotate",
+            )
+    return keys
+
+
+def add_api_key(directory: Path, identity: str, rotate: bool = False) -> str:
+    """Create (or with ``rotate`` replace) an identity's key; returns it, to show once."""
+    if not IDENTITY.match(identity):
+        raise ConfigError(
+            f"{identity!r} is not a valid identity",
+            key="identity",
+            fix="use lower-case letters, digits, . _ - (at most 63)",
+        )
+    keys = api_keys(directory)
+    if identity in keys and not rotate:
+        raise ConfigError(
+            f"{identity} already has a key", key="identity", fix="pass --rotate to replace it"
+        )
+    keys[identity] = secrets.token_urlsafe(32)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / "api-keys.json"
+    temporary = path.with_suffix(".tmp")
+    temporary.touch(mode=0o600)
+    temporary.write_text(json.dumps(keys, indent=2, sort_keys=True) + "\n")
+    temporary.replace(path)
+    return keys[identity]

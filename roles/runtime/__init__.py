@@ -31,6 +31,7 @@ from llmhost.errors import ConfigError
 from llmhost.hardware import RUNTIMES, HardwareClass, check_hardware, load_classes
 from llmhost.paths import REPO_ROOT
 from llmhost.render import put_template
+from llmhost.runtimectl import WINDOW_UNIT
 from llmhost.runtimes import find_build, load_sources, sha256_file
 from llmhost.settings import from_data
 from roles.base.defaults import CONFIG_DIR, SERVICE_USER, BaseSettings
@@ -69,6 +70,7 @@ class Plan:
     release: Release
     active: str | None
     stage_on: str | None  # the idle colour to stage on; None: nothing to stage
+    wanted_on: str  # the colour that runs the wanted release once this role is done
     reason: str  # why nothing is staged, or what is
 
 
@@ -111,8 +113,8 @@ def preflight() -> Plan:
             "release is then staged on blue and becomes active",
             host=host.name,
         )
-    active, stage_on, reason = stage_decision(state, release.id)
-    return Plan(settings, hardware, model, release, active, stage_on, reason)
+    active, stage_on, wanted_on, reason = stage_decision(state, release.id)
+    return Plan(settings, hardware, model, release, active, stage_on, wanted_on, reason)
 
 
 def check_settings(settings: RuntimeSettings) -> None:
@@ -205,20 +207,22 @@ def other(colour: str) -> str:
     return COLOURS[1 - COLOURS.index(colour)]
 
 
-def stage_decision(state: dict[str, Any], release_id: str) -> tuple[str | None, str | None, str]:
-    """(active colour, colour to stage on or None, why)."""
+def stage_decision(
+    state: dict[str, Any], release_id: str
+) -> tuple[str | None, str | None, str, str]:
+    """(active colour, colour to stage on or None, colour that will run the release, why)."""
     active = state.get("active")
     colours = state.get("colours") or {}
     if active not in COLOURS:
-        return None, "blue", f"first release {release_id}: staged on blue"
+        return None, "blue", "blue", f"first release {release_id}: staged on blue"
     if (colours.get(active) or {}).get("id") == release_id:
-        return active, None, f"release {release_id} is already active on {active}"
+        return active, None, active, f"release {release_id} is already active on {active}"
     idle = other(active)
     if (colours.get(idle) or {}).get("id") == release_id and host.get_fact(
         UnitActive, unit=unit_name(idle)
     ):
-        return active, None, f"release {release_id} is staged on {idle}, awaiting cutover"
-    return active, idle, f"release {release_id} staged on idle {idle} ({active} serves)"
+        return active, None, idle, f"release {release_id} is staged on {idle}, awaiting cutover"
+    return active, idle, idle, f"release {release_id} staged on idle {idle} ({active} serves)"
 
 
 # -- install -----------------------------------------------------------------------------
@@ -397,6 +401,10 @@ def service(plan: Plan, unit: OperationMeta) -> None:
     colour = plan.stage_on
     assert colour is not None
     port = plan.settings.runtime_ports[colour]
+    server.shell(
+        name=f"{colour}: no stop pending from an earlier rollback window",
+        commands=[f"systemctl stop {WINDOW_UNIT.format(colour)}.timer 2>/dev/null || true"],
+    )
     systemd.service(
         name=f"{colour}: start release {plan.release.id} on port {port}",
         service=unit_name(colour),

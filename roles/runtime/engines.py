@@ -61,6 +61,7 @@ class Release:
             "executable": self.executable,
             "model": self.model,
             "model_digest": self.model_digest,
+            "served_model_name": self.served_model_name,
         }
 
     def command_line(self, port: int) -> list[str]:

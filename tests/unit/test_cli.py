@@ -100,3 +100,12 @@ def test_runtimes_build_refuses_an_unknown_class_before_building_anything():
     assert result.exit_code == 2
     assert "'tpu' is not a class" in result.output
     assert "runtimes build" in invoke("runtimes", "--help").output
+
+
+def test_a_rollout_goes_canary_first_then_in_batches_in_inventory_order():
+    from llmhost.cli import rollout_batches
+
+    names = [f"h{i}" for i in range(1, 7)]
+    assert rollout_batches(names, 2, 1) == [["h1"], ["h2", "h3"], ["h4", "h5"], ["h6"]]
+    assert rollout_batches(names, 5, 2) == [["h1", "h2"], ["h3", "h4", "h5", "h6"]]
+    assert rollout_batches(["h1"], 3, 1) == [["h1"]]

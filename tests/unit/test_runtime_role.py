@@ -74,6 +74,7 @@ def test_a_first_release_is_staged_on_blue_checked_started_made_ready_and_record
     staged = [n for n in names if n.startswith("blue:")]
     assert staged == [
         f"blue: release {the_release().id}",
+        "blue: no stop pending from an earlier rollback window",
         f"blue: start release {the_release().id} on port 8001",
         "blue: ready (/health 200 and a one-token completion)",
         f"blue: record release {the_release().id} in /var/lib/llmhost/state.json",
@@ -81,7 +82,7 @@ def test_a_first_release_is_staged_on_blue_checked_started_made_ready_and_record
     check = planned["Model tiny is materialised for blue"][0]
     assert f"check-model --dir /var/lib/llmhost/models/tiny@{DIGEST} --digest {DIGEST}" in check
     assert names.index("Model tiny is materialised for blue") < names.index(staged[0])
-    assert "--activate-if-none" in planned[staged[3]][0]
+    assert "--activate-if-none" in planned[staged[4]][0]
     assert not any(n.startswith("green") for n in names)
 
 

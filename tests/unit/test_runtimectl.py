@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -132,3 +133,147 @@ def test_complete_prints_the_runtimes_answer(server, capsys):
     port = base.rsplit(":", 1)[1]
     assert runtimectl.main(["complete", "--port", port, "--model", "m"]) == 0
     assert json.loads(capsys.readouterr().out)["choices"][0]["text"] == " hi"
+
+
+# -- cutover and rollback, with stand-in nginx/systemctl/systemd-run executables ---------------
+
+
+@pytest.fixture
+def host_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """nginx, systemctl and systemd-run as scripts that log their arguments (and can fail)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.log"
+    for tool in ("nginx", "systemctl", "systemd-run"):
+        script = bin_dir / tool
+        script.write_text(
+            "#!/bin/sh\n"
+            f'echo "{tool} $*" >> {log}\n'
+            f'[ -e "{tmp_path}/fail-{tool}" ] && {{ echo "{tool} refused" >&2; exit 1; }}\n'
+            'case "$*" in "is-active --quiet "*) [ -e "'
+            + str(tmp_path)
+            + '/cold" ] && exit 3;; esac\n'
+            "exit 0\n"
+        )
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return log
+
+
+def switch_args(tmp_path: Path, port: int, command: str, *extra: str) -> list[str]:
+    return [
+        command,
+        *extra,
+        "--ports",
+        f"blue=9,green={port}",
+        "--upstream",
+        str(tmp_path / "upstream.conf"),
+        "--state",
+        str(tmp_path / "state.json"),
+        "--ready-timeout",
+        "2",
+        "--rollback-window",
+        "600",
+    ]
+
+
+def staged_state(path: Path) -> None:
+    runtimectl.write_state(
+        path,
+        {
+            "active": "blue",
+            "history": [],
+            "colours": {"blue": {"id": "r1", "model": "m"}, "green": {"id": "r2", "model": "m"}},
+        },
+    )
+
+
+def test_cutover_switches_reloads_records_and_keeps_the_old_colour_warm(
+    tmp_path, server, host_tools
+):
+    base, _ = server
+    port = int(base.rsplit(":", 1)[1])
+    staged_state(tmp_path / "state.json")
+    (tmp_path / "upstream.conf").write_text(runtimectl.upstream_text("blue", 9))
+    assert runtimectl.main(switch_args(tmp_path, port, "cutover", "--to", "green")) == 0
+    assert runtimectl.colour_in((tmp_path / "upstream.conf").read_text()) == "green"
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["active"] == "green"
+    assert state["history"][-1] == {
+        **state["history"][-1],
+        "event": "cutover",
+        "from": "blue",
+        "to": "green",
+        "release": "r2",
+    }
+    calls = host_tools.read_text().splitlines()
+    assert "nginx -t -q" in calls and "systemctl reload nginx.service" in calls
+    assert calls.index("nginx -t -q") < calls.index("systemctl reload nginx.service")
+    assert any(
+        c.startswith("systemd-run --unit=llmhost-rollback-window-blue --on-active=600")
+        and c.endswith("systemctl stop llmhost-runtime@blue.service")
+        for c in calls
+    )
+    assert "systemctl stop llmhost-rollback-window-green.timer" in calls
+
+
+def test_a_configuration_nginx_refuses_is_rolled_back_and_nothing_is_recorded(
+    tmp_path, server, host_tools
+):
+    base, _ = server
+    staged_state(tmp_path / "state.json")
+    before = runtimectl.upstream_text("blue", 9)
+    (tmp_path / "upstream.conf").write_text(before)
+    (tmp_path / "fail-nginx").touch()
+    port = int(base.rsplit(":", 1)[1])
+    assert runtimectl.main(switch_args(tmp_path, port, "cutover", "--to", "green")) == 1
+    assert (tmp_path / "upstream.conf").read_text() == before
+    assert json.loads((tmp_path / "state.json").read_text())["active"] == "blue"
+
+
+def test_a_colour_that_is_not_ready_is_never_switched_to(tmp_path, server, host_tools):
+    base, handler = server
+    handler.health = 503
+    staged_state(tmp_path / "state.json")
+    before = runtimectl.upstream_text("blue", 9)
+    (tmp_path / "upstream.conf").write_text(before)
+    port = int(base.rsplit(":", 1)[1])
+    assert runtimectl.main(switch_args(tmp_path, port, "cutover", "--to", "green")) == 1
+    assert (tmp_path / "upstream.conf").read_text() == before
+    assert not host_tools.exists() or "nginx" not in host_tools.read_text()
+
+
+def test_rollback_starts_a_cold_previous_colour_before_switching_to_it(
+    tmp_path, server, host_tools
+):
+    base, _ = server
+    port = int(base.rsplit(":", 1)[1])
+    runtimectl.write_state(
+        tmp_path / "state.json",
+        {
+            "active": "blue",
+            "history": [],
+            "colours": {"blue": {"id": "r2", "model": "m"}, "green": {"id": "r1", "model": "m"}},
+        },
+    )
+    (tmp_path / "upstream.conf").write_text(runtimectl.upstream_text("blue", 9))
+    (tmp_path / "cold").touch()
+    assert runtimectl.main(switch_args(tmp_path, port, "rollback")) == 0
+    calls = host_tools.read_text().splitlines()
+    assert calls.index("systemctl start llmhost-runtime@green.service") < calls.index(
+        "systemctl reload nginx.service"
+    )
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["active"] == "green" and state["history"][-1]["event"] == "rollback"
+
+
+def test_rollback_with_nothing_to_return_to_refuses(tmp_path, host_tools):
+    runtimectl.write_state(
+        tmp_path / "state.json",
+        {
+            "active": "blue",
+            "history": [],
+            "colours": {"blue": {"id": "r1", "model": "m"}},
+        },
+    )
+    assert runtimectl.main(switch_args(tmp_path, 9, "rollback")) == 1

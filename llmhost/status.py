@@ -1,0 +1,59 @@
+"""`llmhost status`: ask each serving host, over pyinfra's own connections, what it serves."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from llmhost.errors import ConfigError
+from llmhost.paths import REPO_ROOT
+
+
+def collect(inventory: str, limit: tuple[str, ...] = ()) -> list[tuple[str, dict[str, Any]]]:
+    """(host, status) for every host with a model; unreachable hosts carry an error."""
+    from pyinfra.api import Config, State
+    from pyinfra.api.connect import connect_all
+    from pyinfra.context import ctx_host, ctx_state
+    from pyinfra_cli.inventory import make_inventory
+
+    from llmhost.settings import from_data
+    from roles.gateway.defaults import UPSTREAM
+    from roles.runtime.defaults import RUNTIMECTL, RuntimeSettings
+
+    logging.getLogger("pyinfra").setLevel(logging.CRITICAL)
+    state = State()
+    with ctx_state.use(state):
+        loaded = make_inventory(inventory, cwd=str(REPO_ROOT))
+    state.init(loaded, Config())
+    chosen = [
+        h
+        for h in loaded
+        if h.data.get("model_name")
+        and (not limit or h.name in limit or any(g in limit for g in h.groups))
+    ]
+    if not chosen:
+        raise ConfigError(
+            f"no host in {inventory} serves a model",
+            key="model_name",
+            fix="set model_name on the serving hosts",
+        )
+    with ctx_state.use(state):
+        connect_all(state)
+    rows = []
+    for host in chosen:
+        if host not in state.activated_hosts:
+            rows.append((host.name, {"error": "unreachable over SSH"}))
+            continue
+        ports = from_data(RuntimeSettings, host.data, host.name).runtime_ports
+        command = f"python3 {RUNTIMECTL} status --upstream {UPSTREAM} --ports " + ",".join(
+            f"{c}={p}" for c, p in sorted(ports.items())
+        )
+        with ctx_state.use(state), ctx_host.use(host):
+            ok, output = host.run_shell_command(command)
+        text = "\n".join(output.stdout_lines)
+        try:
+            rows.append((host.name, json.loads(text) if ok else {"error": output.stderr}))
+        except ValueError:
+            rows.append((host.name, {"error": f"unexpected answer: {text[:200]}"}))
+    return rows

@@ -1,0 +1,241 @@
+"""Role gateway: nginx in front of the runtime, on every host that serves a model.
+
+preflight  settings, ports that collide with the runtime's or the registry's, at least
+           one API key for this host
+install    Debian's nginx, without its default site
+configure  the API keys (root-only), TLS from the llmhost CA or the operator, the upstream
+           include (created once, then owned by cutover), our server block, the firewall
+service    nginx checked (`nginx -t`) and reloaded gracefully when a file changed
+
+Requests need `Authorization: Bearer <key>`: 401 without a valid key, 429 above the
+identity's rate, 413 above the body limit. Each request leaves one JSON line in
+/var/log/nginx/llmhost-audit.log with identity, request id, colour, status, bytes and
+times; never the key, never the prompt.
+"""
+
+from __future__ import annotations
+
+from io import StringIO
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.files import File
+from pyinfra.operations import apt, files, server, systemd
+
+from llmhost.errors import ConfigError
+from llmhost.render import put_template
+from llmhost.runtimectl import upstream_text
+from llmhost.secrets import api_keys, certificate_authority, secrets_directory
+from llmhost.settings import from_data
+from roles.base.operations import firewall_rules, reload_firewall, secret_upload_options
+from roles.base.preflight import check_networks, check_port
+from roles.gateway.defaults import (
+    AUDIT_LOG,
+    KEYS,
+    NGINX_DIR,
+    SITE,
+    TLS_CERT,
+    TLS_KEY,
+    UPSTREAM,
+    GatewaySettings,
+)
+from roles.runtime.defaults import COLOURS, STATE_FILE, RuntimeSettings
+from roles.runtime.facts import RuntimeState
+
+
+@deploy("llmhost gateway")
+def gateway() -> None:
+    settings, keys = preflight()
+    install()
+    changed = configure(settings, keys)
+    service(changed)
+
+
+def preflight() -> tuple[GatewaySettings, dict[str, str]]:
+    settings = from_data(GatewaySettings, host.data, host.name)
+    check_port(host.name, "gateway_port", settings.gateway_port)
+    runtime_ports = from_data(RuntimeSettings, host.data, host.name).runtime_ports
+    if settings.gateway_port in runtime_ports.values():
+        raise ConfigError(
+            f"{settings.gateway_port} is also a runtime colour's port ({runtime_ports})",
+            key="gateway_port",
+            fix="give the gateway its own port",
+            host=host.name,
+        )
+    for key in ("gateway_rate_limit_rps", "gateway_max_body_kb", "gateway_read_timeout_s"):
+        if getattr(settings, key) < 1:
+            raise ConfigError(
+                f"{getattr(settings, key)} is too small",
+                key=key,
+                fix="use 1 or more",
+                host=host.name,
+            )
+    if settings.gateway_rate_limit_burst < 0 or settings.gateway_rollback_window_s < 0:
+        raise ConfigError(
+            "is negative",
+            key="gateway_rate_limit_burst/gateway_rollback_window_s",
+            fix="use 0 or more",
+            host=host.name,
+        )
+    check_networks(host.name, "gateway_allow_from", settings.gateway_allow_from)
+    if bool(settings.gateway_tls_certificate) != bool(settings.gateway_tls_key):
+        raise ConfigError(
+            "needs both the certificate and its key",
+            key="gateway_tls_certificate",
+            fix="set gateway_tls_certificate and gateway_tls_key, or neither",
+            host=host.name,
+        )
+    return settings, admitted_keys(settings)
+
+
+def admitted_keys(settings: GatewaySettings) -> dict[str, str]:
+    directory = secrets_directory(host.data, host.name)
+    try:
+        keys = api_keys(directory)
+    except ConfigError as error:
+        raise ConfigError(error.problem, key=error.key, fix=error.fix, host=host.name) from error
+    if settings.gateway_identities is not None:
+        unknown = sorted(set(settings.gateway_identities) - set(keys))
+        if unknown:
+            raise ConfigError(
+                f"names identities with no key: {', '.join(unknown)}",
+                key="gateway_identities",
+                fix=f"llmhost keys add {unknown[0]} --secrets-dir {directory}",
+                host=host.name,
+            )
+        keys = {name: keys[name] for name in settings.gateway_identities}
+    if not keys:
+        raise ConfigError(
+            f"no API keys in {directory / 'api-keys.json'}: nobody could use this gateway",
+            key="gateway_identities",
+            fix=f"llmhost keys add <identity> --secrets-dir {directory}",
+            host=host.name,
+        )
+    return keys
+
+
+def install() -> None:
+    installed = apt.packages(name="Install nginx", packages=["nginx"])
+    default_site = "/etc/nginx/sites-enabled/default"
+    # The package enables its default site (port 80) as it installs, after facts were read.
+    server.shell(
+        name="nginx: no default site, as installed",
+        commands=[f"rm -f {default_site}"],
+        _if=installed.did_change,
+    )
+    files.link(name="nginx: no default site", path=default_site, present=False)
+
+
+def tls_material(settings: GatewaySettings) -> tuple[str, str]:
+    """(certificate PEM, key PEM): the operator's files, else one from the llmhost CA."""
+    if settings.gateway_tls_certificate and settings.gateway_tls_key:
+        paths = (Path(settings.gateway_tls_certificate), Path(settings.gateway_tls_key))
+        for path, key in zip(paths, ("gateway_tls_certificate", "gateway_tls_key"), strict=True):
+            if not path.is_file():
+                raise ConfigError(
+                    f"{path} does not exist on this machine",
+                    key=key,
+                    fix="give the PEM file's path here",
+                    host=host.name,
+                )
+        return paths[0].read_text(), paths[1].read_text()
+    names = settings.gateway_server_names or [host.data.get("ssh_hostname") or host.name]
+    authority = certificate_authority(secrets_directory(host.data, host.name))
+    issued = authority.issue(f"gateway-{host.name}", names)
+    return issued.certificate_pem, issued.key_pem
+
+
+def configure(settings: GatewaySettings, keys: dict[str, str]) -> list[OperationMeta]:
+    """Write every file nginx reads; returns the operations whose change needs a reload."""
+    files.directory(
+        name=f"{NGINX_DIR}: keys, TLS, upstream (root-only)",
+        path=NGINX_DIR,
+        user="root",
+        group="root",
+        mode="0700",
+    )
+    upload = secret_upload_options()
+    changed = [
+        put_template(
+            **upload,
+            name=f"Gateway: API keys of {len(keys)} identit{'y' if len(keys) == 1 else 'ies'}",
+            path="gateway/api-keys.conf.j2",
+            dest=KEYS,
+            mode="0600",
+            keys=sorted(keys.items()),
+        )
+    ]
+    if settings.gateway_tls:
+        certificate, key = tls_material(settings)
+        for content, dest, mode in ((certificate, TLS_CERT, "0644"), (key, TLS_KEY, "0600")):
+            changed.append(
+                files.put(
+                    **upload,
+                    name=f"Gateway: {dest.rsplit('/', 1)[1]}",
+                    src=StringIO(content),
+                    dest=dest,
+                    mode=mode,
+                    create_remote_dir=False,
+                )
+            )
+    initial_upstream()
+    changed.append(
+        put_template(
+            name="Gateway: server block (keys, limits, audit log, streaming)",
+            path="gateway/llmhost-gateway.conf.j2",
+            dest=SITE,
+            mode="0644",
+            nginx_dir=NGINX_DIR,
+            port=settings.gateway_port,
+            tls=settings.gateway_tls,
+            rps=settings.gateway_rate_limit_rps,
+            burst=settings.gateway_rate_limit_burst,
+            max_body_kb=settings.gateway_max_body_kb,
+            read_timeout=settings.gateway_read_timeout_s,
+            audit_log=AUDIT_LOG,
+        )
+    )
+    rules = firewall_rules(
+        role="gateway",
+        purpose="LLM gateway",
+        name="30-gateway",
+        ports=[settings.gateway_port],
+        sources=settings.gateway_allow_from,
+    )
+    reload_firewall(rules)
+    return changed
+
+
+def initial_upstream() -> None:
+    """Create the upstream include once, at the active colour (blue on a new host).
+
+    From then on only cutover and rollback rewrite it, after a readiness check:
+    a deploy must never move traffic by rewriting a template.
+    """
+    if host.get_fact(File, path=UPSTREAM):
+        host.noop(f"{UPSTREAM} exists: cutover owns it")
+        return
+    state = host.get_fact(RuntimeState, path=STATE_FILE)
+    active = state.get("active")
+    colour = active if isinstance(active, str) and active in COLOURS else "blue"
+    port = from_data(RuntimeSettings, host.data, host.name).runtime_ports[colour]
+    files.put(
+        name=f"Gateway: upstream include, first pointed at {colour}",
+        src=StringIO(upstream_text(colour, port)),
+        dest=UPSTREAM,
+        mode="0644",
+        create_remote_dir=False,
+    )
+
+
+def service(changed: list[OperationMeta]) -> None:
+    server.shell(
+        name="nginx: configuration valid, reloaded gracefully",
+        commands=["nginx -t -q && systemctl reload-or-restart nginx.service"],
+        _if=lambda: any(op.did_change() for op in changed),
+    )
+    systemd.service(
+        name="nginx: running and enabled", service="nginx.service", running=True, enabled=True
+    )

@@ -1,0 +1,153 @@
+"""The gateway, cutover and rollback plans, and the nginx configuration they render."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmhost.errors import ConfigError
+from llmhost.render import render
+from llmhost.runtimectl import upstream_text
+from llmhost.secrets import add_api_key, api_keys
+from roles.cutover import cutover
+from roles.gateway import gateway
+from roles.rollback import rollback
+from tests.unit import test_runtime_role as runtime_tests
+from tests.unit.pyinfra_plan import SECRETS_DIR, plan
+
+catalog = runtime_tests.catalog  # the same catalog and recorded build (autouse fixture)
+host_data = runtime_tests.host_data
+
+
+@pytest.fixture(autouse=True)
+def a_key() -> None:
+    if "team-a" not in api_keys(Path(SECRETS_DIR)):
+        add_api_key(Path(SECRETS_DIR), "team-a")
+
+
+def site_conf(**overrides: object) -> str:
+    values = dict(
+        nginx_dir="/etc/nginx/llmhost",
+        port=8000,
+        tls=True,
+        rps=10,
+        burst=20,
+        max_body_kb=1024,
+        read_timeout=600,
+        audit_log="/var/log/nginx/a.log",
+    )
+    return render("gateway/llmhost-gateway.conf.j2", **{**values, **overrides})
+
+
+def test_the_server_block_checks_keys_limits_sizes_and_streams():
+    text = site_conf()
+    assert 'if ($llmhost_identity = "") {\n            return 401;' in text
+    assert "limit_req_zone $llmhost_identity zone=llmhost_per_identity:10m rate=10r/s;" in text
+    assert "limit_req zone=llmhost_per_identity burst=20 nodelay;" in text
+    assert "limit_req_status 429;" in text
+    assert "client_max_body_size 1024k;" in text
+    assert "proxy_buffering off;" in text and "proxy_read_timeout 600s;" in text
+    assert 'proxy_set_header Authorization "";' in text
+    assert "keepalive" not in upstream_text("blue", 8001), "one engine connection per request"
+    assert "listen 8000 ssl;" in text and "ssl_certificate /etc/nginx/llmhost/tls.crt;" in text
+    assert "listen 8000;" in site_conf(tls=False) and "ssl_certificate" not in site_conf(tls=False)
+
+
+def test_the_audit_line_names_identity_and_colour_but_never_the_key_or_the_body():
+    text = site_conf()
+    audit = text[text.index("log_format llmhost_audit") : text.index("server {")]
+    for field in ("identity", "request_id", "colour", "status", "request_time", "upstream_time"):
+        assert f'"{field}":' in audit
+    for secret in ("http_authorization", "request_body", "$args"):
+        assert secret not in audit
+
+
+def test_keys_render_as_a_map_from_the_bearer_header_to_the_identity():
+    text = render("gateway/api-keys.conf.j2", keys=[("team-a", "k" * 40)])
+    assert 'default "";' in text
+    assert f'"Bearer {"k" * 40}" "team-a";' in text
+
+
+def test_the_first_plan_installs_nginx_writes_root_only_keys_and_points_at_blue():
+    planned = plan(gateway, host_data())
+    assert any(n.startswith("Install nginx") for n in planned)
+    upstream = planned["Gateway: upstream include, first pointed at blue"]
+    assert upstream, "written on a new host"
+    keys = [c for n, cmds in planned.items() if n.startswith("Gateway: API keys") for c in cmds]
+    assert any("chmod 600 /etc/nginx/llmhost/api-keys.conf" in c for c in keys)
+    assert planned["Firewall: allow TCP 8000 (LLM gateway)"]
+
+
+def test_an_existing_upstream_is_left_to_cutover():
+    planned = plan(gateway, host_data(), facts={"File": {"mode": 644}})
+    assert not any(n.startswith("Gateway: upstream include") for n in planned)
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "problem"),
+    [
+        ({"gateway_port": 8001}, "gateway_port", "also a runtime colour's port"),
+        ({"gateway_rate_limit_rps": 0}, "gateway_rate_limit_rps", "too small"),
+        ({"gateway_identities": ["ghost"]}, "gateway_identities", "ghost"),
+        ({"gateway_tls_certificate": "/x.pem"}, "gateway_tls_certificate", "needs both"),
+        ({"gateway_allow_from": ["nope"]}, "gateway_allow_from", "is not a network"),
+    ],
+)
+def test_bad_gateway_settings_are_refused_naming_the_key(data, key, problem):
+    with pytest.raises(ConfigError) as raised:
+        plan(gateway, host_data(**data))
+    assert raised.value.key == key and problem in str(raised.value)
+
+
+def test_no_key_for_this_host_is_refused_with_the_command_that_makes_one(tmp_path):
+    with pytest.raises(ConfigError, match="llmhost keys add"):
+        plan(gateway, host_data(secrets_dir=str(tmp_path)))
+
+
+def test_cutover_switches_to_the_colour_the_runtime_stages():
+    release = runtime_tests.the_release().id
+    state = runtime_tests.active_state("blue", "old")
+    facts = {"RuntimeState": state, "FileContents": upstream_text("blue", 8001).splitlines()}
+    planned = plan(cutover, host_data(), facts=facts)
+    (name,) = planned
+    assert name == f"Cutover: gateway to green (release {release})"
+    command = planned[name][0]
+    assert "cutover --to green --ports blue=8001,green=8002" in command
+    assert "--rollback-window 3600" in command
+
+
+def test_cutover_does_nothing_when_the_gateway_already_sends_to_the_active_release():
+    state = runtime_tests.active_state("blue", runtime_tests.the_release().id)
+    facts = {"RuntimeState": state, "FileContents": upstream_text("blue", 8001).splitlines()}
+    assert plan(cutover, host_data(), facts=facts) == {}
+
+
+def test_cutover_repairs_a_gateway_pointing_away_from_the_active_colour():
+    state = runtime_tests.active_state("blue", runtime_tests.the_release().id)
+    facts = {"RuntimeState": state, "FileContents": upstream_text("green", 8002).splitlines()}
+    (name,) = plan(cutover, host_data(), facts=facts)
+    assert name.startswith("Cutover: gateway to blue")
+
+
+def test_rollback_asks_the_host_to_switch_back():
+    ((_name, commands),) = plan(rollback, host_data(gateway_rollback_window_s=60)).items()
+    assert "rollback --ports blue=8001,green=8002" in commands[0]
+    assert "--rollback-window 60" in commands[0]
+
+
+def test_api_keys_are_refused_when_malformed_without_echoing_them(tmp_path):
+    (tmp_path / "api-keys.json").write_text('{"team-a": "short-secret"}')
+    with pytest.raises(ConfigError) as raised:
+        api_keys(tmp_path)
+    assert "short-secret" not in str(raised.value)
+    assert "--rotate" in str(raised.value)
+
+
+def test_a_key_is_made_once_and_replaced_only_on_rotate(tmp_path):
+    first = add_api_key(tmp_path, "team-c")
+    with pytest.raises(ConfigError, match="already has a key"):
+        add_api_key(tmp_path, "team-c")
+    rotated = add_api_key(tmp_path, "team-c", rotate=True)
+    assert rotated != first and api_keys(tmp_path) == {"team-c": rotated}
+    assert (tmp_path / "api-keys.json").stat().st_mode & 0o777 == 0o600
