@@ -13,14 +13,22 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import paramiko
 import pytest
 import testinfra
 
+from llmhost import converge
+from llmhost.catalog import model_toml
+from llmhost.paths import REPO_ROOT
+from llmhost.secrets import add_api_key, api_keys
 from llmhost.testbed import Testbed, TestbedHost
 from llmhost.testbed.testbed import REQUIRED_TOOLS
+from llmhost.testmodels import write_tiny_gguf, write_tiny_safetensors_model
 
 HOSTS = 2
 
@@ -90,3 +98,92 @@ def write_inventory(path, testbed: Testbed, hosts: list[TestbedHost], **edits) -
         entries.append((host.name, data))
     path.write_text(f"testbed = {entries!r}\nregistry = testbed[:2]\n")
     return str(path)
+
+
+# -- runtimes: models, a llama.cpp build and API keys, shared by the serving tests --------
+
+BUILD_CACHE = Path(os.environ.get("LLMHOST_BUILD_CACHE", Path.home() / ".cache" / "llmhost"))
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmhost.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="session")
+def runtime_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Two releases of a tiny GGUF, a safetensors model, and a builds file of our own."""
+    root = tmp_path_factory.mktemp("runtime")
+    directory = root / "catalog"
+    directory.mkdir()
+    for name, seed in (("rt-one", 11), ("rt-two", 12), ("rt-unpulled", 13)):
+        path = write_tiny_gguf(root / "sources" / name / f"{name}.gguf", seed=seed)
+        source = {"kind": "local", "path": str(path.parent)}
+        (directory / f"{name}.toml").write_text(
+            model_toml(name, "gguf", source, [(path.name, path)])
+        )
+    st = root / "sources" / "rt-st"
+    relative = write_tiny_safetensors_model(st)
+    (directory / "rt-st.toml").write_text(
+        model_toml(
+            "rt-st",
+            "safetensors",
+            {"kind": "local", "path": str(st)},
+            [(str(r), st / r) for r in relative],
+        )
+    )
+    saved = {k: os.environ.get(k) for k in ("LLMHOST_MODELS_DIR", "LLMHOST_RUNTIME_BUILDS")}
+    os.environ["LLMHOST_MODELS_DIR"] = str(directory)
+    os.environ["LLMHOST_RUNTIME_BUILDS"] = str(root / "runtime-builds.toml")
+    try:
+        yield directory
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def published(testbed, runtime_catalog):
+    """Registries up, models mirrored to both, llama.cpp built for `cpu` and pushed to both,
+    and an API key for the tests' identity (`tests`) in the testbed's secrets."""
+    hosts = testbed.up(HOSTS)
+    if "tests" not in api_keys(testbed.root / "secrets"):
+        add_api_key(testbed.root / "secrets", "tests")
+    site = converge.run("inventories/testbed.py")
+    assert site.returncode == 0 and site.errors == 0, site.stderr[-3000:]
+    for name in ("rt-one", "rt-two", "rt-unpulled", "rt-st"):
+        done = cli("models", "mirror", name, "--inventory", "inventories/testbed.py")
+        assert done.returncode == 0, done.stderr[-2000:]
+    primary, dr = (f"{h.address}:5000" for h in hosts[:2])
+    synced = cli(
+        "models",
+        "sync",
+        "--from",
+        primary,
+        "--to",
+        dr,
+        "--secrets-dir",
+        str(testbed.root / "secrets"),
+    )
+    assert synced.returncode == 0, synced.stderr[-2000:]
+    built = cli(
+        "runtimes",
+        "build",
+        "--class",
+        "cpu",
+        "--inventory",
+        "inventories/testbed.py",
+        "--cache-dir",
+        str(BUILD_CACHE),
+    )
+    assert built.returncode == 0, built.stderr[-4000:]
+    assert "sha256:" in built.stdout
+    return built.stdout

@@ -10,26 +10,19 @@ differs: a file in the test's temporary directory, not inventories/runtime-build
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from llmhost import converge
-from llmhost.catalog import model_toml
-from llmhost.paths import REPO_ROOT
 from llmhost.runtimes import load_sources
-from llmhost.testmodels import write_tiny_gguf, write_tiny_safetensors_model
 from roles.runtime.defaults import STATE_FILE, env_file, unit_name
 from tests.e2e.conftest import write_inventory
 
 pytestmark = pytest.mark.e2e
 
-BUILD_CACHE = Path(os.environ.get("LLMHOST_BUILD_CACHE", Path.home() / ".cache" / "llmhost"))
 # Exposure is systemd-analyze's 0-10 score. 2.0 is the edge of its "OK" band; what keeps
 # it from lower is the network (AF_INET is needed to serve) and the syscall allow-list
 # being @system-service rather than a hand-made list.
@@ -63,70 +56,6 @@ for t in threads: t.start()
 for t in threads: t.join()
 print(json.dumps({**counts, "errors": errors}))
 """
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmhost.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env={**os.environ, **(env or {})},
-    )
-
-
-@pytest.fixture(scope="module")
-def runtime_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Two releases of a tiny GGUF, a safetensors model, and a builds file of our own."""
-    root = tmp_path_factory.mktemp("runtime")
-    directory = root / "catalog"
-    directory.mkdir()
-    for name, seed in (("rt-one", 11), ("rt-two", 12), ("rt-unpulled", 13)):
-        path = write_tiny_gguf(root / "sources" / name / f"{name}.gguf", seed=seed)
-        source = {"kind": "local", "path": str(path.parent)}
-        (directory / f"{name}.toml").write_text(
-            model_toml(name, "gguf", source, [(path.name, path)])
-        )
-    st = root / "sources" / "rt-st"
-    relative = write_tiny_safetensors_model(st)
-    (directory / "rt-st.toml").write_text(
-        model_toml(
-            "rt-st",
-            "safetensors",
-            {"kind": "local", "path": str(st)},
-            [(str(r), st / r) for r in relative],
-        )
-    )
-    saved = {k: os.environ.get(k) for k in ("LLMHOST_MODELS_DIR", "LLMHOST_RUNTIME_BUILDS")}
-    os.environ["LLMHOST_MODELS_DIR"] = str(directory)
-    os.environ["LLMHOST_RUNTIME_BUILDS"] = str(root / "runtime-builds.toml")
-    try:
-        yield directory
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@pytest.fixture(scope="module")
-def published(testbed, hosts, runtime_catalog):
-    """Registries up, models mirrored to both, llama.cpp built for `cpu` and pushed to both."""
-    site = converge.run("inventories/testbed.py")
-    assert site.returncode == 0 and site.errors == 0, site.stderr[-3000:]
-    for name in ("rt-one", "rt-two", "rt-unpulled", "rt-st"):
-        done = cli("models", "mirror", name, "--inventory", "inventories/testbed.py")
-        assert done.returncode == 0, done.stderr[-2000:]
-    primary, dr = (f"{h.address}:5000" for h in hosts[:2])
-    synced = cli("models", "sync", "--from", primary, "--to", dr,
-                 "--secrets-dir", str(testbed.root / "secrets"))  # fmt: skip
-    assert synced.returncode == 0, synced.stderr[-2000:]
-    built = cli("runtimes", "build", "--class", "cpu", "--inventory", "inventories/testbed.py",
-                "--cache-dir", str(BUILD_CACHE))  # fmt: skip
-    assert built.returncode == 0, built.stderr[-4000:]
-    assert "sha256:" in built.stdout
-    return built.stdout
 
 
 def serve(tmp_path: Path, testbed, hosts, host, deploy: str = "deploy/site.py", **data):
@@ -184,7 +113,10 @@ def test_a_new_release_goes_to_green_while_blue_keeps_serving(tmp_path, testbed,
     )
     try:
         time.sleep(2)
-        _, staged = serve(tmp_path, testbed, hosts, host, model_name="rt-two")
+        # Pull, then stage: without the cutover that deploy/site.py ends with.
+        _, pulled = serve(tmp_path, testbed, hosts, host, "deploy/model.py", model_name="rt-two")
+        assert pulled.returncode == 0, pulled.stderr[-3000:]
+        _, staged = serve(tmp_path, testbed, hosts, host, "deploy/runtime.py", model_name="rt-two")
         time.sleep(2)
     finally:
         testbed.ssh(host, f"touch {stop}")
@@ -202,7 +134,7 @@ def test_a_new_release_goes_to_green_while_blue_keeps_serving(tmp_path, testbed,
     assert testbed.ssh(host, f"cat {env_file('blue')}") == blue_env
     assert completion(testbed, host, 8002, "rt-two")["usage"]["completion_tokens"] >= 1
 
-    _, again = serve(tmp_path, testbed, hosts, host, model_name="rt-two")
+    _, again = serve(tmp_path, testbed, hosts, host, "deploy/runtime.py", model_name="rt-two")
     assert again.returncode == 0 and again.changes == 0, again.changed_operations()
 
 
