@@ -72,13 +72,14 @@ def preflight() -> tuple[GatewaySettings, dict[str, str]]:
                 fix="use 1 or more",
                 host=host.name,
             )
-    if settings.gateway_rate_limit_burst < 0 or settings.gateway_rollback_window_s < 0:
-        raise ConfigError(
-            "is negative",
-            key="gateway_rate_limit_burst/gateway_rollback_window_s",
-            fix="use 0 or more",
-            host=host.name,
-        )
+    for key in ("gateway_rate_limit_burst", "gateway_rollback_window_s"):
+        if getattr(settings, key) < 0:
+            raise ConfigError(
+                f"{getattr(settings, key)} is negative",
+                key=key,
+                fix="use 0 or more",
+                host=host.name,
+            )
     check_networks(host.name, "gateway_allow_from", settings.gateway_allow_from)
     if bool(settings.gateway_tls_certificate) != bool(settings.gateway_tls_key):
         raise ConfigError(
