@@ -64,10 +64,19 @@ def preflight() -> tuple[ModelSettings, Model, list[str]]:
     if settings.model_pull_jobs < 1:
         raise ConfigError(f"{settings.model_pull_jobs} is not a number of downloads",
                           key="model_pull_jobs", fix="use 1 or more", host=host.name)  # fmt: skip
-    if not settings.model_name:
+    wanted = mirrored_model(settings.model_name)
+    check_hardware_fits(wanted)
+    registries = pull_registries(settings)
+    check_disk(wanted)
+    return settings, wanted, registries
+
+
+def mirrored_model(name: str | None) -> Model:
+    """The catalog model ``model_name`` names, which must be mirrored (have a digest)."""
+    if not name:
         raise ConfigError("is unset", key="model_name", fix="name a catalog model", host=host.name)
     try:
-        wanted = find(settings.model_name)
+        wanted = find(name)
     except ConfigError as error:
         raise ConfigError(error.problem, key="model_name", fix=error.fix, host=host.name) from error
     if not wanted.digest:
@@ -77,10 +86,7 @@ def preflight() -> tuple[ModelSettings, Model, list[str]]:
             fix=f"mirror it first: llmhost models mirror {wanted.name}",
             host=host.name,
         )
-    check_hardware_fits(wanted)
-    registries = pull_registries(settings)
-    check_disk(wanted)
-    return settings, wanted, registries
+    return wanted
 
 
 def pull_registries(settings: ModelSettings) -> list[str]:

@@ -26,7 +26,7 @@ from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, server, systemd
 
-from llmhost.catalog import Model, find
+from llmhost.catalog import Model
 from llmhost.errors import ConfigError
 from llmhost.hardware import RUNTIMES, HardwareClass, check_hardware, load_classes
 from llmhost.paths import REPO_ROOT
@@ -36,7 +36,7 @@ from llmhost.runtimes import find_build, load_sources, sha256_file
 from llmhost.settings import from_data
 from roles.base.defaults import CONFIG_DIR, SERVICE_USER, BaseSettings
 from roles.base.preflight import check_port
-from roles.model import install_puller, pull_registries
+from roles.model import install_puller, mirrored_model, pull_registries
 from roles.model.defaults import PULLER_DIR, ModelSettings, model_directory
 from roles.model.operations import pulled
 from roles.registry.defaults import RegistrySettings
@@ -167,26 +167,7 @@ def taken_ports() -> dict[str, int]:
 
 
 def served_model() -> Model:
-    name = from_data(ModelSettings, host.data, host.name).model_name
-    if not name:
-        raise ConfigError(
-            "is unset: the runtime serves the host's model",
-            key="model_name",
-            fix="name a catalog model",
-            host=host.name,
-        )
-    try:
-        model = find(name)
-    except ConfigError as error:
-        raise ConfigError(error.problem, key="model_name", fix=error.fix, host=host.name) from error
-    if not model.digest:
-        raise ConfigError(
-            f"model {model.name} has no OCI digest yet",
-            key="model_name",
-            fix=f"mirror it first: llmhost models mirror {model.name}",
-            host=host.name,
-        )
-    return model
+    return mirrored_model(from_data(ModelSettings, host.data, host.name).model_name)
 
 
 def wanted_release(

@@ -14,7 +14,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,11 +24,10 @@ from llmhost import converge
 from llmhost.catalog import find, model_toml
 from llmhost.fakehub import FakeHub
 from llmhost.ocipull import DEFAULT_CHUNK_SIZE
-from llmhost.paths import REPO_ROOT
 from llmhost.testmodels import write_tiny_gguf, write_tiny_safetensors_model
 from roles.model.defaults import STORE, model_directory
 from roles.model.operations import pull_command
-from tests.e2e.conftest import write_inventory
+from tests.e2e.conftest import cli, write_inventory
 
 pytestmark = pytest.mark.e2e
 
@@ -71,12 +69,6 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             os.environ.pop("LLMHOST_MODELS_DIR", None)
         else:
             os.environ["LLMHOST_MODELS_DIR"] = previous
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmhost.cli", *args], capture_output=True, text=True, cwd=REPO_ROOT
-    )
 
 
 @pytest.fixture(scope="module")
