@@ -1,0 +1,294 @@
+"""Soak load against an OpenAI-compatible endpoint, its statistics, and gates on them.
+
+This is the measuring core of the soak gate (the CLI and the deploy wiring build on
+it). The client is a small asyncio HTTP/1.1 client on the standard library: the
+well-kept load tools (locust, k6, vegeta) either need a network install, cannot read
+a streamed answer token by token, or cannot turn their results into a pass/fail gate
+with a sample-size rule; timing the first token and each next one is the point here.
+
+Error-rate claims need samples: with 0 errors in n requests, the 95 % upper bound on
+the error rate is about 3/n ("rule of three"), so a gate of `error_rate_max` = 1 %
+needs at least 299 requests before a pass means anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import ssl
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+Z_95_ONE_SIDED = 1.6448536269514722
+
+
+@dataclass
+class Sample:
+    """One request: when it started, how it ended, and its token timings (seconds)."""
+
+    start: float
+    ok: bool = False
+    error: str | None = None  # kind: http-<status>, timeout, connection, protocol
+    ttft: float | None = None
+    e2e: float | None = None
+    tokens: int = 0
+    itl: list[float] = field(default_factory=list)  # gaps between consecutive tokens
+
+
+@dataclass(frozen=True)
+class Gates:
+    ttft_p95_ms: float | None = None
+    e2e_p99_ms: float | None = None
+    error_rate_max: float | None = None
+    min_tokens_per_s: float | None = None
+    confidence: float = 0.95
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0-100), linearly interpolated between closest ranks."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def error_rate_upper_bound(errors: int, n: int, confidence: float = 0.95) -> float:
+    """One-sided upper bound on the true error rate after ``errors`` in ``n`` requests.
+
+    Exact for 0 errors (1 - (1 - c)^(1/n), about 3/n at 95 %); the Wilson score
+    bound otherwise, which stays honest for small counts where n*p is tiny.
+    """
+    if n <= 0:
+        return 1.0
+    if errors == 0:
+        return 1 - (1 - confidence) ** (1 / n)
+    z = Z_95_ONE_SIDED if confidence == 0.95 else _z(confidence)
+    p = errors / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return min(1.0, (centre + spread) / (1 + z * z / n))
+
+
+def _z(confidence: float) -> float:
+    """One-sided normal quantile by bisection (no scipy on hosts or here)."""
+    low, high = 0.0, 10.0
+    for _ in range(80):
+        mid = (low + high) / 2
+        if 0.5 * math.erfc(-mid / math.sqrt(2)) < confidence:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
+
+
+def minimum_requests(error_rate_max: float, confidence: float = 0.95) -> int:
+    """Requests needed so that 0 errors bounds the rate below ``error_rate_max``."""
+    return math.ceil(math.log(1 - confidence) / math.log(1 - error_rate_max))
+
+
+def summarise(samples: Sequence[Sample], duration_s: float) -> dict[str, Any]:
+    ok = [s for s in samples if s.ok]
+
+    def ms(values: list[float], q: float) -> float | None:
+        found = percentile(values, q)
+        return None if found is None else found * 1000
+
+    ttft = [s.ttft for s in ok if s.ttft is not None]
+    e2e = [s.e2e for s in ok if s.e2e is not None]
+    itl = [gap for s in ok for gap in s.itl]
+    tokens = sum(s.tokens for s in ok)
+    errors = Counter(s.error or "unknown" for s in samples if not s.ok)
+    summary: dict[str, Any] = {
+        "requests": len(samples),
+        "ok": len(ok),
+        "errors": dict(sorted(errors.items())),
+        "error_rate": (len(samples) - len(ok)) / len(samples) if samples else None,
+        "duration_s": duration_s,
+        "requests_per_s": len(samples) / duration_s if duration_s > 0 else None,
+        "output_tokens_per_s": tokens / duration_s if duration_s > 0 else None,
+    }
+    for name, values in (("ttft", ttft), ("itl", itl), ("e2e", e2e)):
+        for q in (50, 95, 99):
+            summary[f"{name}_p{q}_ms"] = ms(values, q)
+    return summary
+
+
+def evaluate(summary: dict[str, Any], gates: Gates) -> list[str]:
+    """Every gate the summary misses, in words; empty means pass."""
+    failures = []
+    limits = (("ttft_p95_ms", gates.ttft_p95_ms), ("e2e_p99_ms", gates.e2e_p99_ms))
+    for key, limit in limits:
+        if limit is not None and (summary[key] is None or summary[key] > limit):
+            failures.append(f"{key} {summary[key]} > {limit}")
+    if gates.min_tokens_per_s is not None:
+        rate = summary["output_tokens_per_s"] or 0.0
+        if rate < gates.min_tokens_per_s:
+            failures.append(f"output_tokens_per_s {rate:.1f} < {gates.min_tokens_per_s}")
+    if gates.error_rate_max is not None:
+        n, errors = summary["requests"], summary["requests"] - summary["ok"]
+        needed = minimum_requests(gates.error_rate_max, gates.confidence)
+        bound = error_rate_upper_bound(errors, n, gates.confidence)
+        if n < needed:
+            failures.append(
+                f"{n} requests cannot show an error rate below {gates.error_rate_max} "
+                f"(needs at least {needed})"
+            )
+        elif bound > gates.error_rate_max:
+            failures.append(
+                f"error rate bound {bound:.4f} ({errors} of {n}) > {gates.error_rate_max}"
+            )
+    return failures
+
+
+# -- the client -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str  # base URL, e.g. https://gpu-lon-1:8000
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
+    timeout_s: float = 60.0
+
+
+async def _read_headers(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    status_line = await reader.readline()
+    parts = status_line.decode("latin-1").split(" ", 2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise ValueError(f"not an HTTP response: {status_line[:80]!r}")
+    headers = {}
+    while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), headers
+
+
+async def _body_lines(reader: asyncio.StreamReader, headers: dict[str, str]) -> Any:
+    """The body's lines as they arrive (chunked or not)."""
+    if headers.get("transfer-encoding", "").lower() != "chunked":
+        while line := await reader.readline():
+            yield line
+        return
+    pending = b""
+    while True:
+        size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            break
+        pending += await reader.readexactly(size)
+        await reader.readexactly(2)
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line + b"\n"
+    if pending:
+        yield pending
+
+
+async def one_request(target: Target, prompt: str, max_tokens: int) -> Sample:
+    """One streamed completion, timed token by token."""
+    sample = Sample(start=time.perf_counter())
+    parts = urlsplit(target.url)
+    tls = parts.scheme == "https"
+    context = ssl.create_default_context(cafile=target.ca_file) if tls else None
+    body = json.dumps(
+        {
+            "model": target.model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "stream": True,
+            "temperature": 0,
+        }
+    ).encode()
+    request = (
+        f"POST {parts.path.rstrip('/')}/v1/completions HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        "Content-Type: application/json\r\nAccept: text/event-stream\r\nConnection: close\r\n"
+        + (f"Authorization: Bearer {target.api_key}\r\n" if target.api_key else "")
+        + f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+    async def run() -> None:
+        reader, writer = await asyncio.open_connection(
+            parts.hostname, parts.port or (443 if tls else 80), ssl=context
+        )
+        try:
+            writer.write(request)
+            await writer.drain()
+            status, headers = await _read_headers(reader)
+            if status != 200:
+                sample.error = f"http-{status}"
+                return
+            last = None
+            async for line in _body_lines(reader, headers):
+                text = line.strip()
+                if not text.startswith(b"data: ") or text == b"data: [DONE]":
+                    continue
+                if not json.loads(text[6:])["choices"][0].get("text"):
+                    continue
+                now = time.perf_counter()
+                if last is None:
+                    sample.ttft = now - sample.start
+                else:
+                    sample.itl.append(now - last)
+                last = now
+                sample.tokens += 1
+            sample.e2e = time.perf_counter() - sample.start
+            sample.ok = sample.tokens > 0
+            if not sample.ok:
+                sample.error = "protocol"
+        finally:
+            writer.close()
+
+    try:
+        await asyncio.wait_for(run(), timeout=target.timeout_s)
+    except TimeoutError:
+        sample.error = "timeout"
+    except (OSError, asyncio.IncompleteReadError) as error:
+        sample.error = "connection" if isinstance(error, OSError) else "protocol"
+    except (ValueError, KeyError, IndexError):
+        sample.error = "protocol"
+    return sample
+
+
+async def closed_loop(
+    target: Target, prompts: Sequence[str], concurrency: int, requests: int, max_tokens: int
+) -> list[Sample]:
+    """``concurrency`` clients, each sending its next request when the last one ends."""
+    samples: list[Sample] = []
+    issued = 0
+
+    async def worker() -> None:
+        nonlocal issued
+        while issued < requests:
+            prompt = prompts[issued % len(prompts)]
+            issued += 1
+            samples.append(await one_request(target, prompt, max_tokens))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return samples
+
+
+async def open_loop(
+    target: Target,
+    prompts: Sequence[str],
+    rate_per_s: float,
+    requests: int,
+    max_tokens: int,
+    seed: int = 0,
+) -> list[Sample]:
+    """Requests arriving as a Poisson process at ``rate_per_s``, whatever the answers do."""
+    arrivals = random.Random(seed)
+    tasks = []
+    for number in range(requests):
+        tasks.append(
+            asyncio.create_task(one_request(target, prompts[number % len(prompts)], max_tokens))
+        )
+        await asyncio.sleep(arrivals.expovariate(rate_per_s))
+    return list(await asyncio.gather(*tasks))

@@ -1,0 +1,136 @@
+"""Soak statistics and gates, and the streaming client against a real local HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+import pytest
+
+from llmhost import soak
+
+
+def test_percentiles_interpolate_between_closest_ranks():
+    values = [1.0, 2.0, 3.0, 4.0]
+    assert soak.percentile(values, 50) == 2.5
+    assert soak.percentile(values, 100) == 4.0
+    assert soak.percentile([7.0], 99) == 7.0
+    assert soak.percentile([], 50) is None
+
+
+def test_zero_errors_bound_the_rate_at_about_three_over_n():
+    assert soak.error_rate_upper_bound(0, 300) == pytest.approx(3 / 300, rel=0.01)
+    assert soak.minimum_requests(0.01) == 299
+    assert soak.minimum_requests(0.001) == 2995
+    assert soak.error_rate_upper_bound(5, 100) > 0.05
+    assert soak.error_rate_upper_bound(0, 300, confidence=0.99) > soak.error_rate_upper_bound(
+        0, 300
+    )
+
+
+def test_gates_fail_with_reasons_and_too_few_requests_cannot_pass_an_error_gate():
+    samples = [
+        soak.Sample(start=0, ok=True, ttft=0.1, e2e=0.5, tokens=10, itl=[0.04] * 9)
+        for _ in range(100)
+    ]
+    summary = soak.summarise(samples, duration_s=10)
+    assert summary["ttft_p95_ms"] == pytest.approx(100)
+    assert summary["output_tokens_per_s"] == 100
+    assert soak.evaluate(summary, soak.Gates(ttft_p95_ms=200, min_tokens_per_s=50)) == []
+    failures = soak.evaluate(summary, soak.Gates(ttft_p95_ms=50, error_rate_max=0.01))
+    assert failures[0].startswith("ttft_p95_ms 100")
+    assert "needs at least 299" in failures[1]
+    failed = [soak.Sample(start=0, error="timeout") for _ in range(5)]
+    many = soak.summarise(samples * 3 + failed, duration_s=10)
+    assert many["errors"] == {"timeout": 5}
+    assert "error rate bound" in soak.evaluate(many, soak.Gates(error_rate_max=0.01))[0]
+
+
+class Streamer(BaseHTTPRequestHandler):
+    """A runtime stand-in: streams `tokens` SSE chunks, `gap` seconds apart (chunked)."""
+
+    protocol_version = "HTTP/1.1"
+    tokens = 5
+    gap = 0.01
+    status = 200
+    hang = False
+    seen: ClassVar[list[dict]] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).seen.append({"auth": self.headers.get("Authorization"), **request})
+        if self.hang:
+            time.sleep(5)
+        if self.status != 200:
+            self.send_response(self.status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for number in range(self.tokens):
+            event = json.dumps({"choices": [{"text": f" t{number}"}]})
+            self._chunk(f"data: {event}\n\n".encode())
+            time.sleep(self.gap)
+        self._chunk(b"data: [DONE]\n\n")
+        self._chunk(b"")
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+
+@pytest.fixture
+def runtime() -> Iterator[tuple[str, type[Streamer]]]:
+    handler = type("Handler", (Streamer,), {"seen": []})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
+    httpd.shutdown()
+
+
+def test_a_streamed_answer_is_timed_token_by_token(runtime):
+    url, handler = runtime
+    target = soak.Target(url=url, model="m", api_key="secret-key")
+    sample = asyncio.run(soak.one_request(target, "Hello", 5))
+    assert sample.ok and sample.tokens == 5 and len(sample.itl) == 4
+    assert all(gap >= 0.009 for gap in sample.itl)
+    assert sample.ttft is not None and sample.e2e is not None and sample.e2e >= sample.ttft
+    assert handler.seen[0]["auth"] == "Bearer secret-key" and handler.seen[0]["stream"] is True
+
+
+def test_errors_are_counted_by_kind_and_a_hung_runtime_times_out(runtime):
+    url, handler = runtime
+    handler.status = 503
+    assert asyncio.run(soak.one_request(soak.Target(url, "m"), "x", 1)).error == "http-503"
+    handler.status, handler.hang = 200, True
+    started = time.monotonic()
+    hung = asyncio.run(soak.one_request(soak.Target(url, "m", timeout_s=0.5), "x", 1))
+    assert hung.error == "timeout" and time.monotonic() - started < 3
+    closed = asyncio.run(soak.one_request(soak.Target("http://127.0.0.1:9", "m"), "x", 1))
+    assert closed.error == "connection"
+
+
+def test_closed_and_open_loop_send_exactly_the_requests_asked(runtime):
+    url, handler = runtime
+    handler.gap = 0.0
+    target = soak.Target(url, "m")
+    closed = asyncio.run(
+        soak.closed_loop(target, ["a", "b"], concurrency=4, requests=20, max_tokens=3)
+    )
+    assert len(closed) == 20 and all(s.ok for s in closed)
+    assert {r["prompt"] for r in handler.seen} == {"a", "b"}
+    start = time.monotonic()
+    opened = asyncio.run(soak.open_loop(target, ["a"], rate_per_s=200, requests=30, max_tokens=2))
+    assert len(opened) == 30 and all(s.ok for s in opened)
+    assert time.monotonic() - start < 5
