@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -570,6 +571,169 @@ def status(inventory: str, limit: tuple[str, ...], as_json: bool) -> None:
             click.echo(f"  {colour:5} {label:40} {info['health']}")
         click.echo(f"  last gate: {found['last_gate'] or 'none recorded'}")
     if failed:
+        sys.exit(1)
+
+
+# -- soak --------------------------------------------------------------------------------
+
+
+def _gate_values(pairs: tuple[str, ...]) -> dict[str, float]:
+    from llmhost.soak import Gates
+
+    known = {name for name in Gates.__dataclass_fields__}
+    values = {}
+    for pair in pairs:
+        name, _, raw = pair.partition("=")
+        if name not in known:
+            raise LlmhostError(
+                f"--gate {pair}: unknown gate; use one of {', '.join(sorted(known))}"
+            )
+        try:
+            values[name] = float(raw)
+        except ValueError as error:
+            raise LlmhostError(f"--gate {pair}: {raw!r} is not a number") from error
+    return values
+
+
+@main.command()
+@click.argument("url")
+@click.option("--model", required=True, help="Served model name to request.")
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="File holding the API key (never pass a key on the command line).",
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="CA certificate for an https URL (e.g. the llmhost CA).",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Closed loop: clients, each sending when its last answer ends.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Open loop instead: requests per second, Poisson arrivals.",
+)
+@click.option(
+    "--requests",
+    "count",
+    type=click.IntRange(min=1),
+    default=300,
+    show_default=True,
+    help="Requests to send (at most, with --duration).",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop sending after this many seconds.",
+)
+@click.option("--max-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--prompts",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Prompt mix: one prompt per line (default: one short prompt).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds a request may take before it counts as failed.",
+)
+@click.option(
+    "--gate",
+    "gates",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="ttft_p95_ms, e2e_p99_ms, error_rate_max, min_tokens_per_s (repeatable).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write result.json and report.html (plots) here.",
+)
+def soak(
+    url: str,
+    model: str,
+    key_file: str | None,
+    ca_file: str | None,
+    concurrency: int,
+    rate: float | None,
+    count: int,
+    duration: float | None,
+    max_tokens: int,
+    prompts: str | None,
+    timeout: float,
+    gates: tuple[str, ...],
+    out: Path | None,
+) -> None:
+    """Streaming load on URL (OpenAI-compatible) and a pass/fail verdict on its gates.
+
+    \b
+    Prints the JSON result; exit 0 pass, 1 fail, 2 could not run (bad arguments,
+    nothing answering at URL). An error-rate gate also needs enough requests to
+    back it: 0 errors in n bounds the rate at about 3/n.
+    llmhost soak https://gpu-lon-1:8000 --model llama-8b --key-file team.key \\
+        --ca-file inventories/secrets/ca/ca.crt --gate ttft_p95_ms=800 \\
+        --gate error_rate_max=0.01 --requests 400 --out reports/
+    """
+    import asyncio
+
+    from llmhost import soak as load
+    from llmhost.soakreport import result_document, write_reports
+
+    gate = load.Gates(**_gate_values(gates))
+    api_key = Path(key_file).read_text().strip() if key_file else None
+    lines = Path(prompts).read_text().splitlines() if prompts else ["Hello"]
+    mix = [line for line in lines if line.strip()] or ["Hello"]
+    target = load.Target(url=url, model=model, api_key=api_key, ca_file=ca_file, timeout_s=timeout)
+    first = asyncio.run(load.one_request(target, mix[0], 1))
+    if first.error in ("connection", "timeout") or (first.error or "").startswith("http-4"):
+        raise LlmhostError(f"nothing usable answers at {url}: {first.error}")
+    samples: list[load.Sample] = []
+
+    async def run_with_progress() -> float:
+        started = time.perf_counter()
+        runner = (
+            load.open_loop(target, mix, rate, count, max_tokens, duration, samples)
+            if rate
+            else load.closed_loop(target, mix, concurrency, count, max_tokens, duration, samples)
+        )
+        task = asyncio.ensure_future(runner)
+        while not task.done():
+            await asyncio.wait([task], timeout=1.0)
+            failed = sum(1 for s in samples if not s.ok)
+            click.echo(f"\rsoak: {len(samples)} done, {failed} failed", err=True, nl=False)
+        click.echo("", err=True)
+        await task
+        return time.perf_counter() - started
+
+    elapsed = asyncio.run(run_with_progress())
+    summary = load.summarise(samples, elapsed)
+    failures = load.evaluate(summary, gate)
+    mode = (
+        {"mode": "open", "rate_per_s": rate}
+        if rate
+        else {"mode": "closed", "concurrency": concurrency}
+    )
+    document = result_document(
+        target={"url": url, "model": model},
+        load={**mode, "requests": len(samples), "duration_s": duration, "max_tokens": max_tokens},
+        summary=summary,
+        gates=gate,
+        failures=failures,
+    )
+    if out:
+        write_reports(out, document, samples)
+        click.echo(f"reports: {out / 'result.json'}, {out / 'report.html'}", err=True)
+    click.echo(json.dumps(document, indent=2, sort_keys=True))
+    if failures:
         sys.exit(1)
 
 

@@ -257,22 +257,37 @@ async def one_request(target: Target, prompt: str, max_tokens: int) -> Sample:
     return sample
 
 
+def _open(issued: int, requests: int, deadline: float | None) -> bool:
+    return issued < requests and (deadline is None or time.perf_counter() < deadline)
+
+
 async def closed_loop(
-    target: Target, prompts: Sequence[str], concurrency: int, requests: int, max_tokens: int
+    target: Target,
+    prompts: Sequence[str],
+    concurrency: int,
+    requests: int,
+    max_tokens: int,
+    duration_s: float | None = None,
+    samples: list[Sample] | None = None,
 ) -> list[Sample]:
-    """``concurrency`` clients, each sending its next request when the last one ends."""
-    samples: list[Sample] = []
+    """``concurrency`` clients, each sending its next request when the last one ends.
+
+    Stops issuing after ``requests`` or ``duration_s``, whichever comes first;
+    ``samples``, when given, fills as requests finish (for live progress).
+    """
+    done: list[Sample] = [] if samples is None else samples
+    deadline = None if duration_s is None else time.perf_counter() + duration_s
     issued = 0
 
     async def worker() -> None:
         nonlocal issued
-        while issued < requests:
+        while _open(issued, requests, deadline):
             prompt = prompts[issued % len(prompts)]
             issued += 1
-            samples.append(await one_request(target, prompt, max_tokens))
+            done.append(await one_request(target, prompt, max_tokens))
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return samples
+    return done
 
 
 async def open_loop(
@@ -281,14 +296,21 @@ async def open_loop(
     rate_per_s: float,
     requests: int,
     max_tokens: int,
+    duration_s: float | None = None,
+    samples: list[Sample] | None = None,
     seed: int = 0,
 ) -> list[Sample]:
     """Requests arriving as a Poisson process at ``rate_per_s``, whatever the answers do."""
+    done: list[Sample] = [] if samples is None else samples
+    deadline = None if duration_s is None else time.perf_counter() + duration_s
     arrivals = random.Random(seed)
-    tasks = []
-    for number in range(requests):
-        tasks.append(
-            asyncio.create_task(one_request(target, prompts[number % len(prompts)], max_tokens))
-        )
+
+    async def tracked(prompt: str) -> None:
+        done.append(await one_request(target, prompt, max_tokens))
+
+    tasks: list[asyncio.Task[None]] = []
+    while _open(len(tasks), requests, deadline):
+        tasks.append(asyncio.create_task(tracked(prompts[len(tasks) % len(prompts)])))
         await asyncio.sleep(arrivals.expovariate(rate_per_s))
-    return list(await asyncio.gather(*tasks))
+    await asyncio.gather(*tasks)
+    return done

@@ -134,3 +134,79 @@ def test_closed_and_open_loop_send_exactly_the_requests_asked(runtime):
     opened = asyncio.run(soak.open_loop(target, ["a"], rate_per_s=200, requests=30, max_tokens=2))
     assert len(opened) == 30 and all(s.ok for s in opened)
     assert time.monotonic() - start < 5
+
+
+def soak_cli(*args: str):
+    from click.testing import CliRunner
+
+    from llmhost.cli import main
+
+    return CliRunner().invoke(main, ["soak", *args])
+
+
+def test_a_lenient_gate_passes_with_a_valid_result_and_a_report_with_plots(runtime, tmp_path):
+    import jsonschema
+
+    from llmhost.soakreport import schema
+
+    url, handler = runtime
+    handler.gap = 0.0
+    out = tmp_path / "reports"
+    result = soak_cli(
+        url,
+        "--model",
+        "m",
+        "--requests",
+        "40",
+        "--concurrency",
+        "4",
+        "--gate",
+        "ttft_p95_ms=5000",
+        "--gate",
+        "min_tokens_per_s=1",
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads((out / "result.json").read_text())
+    jsonschema.validate(document, schema())
+    assert document["passed"] and document["summary"]["requests"] == 40
+    report = (out / "report.html").read_text()
+    assert report.count("<svg") == 3
+    assert report.count('class="point"') == 40 and 'class="bar"' in report
+    assert 'class="line"' in report and "Soak PASS" in report
+
+
+def test_an_impossible_gate_fails_and_too_few_requests_cannot_pass_an_error_gate(runtime):
+    url, handler = runtime
+    handler.gap = 0.0
+    strict = soak_cli(url, "--model", "m", "--requests", "10", "--gate", "ttft_p95_ms=0.001")
+    assert strict.exit_code == 1 and "ttft_p95_ms" in strict.output
+    few = soak_cli(url, "--model", "m", "--requests", "10", "--gate", "error_rate_max=0.01")
+    assert few.exit_code == 1 and "needs at least 299" in few.output
+
+
+def test_a_hung_runtime_fails_the_gate_on_its_timeout_and_nothing_answering_cannot_run(runtime):
+    url, handler = runtime
+    handler.gap = 0.0
+    state = {"calls": 0}
+    original = handler.do_POST
+
+    def hang_after_first(self) -> None:
+        state["calls"] += 1
+        if state["calls"] > 1:
+            type(self).hang = True
+        original(self)
+
+    handler.do_POST = hang_after_first
+    started = time.monotonic()
+    hung = soak_cli(
+        url, "--model", "m", "--requests", "4", "--timeout", "1", "--gate", "error_rate_max=0.5"
+    )
+    assert hung.exit_code == 1, hung.output
+    assert '"timeout": 4' in hung.output
+    assert time.monotonic() - started < 15
+    dead = soak_cli("http://127.0.0.1:9", "--model", "m")
+    assert dead.exit_code == 2 and "nothing usable answers" in dead.output
+    unknown = soak_cli(url, "--model", "m", "--gate", "speed=3")
+    assert unknown.exit_code == 2 and "unknown gate" in unknown.output
