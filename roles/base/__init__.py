@@ -328,18 +328,24 @@ def firewall(settings: BaseSettings) -> None:
 
 def service(settings: BaseSettings, time_config: TimeConfig) -> None:
     systemd.daemon_reload(name="systemd: load chrony's drop-in", _if=time_config.dropin.did_change)
+
+    def time_config_changed() -> bool:
+        return bool(time_config.config.did_change() or time_config.dropin.did_change())
+
+    # Decided when it runs, not from facts read before the install: apt starts chrony
+    # with the distribution's servers, and it must move to ours in this same run. One
+    # (re)start only: a start followed at once by a restart raced in containers, where
+    # the first chronyd could still hold its socket when the second one started.
+    server.shell(
+        name="chrony: follow the configured servers",
+        commands=["systemctl restart chrony.service"],
+        _if=time_config_changed,
+    )
     systemd.service(
         name="chrony: running and enabled",
         service="chrony.service",
         running=True,
         enabled=True,
-    )
-    # Decided when it runs, not from facts read before the install: apt starts chrony
-    # with the distribution's servers, and it must move to ours in this same run.
-    server.shell(
-        name="chrony: follow the configured servers",
-        commands=["systemctl restart chrony.service"],
-        _if=lambda: time_config.config.did_change() or time_config.dropin.did_change(),
     )
     if settings.base_firewall_enabled:
         systemd.service(
