@@ -79,6 +79,16 @@ def check_port(host: str, key: str, port: int) -> None:
         raise ConfigError(f"{port} is not a TCP port", key=key, fix="use 1-65535", host=host)
 
 
+def check_at_least(host: str, settings: object, keys: tuple[str, ...], minimum: int) -> None:
+    """Numeric settings (counts, seconds, sizes) that make no sense below ``minimum``."""
+    for key in keys:
+        value = getattr(settings, key)
+        if value < minimum:
+            raise ConfigError(
+                f"{value} is below {minimum}", key=key, fix=f"use {minimum} or more", host=host
+            )
+
+
 def check_networks(host: str, key: str, networks: list[str]) -> None:
     """Source-network settings (firewall allow lists) must be CIDR networks."""
     for network in networks:

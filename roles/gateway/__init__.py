@@ -30,7 +30,7 @@ from llmhost.runtimectl import upstream_text
 from llmhost.secrets import api_keys, certificate_authority, secrets_directory
 from llmhost.settings import from_data
 from roles.base.operations import firewall_rules, reload_firewall, secret_upload_options
-from roles.base.preflight import check_networks, check_port
+from roles.base.preflight import check_at_least, check_networks, check_port
 from roles.gateway.defaults import (
     AUDIT_LOG,
     KEYS,
@@ -64,22 +64,11 @@ def preflight() -> tuple[GatewaySettings, dict[str, str]]:
             fix="give the gateway its own port",
             host=host.name,
         )
-    for key in ("gateway_rate_limit_rps", "gateway_max_body_kb", "gateway_read_timeout_s"):
-        if getattr(settings, key) < 1:
-            raise ConfigError(
-                f"{getattr(settings, key)} is too small",
-                key=key,
-                fix="use 1 or more",
-                host=host.name,
-            )
-    for key in ("gateway_rate_limit_burst", "gateway_rollback_window_s"):
-        if getattr(settings, key) < 0:
-            raise ConfigError(
-                f"{getattr(settings, key)} is negative",
-                key=key,
-                fix="use 0 or more",
-                host=host.name,
-            )
+    positive = ("gateway_rate_limit_rps", "gateway_max_body_kb", "gateway_read_timeout_s")
+    check_at_least(host.name, settings, positive, 1)
+    check_at_least(
+        host.name, settings, ("gateway_rate_limit_burst", "gateway_rollback_window_s"), 0
+    )
     check_networks(host.name, "gateway_allow_from", settings.gateway_allow_from)
     if bool(settings.gateway_tls_certificate) != bool(settings.gateway_tls_key):
         raise ConfigError(

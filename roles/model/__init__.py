@@ -26,6 +26,7 @@ from llmhost.secrets import registry_credentials, secrets_directory
 from llmhost.settings import from_data
 from roles.base.defaults import SERVICE_USER, STATE_DIR
 from roles.base.operations import secret_upload_options
+from roles.base.preflight import check_at_least
 from roles.model.defaults import (
     AUTH_FILE,
     MODELS_DIR,
@@ -61,9 +62,7 @@ def expected_sizes(wanted: Model) -> dict[str, int]:
 
 def preflight() -> tuple[ModelSettings, Model, list[str]]:
     settings = from_data(ModelSettings, host.data, host.name)
-    if settings.model_pull_jobs < 1:
-        raise ConfigError(f"{settings.model_pull_jobs} is not a number of downloads",
-                          key="model_pull_jobs", fix="use 1 or more", host=host.name)  # fmt: skip
+    check_at_least(host.name, settings, ("model_pull_jobs",), 1)
     wanted = mirrored_model(settings.model_name)
     check_hardware_fits(wanted)
     registries = pull_registries(settings)

@@ -35,7 +35,8 @@ from llmhost.runtimectl import WINDOW_UNIT
 from llmhost.runtimes import find_build, load_sources, sha256_file
 from llmhost.settings import from_data
 from roles.base.defaults import CONFIG_DIR, SERVICE_USER, BaseSettings
-from roles.base.preflight import check_port
+from roles.base.preflight import check_at_least, check_port
+from roles.gateway.defaults import GatewaySettings
 from roles.model import install_puller, mirrored_model, pull_registries
 from roles.model.defaults import PULLER_DIR, ModelSettings, model_directory
 from roles.model.operations import pulled
@@ -145,14 +146,8 @@ def check_settings(settings: RuntimeSettings) -> None:
                     fix="pick a free port for the runtime",
                     host=host.name,
                 )
-    for key in ("runtime_ready_timeout_s", "runtime_drain_timeout_s"):
-        if getattr(settings, key) < 1:
-            raise ConfigError(
-                f"{getattr(settings, key)} is not a timeout",
-                key=key,
-                fix="give seconds, 1 or more",
-                host=host.name,
-            )
+    timeouts = ("runtime_ready_timeout_s", "runtime_drain_timeout_s")
+    check_at_least(host.name, settings, timeouts, 1)
 
 
 def taken_ports() -> dict[str, int]:
@@ -160,9 +155,7 @@ def taken_ports() -> dict[str, int]:
     taken = {"base_ssh_port": from_data(BaseSettings, host.data, host.name).base_ssh_port}
     if "registry" in host.groups:
         taken["registry_port"] = from_data(RegistrySettings, host.data, host.name).registry_port
-    gateway = host.data.get("gateway_port", 8000)
-    if isinstance(gateway, int):
-        taken["gateway_port"] = gateway
+    taken["gateway_port"] = from_data(GatewaySettings, host.data, host.name).gateway_port
     return taken
 
 

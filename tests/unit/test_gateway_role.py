@@ -88,8 +88,8 @@ def test_an_existing_upstream_is_left_to_cutover():
     ("data", "key", "problem"),
     [
         ({"gateway_port": 8001}, "gateway_port", "also a runtime colour's port"),
-        ({"gateway_rate_limit_rps": 0}, "gateway_rate_limit_rps", "too small"),
-        ({"gateway_rollback_window_s": -1}, "gateway_rollback_window_s", "is negative"),
+        ({"gateway_rate_limit_rps": 0}, "gateway_rate_limit_rps", "is below 1"),
+        ({"gateway_rollback_window_s": -1}, "gateway_rollback_window_s", "is below 0"),
         ({"gateway_identities": ["ghost"]}, "gateway_identities", "ghost"),
         ({"gateway_tls_certificate": "/x.pem"}, "gateway_tls_certificate", "needs both"),
         ({"gateway_allow_from": ["nope"]}, "gateway_allow_from", "is not a network"),

@@ -272,6 +272,11 @@ def test_bad_types_name_the_key(data, key):
         plan(model, host_data(**data))
 
 
+def test_zero_downloads_in_parallel_is_refused():
+    with pytest.raises(ConfigError, match="key `model_pull_jobs`: 0 is below 1"):
+        plan(model, host_data(model_pull_jobs=0))
+
+
 def test_auth_file_never_hands_the_config_dir_to_the_service_user():
     def site():
         base()

@@ -222,7 +222,7 @@ def test_vllm_install_is_one_chain_that_reads_the_hosts_proxy():
         ({"runtime_ports": {"blue": 22, "green": 8002}}, "runtime_ports.blue", "base_ssh_port"),
         ({"runtime_ports": {"blue": 8001}}, "runtime_ports", "names ['blue']"),
         ({"runtime_ports": {"blue": 0, "green": 8002}}, "runtime_ports.blue", "not a TCP port"),
-        ({"runtime_ready_timeout_s": 0}, "runtime_ready_timeout_s", "not a timeout"),
+        ({"runtime_ready_timeout_s": 0}, "runtime_ready_timeout_s", "is below 1"),
         ({"model_name": None}, "model_name", "is unset"),
         ({"model_name": "ghost"}, "model_name", "ghost"),
     ],
