@@ -150,6 +150,17 @@ def runtime_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 os.environ[key] = value
 
 
+def sync_to_dr(testbed: Testbed, hosts: list[TestbedHost]) -> tuple[str, str]:
+    """Copy every mirrored model from tb1's registry (primary) to tb2's (DR)."""
+    primary, dr = (f"{h.address}:5000" for h in hosts[:2])
+    synced = cli(
+        "models", "sync", "--from", primary, "--to", dr,
+        "--secrets-dir", str(testbed.root / "secrets"),
+    )  # fmt: skip
+    assert synced.returncode == 0, synced.stderr[-2000:]
+    return primary, dr
+
+
 @pytest.fixture(scope="session")
 def published(testbed, runtime_catalog):
     """Registries up, models mirrored to both, llama.cpp built for `cpu` and pushed to both,
@@ -162,18 +173,7 @@ def published(testbed, runtime_catalog):
     for name in ("rt-one", "rt-two", "rt-unpulled", "rt-st"):
         done = cli("models", "mirror", name, "--inventory", "inventories/testbed.py")
         assert done.returncode == 0, done.stderr[-2000:]
-    primary, dr = (f"{h.address}:5000" for h in hosts[:2])
-    synced = cli(
-        "models",
-        "sync",
-        "--from",
-        primary,
-        "--to",
-        dr,
-        "--secrets-dir",
-        str(testbed.root / "secrets"),
-    )
-    assert synced.returncode == 0, synced.stderr[-2000:]
+    sync_to_dr(testbed, hosts)
     built = cli(
         "runtimes",
         "build",

@@ -27,7 +27,7 @@ from llmhost.ocipull import DEFAULT_CHUNK_SIZE
 from llmhost.testmodels import write_tiny_gguf, write_tiny_safetensors_model
 from roles.model.defaults import STORE, model_directory
 from roles.model.operations import pull_command
-from tests.e2e.conftest import cli, write_inventory
+from tests.e2e.conftest import cli, sync_to_dr, write_inventory
 
 pytestmark = pytest.mark.e2e
 
@@ -89,19 +89,7 @@ def mirrored(testbed, hosts, catalog):
                 hub.url,
             )
             assert done.returncode == 0, done.stderr
-    primary, dr = (f"{h.address}:5000" for h in hosts[:2])
-    synced = cli(
-        "models",
-        "sync",
-        "--from",
-        primary,
-        "--to",
-        dr,
-        "--secrets-dir",
-        str(testbed.root / "secrets"),
-    )
-    assert synced.returncode == 0, synced.stderr
-    return primary, dr
+    return sync_to_dr(testbed, hosts)
 
 
 def inventory_for(tmp_path: Path, testbed, hosts, pullers, **data) -> str:
