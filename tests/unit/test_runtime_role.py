@@ -16,7 +16,7 @@ from roles.runtime.defaults import llama_cpp_binary
 from roles.runtime.engines import llama_cpp_release, vllm_release
 from roles.runtime.operations import vllm_install_script
 from tests.unit.pyinfra_plan import plan
-from tests.unit.test_model_role import DIGEST, REGISTRIES, model_file
+from tests.unit.test_model_role import DIGEST, host_data, model_file
 
 BUILD_DIGEST = "sha256:" + "e" * 64
 SERVER_SHA = "1" * 64
@@ -43,16 +43,6 @@ def catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     )
     record_build(LlamaCppBuild("cpu", BUILD_DIGEST, files), builds)
     return models
-
-
-def host_data(**overrides):
-    return {
-        "region": "gb-lon1",
-        "hardware": "cpu",
-        "model_name": "tiny",
-        "model_registries": REGISTRIES,
-        **overrides,
-    }
 
 
 def active_state(colour="blue", release_id="x"):
