@@ -11,6 +11,7 @@ from pyinfra import host
 
 from roles.base import base
 from roles.cutover import cutover
+from roles.gate import gate
 from roles.gateway import gateway
 from roles.model import model
 from roles.registry import registry
@@ -25,4 +26,5 @@ if host.data.get("model_name"):
     gateway()
     model()
     runtime()
+    gate()
     cutover()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -31,6 +31,15 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 REVISION = re.compile(r"^[0-9a-f]{40}$")
 HF_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Limits a model file's [gates] may set (for every class, or in [gates.<class>]).
+GATE_LIMITS = (
+    "ttft_p95_ms",
+    "e2e_p99_ms",
+    "error_rate_max",
+    "min_tokens_per_s",
+    "eval_tolerance",
+    "eval_min_score",
+)
 OCI_REPOSITORY = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
 
 
@@ -68,6 +77,15 @@ class Model:
     registry: str | None
     digest: str | None
     definition: Path
+    # Gate limits: "" for every hardware class, else the class's own (which win).
+    gates: dict[str, dict[str, float]] = field(default_factory=dict, hash=False, compare=False)
+
+    def gate_limits(self, hardware_class: str) -> dict[str, float]:
+        return {**self.gates.get("", {}), **self.gates.get(hardware_class, {})}
+
+    def eval_set_path(self) -> Path | None:
+        """The eval set's file: relative to the directory holding the model file."""
+        return self.definition.parent / self.eval_set if self.eval_set else None
 
     @property
     def total_size(self) -> int:
@@ -209,6 +227,12 @@ def load_model(path: Path) -> Model:
             "remove it, or mirror a format it serves",
         )
     eval_set = reader.text(document, "eval_set", "eval_set", None, "path", required=False)
+    if eval_set is not None and not safe_relative_path(eval_set):
+        raise reader.fail(
+            "eval_set",
+            f"{eval_set!r} is not a path inside the models directory",
+            "give a relative path with no `..`, e.g. 'evals/general.jsonl'",
+        )
     oci = document.get("oci")
     if not isinstance(oci, dict):
         raise reader.fail("oci", "is missing", "add [oci] with repository = 'models/<name>'")
@@ -242,7 +266,47 @@ def load_model(path: Path) -> Model:
         registry=registry,
         digest=digest,
         definition=path,
+        gates=_gates(reader, document, classes),
     )
+
+
+def gate_limit_values(table: dict[str, Any], key: str) -> tuple[dict[str, float], str | None]:
+    """The numeric limits in ``table`` (other entries ignored), or the first bad one's name."""
+    limits: dict[str, float] = {}
+    for name, value in table.items():
+        if isinstance(value, dict):
+            continue
+        if name not in GATE_LIMITS:
+            return limits, f"{key}.{name}"
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            return limits, f"{key}.{name}"
+        limits[name] = float(value)
+    return limits, None
+
+
+def _gates(
+    reader: _Reader, document: dict[str, Any], classes: dict[str, Any]
+) -> dict[str, dict[str, float]]:
+    table = document.get("gates", {})
+    if not isinstance(table, dict):
+        raise reader.fail("gates", "is not a table", "use [gates] with limits, e.g. ttft_p95_ms")
+    fix = f"use numbers >= 0 for any of {', '.join(GATE_LIMITS)}"
+    gates, bad = {}, None
+    gates[""], bad = gate_limit_values(table, "gates")
+    for name, value in table.items():
+        if bad:
+            break
+        if isinstance(value, dict):
+            if name not in classes:
+                raise reader.fail(
+                    f"gates.{name}",
+                    f"{name!r} is not a hardware class",
+                    f"use one of {', '.join(sorted(classes))}",
+                )
+            gates[name], bad = gate_limit_values(value, f"gates.{name}")
+    if bad:
+        raise reader.fail(bad, "is not a gate limit", fix)
+    return {name: limits for name, limits in gates.items() if limits}
 
 
 def load_catalog(directory: Path | None = None) -> dict[str, Model]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -699,11 +698,15 @@ def soak(
     samples: list[load.Sample] = []
 
     async def run_with_progress() -> float:
-        started = time.perf_counter()
-        runner = (
-            load.open_loop(target, mix, rate, count, max_tokens, duration, samples)
-            if rate
-            else load.closed_loop(target, mix, concurrency, count, max_tokens, duration, samples)
+        runner = load.run_load(
+            target,
+            mix,
+            concurrency=concurrency,
+            rate_per_s=rate,
+            requests=count,
+            max_tokens=max_tokens,
+            duration_s=duration,
+            samples=samples,
         )
         task = asyncio.ensure_future(runner)
         while not task.done():
@@ -711,8 +714,7 @@ def soak(
             failed = sum(1 for s in samples if not s.ok)
             click.echo(f"\rsoak: {len(samples)} done, {failed} failed", err=True, nl=False)
         click.echo("", err=True)
-        await task
-        return time.perf_counter() - started
+        return await task
 
     elapsed = asyncio.run(run_with_progress())
     summary = load.summarise(samples, elapsed)

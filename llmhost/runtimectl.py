@@ -13,7 +13,12 @@ uses the standard library alone. Keep it that way.
   (for operators, and tests: hosts have no curl).
 - ``check-model``: the model directory is materialised from the wanted manifest.
 - ``record``: write which release a colour runs into ``/var/lib/llmhost/state.json``
-  atomically; with ``--activate-if-none``, a host's first release becomes active.
+  atomically. Recording never activates: only a cutover makes a colour serve.
+- ``generate``: the answers to a list of prompts at temperature 0, one at a time
+  (the eval gate's answers, compared with checks and golden sets on the control side).
+- ``gate-record`` / ``gate-check``: the gate's verdict for a staged release, kept in
+  the state file; the check fails (and stops the staged colour) unless it passed.
+  ``cutover --require-gate`` refuses a colour whose release has not passed.
 
 Exit codes: 0 done, 1 failed (not ready, still busy at the deadline), 2 cannot run.
 """
@@ -190,27 +195,56 @@ def locked(path: Path) -> Iterator[None]:
         yield
 
 
-def record(
-    state: dict[str, Any], colour: str, release: dict[str, Any], activate_if_none: bool, now: str
-) -> dict[str, Any]:
-    """The state after ``colour`` was made to run ``release`` (and maybe became active)."""
+def record(state: dict[str, Any], colour: str, release: dict[str, Any], now: str) -> dict[str, Any]:
+    """The state after ``colour`` was made to run ``release`` (not yet serving)."""
     colours = dict(state.get("colours") or {})
     colours[colour] = {**release, "since": now}
     history = list(state.get("history") or [])
     history.append({"time": now, "event": "staged", "colour": colour, "release": release["id"]})
-    active = state.get("active")
-    if active is None and activate_if_none:
-        active = colour
-        history.append(
-            {
-                "time": now,
-                "event": "activated",
-                "colour": colour,
-                "release": release["id"],
-                "reason": "first release on this host",
-            }
+    return {**state, "colours": colours, "history": history[-100:]}
+
+
+def record_gate(state: dict[str, Any], colour: str, verdict: dict[str, Any]) -> dict[str, Any]:
+    """The state after a gate judged the release ``colour`` runs (``verdict['release']``)."""
+    colours = dict(state.get("colours") or {})
+    staged = dict(colours.get(colour) or {})
+    if staged.get("id") != verdict.get("release"):
+        raise RuntimeError(
+            f"{colour} runs release {staged.get('id')}, not {verdict.get('release')}: "
+            "the gate judged another release"
         )
-    return {**state, "active": active, "colours": colours, "history": history[-100:]}
+    colours[colour] = {**staged, "gate": {k: verdict.get(k) for k in ("passed", "time")}}
+    history = list(state.get("history") or [])
+    history.append(
+        {
+            "time": verdict.get("time"),
+            "event": "gate passed" if verdict.get("passed") else "gate failed",
+            "colour": colour,
+            "release": verdict.get("release"),
+        }
+    )
+    return {**state, "colours": colours, "last_gate": verdict, "history": history[-100:]}
+
+
+def gate_passed(state: dict[str, Any], colour: str) -> bool:
+    """The release ``colour`` runs now has passed its gate."""
+    staged = (state.get("colours") or {}).get(colour) or {}
+    return bool((staged.get("gate") or {}).get("passed"))
+
+
+def check_gate(state: dict[str, Any], colour: str, release: str) -> tuple[bool, str]:
+    """(passed, what to tell the operator) for ``release`` on ``colour``."""
+    staged = (state.get("colours") or {}).get(colour) or {}
+    if staged.get("id") != release:
+        return False, f"{colour} runs release {staged.get('id')}, not {release}"
+    if gate_passed(state, colour):
+        return True, f"release {release} on {colour} passed its gate"
+    verdict = state.get("last_gate") or {}
+    if verdict.get("release") != release:
+        return False, f"release {release} on {colour} has no gate verdict"
+    where = ", ".join(f"{k}: {verdict[k]}" for k in ("report", "control_report") if verdict.get(k))
+    failures = "; ".join(verdict.get("failures") or []) or "see the report"
+    return False, f"release {release} on {colour} failed its gate: {failures} ({where})"
 
 
 # -- cutover and rollback --------------------------------------------------------------------
@@ -219,8 +253,14 @@ UNIT = "llmhost-runtime@{}.service"
 WINDOW_UNIT = "llmhost-rollback-window-{}"
 
 
-def upstream_text(colour: str, port: int) -> str:
-    """The gateway's one managed include: where requests go, and the colour the audit log names."""
+def upstream_text(colour: str | None, port: int) -> str:
+    """The gateway's one managed include: where requests go, and the colour the audit log names.
+
+    With no colour (a new host, before its first release passed its gate) the only
+    server is marked down: the gateway answers 502 and no request reaches a release
+    that has not been gated.
+    """
+    down = "" if colour else " down"
     return (
         "# managed by llmhost (cutover): the colour the gateway sends requests to.\n"
         "# Switched only by `runtimectl.py cutover` / `rollback`, after a readiness check.\n"
@@ -228,8 +268,8 @@ def upstream_text(colour: str, port: int) -> str:
         # (after streamed answers too), and a request sent on one it is closing fails, even
         # with a retry. A new loopback connection per request never races; see
         # docs/architecture.md for what it costs.
-        f"upstream llmhost_runtime {{\n    server 127.0.0.1:{port};\n}}\n"
-        f"map $host $llmhost_colour {{\n    default {colour};\n}}\n"
+        f"upstream llmhost_runtime {{\n    server 127.0.0.1:{port}{down};\n}}\n"
+        f"map $host $llmhost_colour {{\n    default {colour or 'none'};\n}}\n"
     )
 
 
@@ -304,8 +344,11 @@ def cutover(
     ready_timeout: float,
     rollback_window: int,
     reason: str,
+    require_gate: bool = False,
 ) -> str:
     """Readiness, switch, record; returns what happened. Raises NotReady or RuntimeError."""
+    if require_gate and not gate_passed(read_state(state_path), to):
+        raise RuntimeError(f"the release on {to} has not passed its gate; nothing was switched")
     wait_ready(f"http://127.0.0.1:{port}", model, ready_timeout)
     cancel_stop(to)  # the colour about to serve must not have a stop pending
     before = colour_in(upstream.read_text()) if upstream.exists() else None
@@ -405,6 +448,10 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--state", type=Path, default=STATE_FILE)
         sub.add_argument("--ready-timeout", type=float, default=300.0)
         sub.add_argument("--rollback-window", type=int, default=3600)
+        if name == "cutover":
+            sub.add_argument(
+                "--require-gate", action="store_true", help="refuse an ungated release"
+            )
     status = commands.add_parser("status", help="this host's colours, releases and health")
     status.add_argument("--ports", default="blue=8001,green=8002")
     status.add_argument("--upstream", type=Path, default=Path("/etc/nginx/llmhost/upstream.conf"))
@@ -413,7 +460,19 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--state", type=Path, default=STATE_FILE)
     rec.add_argument("--colour", choices=COLOURS, required=True)
     rec.add_argument("--release", required=True, help="JSON object with at least an id")
-    rec.add_argument("--activate-if-none", action="store_true")
+    generate = commands.add_parser("generate", help="answers at temperature 0, as JSON")
+    generate.add_argument("--port", type=int, required=True)
+    generate.add_argument("--model", required=True, help="served model name")
+    generate.add_argument("--items", type=Path, required=True, help="[{id, prompt, max_tokens}]")
+    generate.add_argument("--timeout", type=float, default=60.0, help="per answer")
+    gate_rec = commands.add_parser("gate-record", help="record a gate's verdict")
+    gate_rec.add_argument("--state", type=Path, default=STATE_FILE)
+    gate_rec.add_argument("--colour", choices=COLOURS, required=True)
+    gate_rec.add_argument("--verdict", type=Path, required=True, help="JSON: release, passed…")
+    gate_chk = commands.add_parser("gate-check", help="fail unless the release passed its gate")
+    gate_chk.add_argument("--state", type=Path, default=STATE_FILE)
+    gate_chk.add_argument("--colour", choices=COLOURS, required=True)
+    gate_chk.add_argument("--release", required=True)
     return parser
 
 
@@ -459,6 +518,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.command in ("cutover", "rollback"):
         return switch_command(args)
+    if args.command == "generate":
+        return generate_command(base, args)
+    if args.command in ("gate-record", "gate-check"):
+        return gate_command(args)
     if args.command == "status":
         ports = parse_ports(args.ports)
         if ports is None:
@@ -474,10 +537,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CANNOT_RUN
     with locked(args.state):
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        state = record(read_state(args.state), args.colour, release, args.activate_if_none, now)
+        state = record(read_state(args.state), args.colour, release, now)
         write_state(args.state, state)
-    print(f"{args.colour} runs release {release['id']} (active: {state['active']})")
+    print(f"{args.colour} runs release {release['id']} (active: {state.get('active')})")
     return EXIT_OK
+
+
+def generate_command(base: str, args: argparse.Namespace) -> int:
+    """Each prompt in turn (one at a time: batching may change the numbers)."""
+    try:
+        items = json.loads(args.items.read_text())
+        answers = {}
+        for item in items:
+            body = {
+                "model": args.model,
+                "prompt": item["prompt"],
+                "max_tokens": item["max_tokens"],
+                "temperature": 0,
+                "seed": 0,
+            }
+            status, raw = _post_json(f"{base}/v1/completions", body, timeout=args.timeout)
+            if status != 200:
+                raise RuntimeError(f"{item['id']}: HTTP {status}: {raw[:200]!r}")
+            answers[item["id"]] = json.loads(raw)["choices"][0]["text"]
+    except (OSError, ValueError, KeyError, IndexError, RuntimeError) as error:
+        print(f"generate on port {args.port}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(answers, sort_keys=True))
+    return EXIT_OK
+
+
+def gate_command(args: argparse.Namespace) -> int:
+    try:
+        with locked(args.state):
+            state = read_state(args.state)
+            if args.command == "gate-record":
+                verdict = json.loads(args.verdict.read_text())
+                write_state(args.state, record_gate(state, args.colour, verdict))
+                print(f"gate {'passed' if verdict.get('passed') else 'failed'} recorded")
+                return EXIT_OK
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"{args.command}: {error}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    passed, message = check_gate(state, args.colour, args.release)
+    if passed:
+        print(message)
+        return EXIT_OK
+    if state.get("active") != args.colour and unit_active(args.colour):
+        _run(["systemctl", "stop", UNIT.format(args.colour)])
+        message += f"; {args.colour} was stopped, {state.get('active') or 'no colour'} serves"
+    print(message, file=sys.stderr)
+    return EXIT_FAILED
 
 
 def parse_ports(text: str) -> dict[str, int] | None:
@@ -519,6 +629,7 @@ def switch_command(args: argparse.Namespace) -> int:
                 ready_timeout=args.ready_timeout,
                 rollback_window=args.rollback_window,
                 reason=args.command,
+                require_gate=getattr(args, "require_gate", False),
             )
         )
         return EXIT_OK

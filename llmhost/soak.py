@@ -18,10 +18,11 @@ import json
 import math
 import random
 import ssl
+import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -257,8 +258,43 @@ async def one_request(target: Target, prompt: str, max_tokens: int) -> Sample:
     return sample
 
 
-def _open(issued: int, requests: int, deadline: float | None) -> bool:
-    return issued < requests and (deadline is None or time.perf_counter() < deadline)
+def allowed_errors(requests: int, error_rate_max: float, confidence: float = 0.95) -> int:
+    """The most errors ``requests`` requests may have and still pass ``error_rate_max``.
+
+    -1 when even none would not do (too few requests to back the claim).
+    """
+    allowed = -1
+    while allowed + 1 <= requests and (
+        error_rate_upper_bound(allowed + 1, requests, confidence) <= error_rate_max
+    ):
+        allowed += 1
+    return allowed
+
+
+def stop_when_failed(requests: int, gates: Gates) -> Callable[[Sequence[Sample]], bool]:
+    """A stop rule for a gate run: stop once errors alone have decided it fails.
+
+    A dead or hung runtime then ends the run after a few failed requests instead
+    of after all of them (each failure may cost a whole request timeout).
+    """
+    if gates.error_rate_max is None:
+        return lambda samples: False
+    allowed = max(0, allowed_errors(requests, gates.error_rate_max, gates.confidence))
+    return lambda samples: sum(1 for s in samples if not s.ok) > allowed
+
+
+def _open(
+    issued: int,
+    requests: int,
+    deadline: float | None,
+    done: Sequence[Sample] = (),
+    stop: Callable[[Sequence[Sample]], bool] | None = None,
+) -> bool:
+    return (
+        issued < requests
+        and (deadline is None or time.perf_counter() < deadline)
+        and not (stop and stop(done))
+    )
 
 
 async def closed_loop(
@@ -269,11 +305,13 @@ async def closed_loop(
     max_tokens: int,
     duration_s: float | None = None,
     samples: list[Sample] | None = None,
+    stop: Callable[[Sequence[Sample]], bool] | None = None,
 ) -> list[Sample]:
     """``concurrency`` clients, each sending its next request when the last one ends.
 
-    Stops issuing after ``requests`` or ``duration_s``, whichever comes first;
-    ``samples``, when given, fills as requests finish (for live progress).
+    Stops issuing after ``requests`` or ``duration_s``, whichever comes first, or
+    once ``stop(samples so far)`` says so; ``samples``, when given, fills as
+    requests finish (for live progress).
     """
     done: list[Sample] = [] if samples is None else samples
     deadline = None if duration_s is None else time.perf_counter() + duration_s
@@ -281,7 +319,7 @@ async def closed_loop(
 
     async def worker() -> None:
         nonlocal issued
-        while _open(issued, requests, deadline):
+        while _open(issued, requests, deadline, done, stop):
             prompt = prompts[issued % len(prompts)]
             issued += 1
             done.append(await one_request(target, prompt, max_tokens))
@@ -299,6 +337,7 @@ async def open_loop(
     duration_s: float | None = None,
     samples: list[Sample] | None = None,
     seed: int = 0,
+    stop: Callable[[Sequence[Sample]], bool] | None = None,
 ) -> list[Sample]:
     """Requests arriving as a Poisson process at ``rate_per_s``, whatever the answers do."""
     done: list[Sample] = [] if samples is None else samples
@@ -309,8 +348,89 @@ async def open_loop(
         done.append(await one_request(target, prompt, max_tokens))
 
     tasks: list[asyncio.Task[None]] = []
-    while _open(len(tasks), requests, deadline):
+    while _open(len(tasks), requests, deadline, done, stop):
         tasks.append(asyncio.create_task(tracked(prompts[len(tasks) % len(prompts)])))
         await asyncio.sleep(arrivals.expovariate(rate_per_s))
     await asyncio.gather(*tasks)
     return done
+
+
+async def run_load(
+    target: Target,
+    prompts: Sequence[str],
+    *,
+    concurrency: int,
+    rate_per_s: float | None,
+    requests: int,
+    max_tokens: int,
+    duration_s: float | None,
+    samples: list[Sample],
+    stop: Callable[[Sequence[Sample]], bool] | None = None,
+) -> float:
+    """Closed loop, or open loop when ``rate_per_s`` is given; returns the wall time."""
+    started = time.perf_counter()
+    if rate_per_s:
+        await open_loop(
+            target, prompts, rate_per_s, requests, max_tokens, duration_s, samples, stop=stop
+        )
+    else:
+        await closed_loop(
+            target, prompts, concurrency, requests, max_tokens, duration_s, samples, stop
+        )
+    return time.perf_counter() - started
+
+
+def sample_from(document: dict[str, Any]) -> Sample:
+    return Sample(**{k: v for k, v in document.items() if k in Sample.__dataclass_fields__})
+
+
+# -- on a host: the deploy's gate runs the load next to the runtime ---------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a soak on this machine and print the raw samples as JSON (for the gate).
+
+    The deploy copies this file to each serving host and runs it there, so the load
+    reaches the idle colour over loopback; the control machine turns the samples
+    into the result, the gates' verdict and the report.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--rate", type=float)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--duration", type=float)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--prompts", help="a JSON list of prompts")
+    parser.add_argument("--error-rate-max", type=float, help="stop once errors decide a fail")
+    args = parser.parse_args(argv)
+    prompts = ["Hello"]
+    if args.prompts:
+        with open(args.prompts) as handle:
+            prompts = [str(p) for p in json.load(handle)] or prompts
+    target = Target(url=args.url, model=args.model, timeout_s=args.timeout)
+    stop = stop_when_failed(args.requests, Gates(error_rate_max=args.error_rate_max))
+    samples: list[Sample] = []
+    elapsed = asyncio.run(
+        run_load(
+            target,
+            prompts,
+            concurrency=args.concurrency,
+            rate_per_s=args.rate,
+            requests=args.requests,
+            max_tokens=args.max_tokens,
+            duration_s=args.duration,
+            samples=samples,
+            stop=stop,
+        )
+    )
+    json.dump({"duration_s": elapsed, "samples": [asdict(s) for s in samples]}, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,8 +26,11 @@ def result_document(
     summary: dict[str, Any],
     gates: Gates,
     failures: list[str],
+    gate: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """The result; a deploy's gate adds where it ran (``gate``) and the eval's outcome."""
+    document = {
         "version": 1,
         "passed": not failures,
         "failures": failures,
@@ -36,6 +39,11 @@ def result_document(
         "gates": {k: v for k, v in asdict(gates).items() if v is not None},
         "summary": summary,
     }
+    if gate is not None:
+        document["gate"] = gate
+    if evaluation is not None:
+        document["eval"] = evaluation
+    return document
 
 
 def schema() -> dict[str, Any]:
@@ -120,20 +128,45 @@ def throughput_plot(samples: Sequence[Sample]) -> str:
     return "\n".join([*parts, "</svg>"])
 
 
+def _rows(pairs: Any) -> str:
+    return "".join(
+        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in pairs
+    )
+
+
+def eval_section(evaluation: dict[str, Any] | None) -> str:
+    """The eval's score against its baseline, each check, and each drifted answer."""
+    if not evaluation:
+        return ""
+    shown = ("eval_set", "score", "baseline", "golden", "changed")
+    overview = _rows((k, evaluation[k]) for k in shown if k in evaluation)
+    checks = _rows(
+        (r["id"], f"{'pass' if r['passed'] else 'FAIL'} ({r['check']}): {r['answer']!r}")
+        for r in evaluation.get("results", [])
+    )
+    drifted = _rows(
+        (d["id"], f"golden {d['golden']!r} / now {d['answer']!r}")
+        for d in evaluation.get("drift", [])
+    )
+    return (
+        f"<h2>Eval</h2>\n<table>{overview}</table>\n<h3>Checks</h3>\n<table>{checks}</table>\n"
+        f"<h3>Drift ({len(evaluation.get('drift', []))} answers)</h3>\n<table>{drifted}</table>\n"
+    )
+
+
 def html_report(document: dict[str, Any], samples: Sequence[Sample]) -> str:
     verdict = "PASS" if document["passed"] else "FAIL"
-    rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
-        for k, v in document["summary"].items()
-    )
     failures = "".join(f"<li>{html.escape(f)}</li>" for f in document["failures"])
+    kind = "Gate" if document.get("gate") else "Soak"
+    context = document.get("gate") or document["target"]
     return (
-        "<!doctype html>\n<html><head><meta charset='utf-8'><title>llmhost soak: "
-        f"{verdict}</title></head><body>\n<h1>Soak {verdict}</h1>\n"
-        f"<p>{html.escape(json.dumps(document['target']))}</p>\n"
+        f"<!doctype html>\n<html><head><meta charset='utf-8'><title>llmhost {kind.lower()}: "
+        f"{verdict}</title></head><body>\n<h1>{kind} {verdict}</h1>\n"
+        f"<p>{html.escape(json.dumps(context))}</p>\n"
         f"<p>{html.escape(json.dumps(document['load']))}</p>\n"
-        f"<ul>{failures}</ul>\n<table>{rows}</table>\n"
+        f"<ul>{failures}</ul>\n<h2>Soak</h2>\n<table>{_rows(document['summary'].items())}</table>\n"
         f"{latency_plot(samples)}\n{ttft_histogram(samples)}\n{throughput_plot(samples)}\n"
+        f"{eval_section(document.get('eval'))}"
         "</body></html>\n"
     )
 

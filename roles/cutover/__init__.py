@@ -9,8 +9,9 @@ service    when they differ: on the host, one step that cannot half-happen
            and the old colour stays warm for `gateway_rollback_window_s`, then stops.
            Any failure puts the previous include back; the active colour keeps serving.
 
-It runs last in deploy/site.py, after the runtime has staged the idle colour (and, later,
-after the gate has passed it).
+It runs last in deploy/site.py, after the runtime has staged the idle colour and the gate
+has passed it; with the gate enabled, the switch itself refuses a release whose verdict
+in state.json is not a pass (`--require-gate`), however the cutover was started.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pyinfra.operations import server
 
 from llmhost.runtimectl import colour_in
 from llmhost.settings import from_data
+from roles.gate.defaults import GateSettings
 from roles.gateway.defaults import UPSTREAM, GatewaySettings
 from roles.runtime import preflight as runtime_plan
 from roles.runtime.operations import runtimectl
@@ -36,6 +38,7 @@ def cutover() -> None:
         host.noop(f"the gateway already sends to {plan.active} (release {plan.release.id})")
         return
     ports = ",".join(f"{c}={p}" for c, p in sorted(plan.settings.runtime_ports.items()))
+    gated = from_data(GateSettings, host.data, host.name).gate_enabled
     server.shell(
         name=f"Cutover: gateway to {plan.wanted_on} (release {plan.release.id})",
         commands=[
@@ -51,6 +54,7 @@ def cutover() -> None:
                 str(plan.settings.runtime_ready_timeout_s),
                 "--rollback-window",
                 str(settings.gateway_rollback_window_s),
+                *(["--require-gate"] if gated else []),
             )
         ],
     )

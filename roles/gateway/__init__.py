@@ -199,20 +199,19 @@ def configure(settings: GatewaySettings, keys: dict[str, str]) -> list[Operation
 
 
 def initial_upstream() -> None:
-    """Create the upstream include once, at the active colour (blue on a new host).
+    """Create the upstream include once: at the active colour, or (a new host) at none.
 
-    From then on only cutover and rollback rewrite it, after a readiness check:
-    a deploy must never move traffic by rewriting a template.
+    From then on only cutover and rollback rewrite it, after a readiness check (and
+    the gate): a deploy must never move traffic by rewriting a template.
     """
     if host.get_fact(File, path=UPSTREAM):
         host.noop(f"{UPSTREAM} exists: cutover owns it")
         return
-    state = host.get_fact(RuntimeState, path=STATE_FILE)
-    active = state.get("active")
-    colour = active if isinstance(active, str) and active in COLOURS else "blue"
-    port = from_data(RuntimeSettings, host.data, host.name).runtime_ports[colour]
+    active = host.get_fact(RuntimeState, path=STATE_FILE).get("active")
+    colour = active if isinstance(active, str) and active in COLOURS else None
+    port = from_data(RuntimeSettings, host.data, host.name).runtime_ports[colour or "blue"]
     files.put(
-        name=f"Gateway: upstream include, first pointed at {colour}",
+        name=f"Gateway: upstream include, first pointed at {colour or 'no colour (502)'}",
         src=StringIO(upstream_text(colour, port)),
         dest=UPSTREAM,
         mode="0644",

@@ -11,8 +11,8 @@ service    on the idle colour only: (re)start it, wait until /health answers and
            token is generated, record the release in /var/lib/llmhost/state.json
 
 The active colour is never touched: a deploy stages the release on the idle
-colour, and cutover (the gateway) moves traffic. A host's first release has no
-traffic to protect, so it becomes the active colour once it is ready.
+colour, the gate soaks and evaluates it, and cutover (the gateway) moves traffic.
+A host's first release is no different: it serves nobody until its gate passes.
 """
 
 from __future__ import annotations
@@ -411,7 +411,6 @@ def service(plan: Plan, unit: OperationMeta) -> None:
                 colour,
                 "--release",
                 json.dumps(plan.release.summary(), sort_keys=True),
-                "--activate-if-none",
             )
         ],
     )

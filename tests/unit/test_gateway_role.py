@@ -69,10 +69,10 @@ def test_keys_render_as_a_map_from_the_bearer_header_to_the_identity():
     assert f'"Bearer {"k" * 40}" "team-a";' in text
 
 
-def test_the_first_plan_installs_nginx_writes_root_only_keys_and_points_at_blue():
+def test_the_first_plan_installs_nginx_writes_root_only_keys_and_points_at_no_colour():
     planned = plan(gateway, host_data())
     assert any(n.startswith("Install nginx") for n in planned)
-    upstream = planned["Gateway: upstream include, first pointed at blue"]
+    upstream = planned["Gateway: upstream include, first pointed at no colour (502)"]
     assert upstream, "written on a new host"
     keys = [c for n, cmds in planned.items() if n.startswith("Gateway: API keys") for c in cmds]
     assert any("chmod 600 /etc/nginx/llmhost/api-keys.conf" in c for c in keys)

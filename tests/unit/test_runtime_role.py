@@ -72,7 +72,7 @@ def test_a_first_release_is_staged_on_blue_checked_started_made_ready_and_record
     check = planned["Model tiny is materialised for blue"][0]
     assert f"check-model --dir /var/lib/llmhost/models/tiny@{DIGEST} --digest {DIGEST}" in check
     assert names.index("Model tiny is materialised for blue") < names.index(staged[0])
-    assert "--activate-if-none" in planned[staged[4]][0]
+    assert "--activate" not in planned[staged[4]][0], "only a cutover makes a colour serve"
     assert not any(n.startswith("green") for n in names)
 
 

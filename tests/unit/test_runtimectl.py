@@ -107,16 +107,54 @@ def test_drain_of_a_dead_runtime_returns_at_once():
     assert drained and "nothing to drain" in seen
 
 
-def test_record_makes_the_first_release_active_and_later_ones_only_staged(tmp_path: Path):
+def test_record_stages_releases_and_never_activates_one(tmp_path: Path):
     path = tmp_path / "state.json"
-    args = ["record", "--state", str(path), "--activate-if-none"]
+    args = ["record", "--state", str(path)]
     assert runtimectl.main([*args, "--colour", "blue", "--release", '{"id": "r1"}']) == 0
     assert runtimectl.main([*args, "--colour", "green", "--release", '{"id": "r2"}']) == 0
     state = json.loads(path.read_text())
-    assert state["active"] == "blue"
+    assert state["active"] is None, "a first release serves nobody before its gate and cutover"
     assert state["colours"]["blue"]["id"] == "r1" and state["colours"]["green"]["id"] == "r2"
-    assert [e["event"] for e in state["history"]] == ["staged", "activated", "staged"]
+    assert [e["event"] for e in state["history"]] == ["staged", "staged"]
     assert runtimectl.main([*args, "--colour", "green", "--release", "[]"]) == 2
+
+
+def write_verdict(tmp_path: Path, **verdict) -> str:
+    path = tmp_path / "verdict.json"
+    path.write_text(json.dumps({"time": "2026-01-01T00:00:00Z", **verdict}))
+    return str(path)
+
+
+def test_a_gate_verdict_is_recorded_for_the_release_the_colour_runs(tmp_path: Path, capsys):
+    path = tmp_path / "state.json"
+    runtimectl.main(
+        ["record", "--state", str(path), "--colour", "green", "--release", '{"id": "r2"}']
+    )
+    failed = write_verdict(
+        tmp_path, release="r2", passed=False, failures=["ttft_p95_ms 900 > 800"],
+        report="/var/lib/llmhost/gates/r2/report.html",
+    )  # fmt: skip
+    record = ["gate-record", "--state", str(path), "--colour", "green", "--verdict"]
+    assert runtimectl.main([*record, failed]) == 0
+    state = json.loads(path.read_text())
+    assert state["last_gate"]["failures"] == ["ttft_p95_ms 900 > 800"]
+    assert not runtimectl.gate_passed(state, "green")
+    passed, message = runtimectl.check_gate(state, "green", "r2")
+    assert not passed and "ttft_p95_ms 900 > 800" in message and "gates/r2/report.html" in message
+    assert runtimectl.main([*record, write_verdict(tmp_path, release="r1", passed=True)]) == 2
+    assert "the gate judged another release" in capsys.readouterr().err
+    assert runtimectl.main([*record, write_verdict(tmp_path, release="r2", passed=True)]) == 0
+    state = json.loads(path.read_text())
+    assert runtimectl.check_gate(state, "green", "r2")[0]
+    assert not runtimectl.check_gate(state, "green", "r3")[0], "another release needs its own"
+    restaged = runtimectl.record(state, "green", {"id": "r2"}, "now")
+    assert not runtimectl.gate_passed(restaged, "green"), "a restaged colour is gated again"
+
+
+def test_an_ungated_colour_upstream_sends_nowhere():
+    text = runtimectl.upstream_text(None, 8001)
+    assert "server 127.0.0.1:8001 down;" in text and "default none;" in text
+    assert runtimectl.colour_in(text) is None
 
 
 def test_check_model_compares_the_manifest_digest(tmp_path: Path, capsys):
@@ -215,6 +253,42 @@ def test_cutover_switches_reloads_records_and_keeps_the_old_colour_warm(
         for c in calls
     )
     assert "systemctl stop llmhost-rollback-window-green.timer" in calls
+
+
+def test_cutover_requiring_a_gate_refuses_an_ungated_release_and_switches_a_passed_one(
+    tmp_path, server, host_tools, capsys
+):
+    base, _ = server
+    port = int(base.rsplit(":", 1)[1])
+    staged_state(tmp_path / "state.json")
+    before = runtimectl.upstream_text("blue", 9)
+    (tmp_path / "upstream.conf").write_text(before)
+    args = [*switch_args(tmp_path, port, "cutover", "--to", "green"), "--require-gate"]
+    assert runtimectl.main(args) == 1
+    assert "has not passed its gate; nothing was switched" in capsys.readouterr().err
+    assert (tmp_path / "upstream.conf").read_text() == before
+    verdict = write_verdict(tmp_path, release="r2", passed=True)
+    state = ["--state", str(tmp_path / "state.json")]
+    assert runtimectl.main(["gate-record", *state, "--colour", "green", "--verdict", verdict]) == 0
+    assert runtimectl.main(args) == 0
+    assert runtimectl.colour_in((tmp_path / "upstream.conf").read_text()) == "green"
+
+
+def test_a_failed_gate_check_stops_the_staged_colour_but_never_the_active_one(
+    tmp_path, host_tools, capsys
+):
+    path = tmp_path / "state.json"
+    staged_state(path)
+    verdict = write_verdict(tmp_path, release="r2", passed=False, failures=["error rate"])
+    assert runtimectl.main(["gate-record", "--state", str(path), "--colour", "green",
+                            "--verdict", verdict]) == 0  # fmt: skip
+    check = ["gate-check", "--state", str(path), "--release"]
+    assert runtimectl.main([*check, "r2", "--colour", "green"]) == 1
+    assert "green was stopped, blue serves" in capsys.readouterr().err
+    assert "systemctl stop llmhost-runtime@green.service" in host_tools.read_text()
+    host_tools.unlink()
+    assert runtimectl.main([*check, "r1", "--colour", "blue"]) == 1, "blue never passed a gate"
+    assert "systemctl stop" not in (host_tools.read_text() if host_tools.exists() else "")
 
 
 def test_a_configuration_nginx_refuses_is_rolled_back_and_nothing_is_recorded(

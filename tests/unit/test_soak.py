@@ -210,3 +210,34 @@ def test_a_hung_runtime_fails_the_gate_on_its_timeout_and_nothing_answering_cann
     assert dead.exit_code == 2 and "nothing usable answers" in dead.output
     unknown = soak_cli(url, "--model", "m", "--gate", "speed=3")
     assert unknown.exit_code == 2 and "unknown gate" in unknown.output
+
+
+def test_the_stop_rule_ends_a_run_once_errors_alone_have_failed_it():
+    assert soak.allowed_errors(300, 0.01) == 0, "1 error in 300 already bounds above 1 %"
+    assert soak.allowed_errors(1000, 0.01) >= 3
+    assert soak.allowed_errors(100, 0.01) == -1, "too few requests for the claim at all"
+    stop = soak.stop_when_failed(300, soak.Gates(error_rate_max=0.01))
+    assert not stop([soak.Sample(start=0, ok=True)])
+    assert stop([soak.Sample(start=0, error="connection")])
+    assert not soak.stop_when_failed(300, soak.Gates())([soak.Sample(start=0)])
+
+
+def test_a_dead_runtime_ends_a_gate_run_after_a_few_requests_not_all():
+    target = soak.Target("http://127.0.0.1:9", "m")
+    stop = soak.stop_when_failed(300, soak.Gates(error_rate_max=0.01))
+    done = asyncio.run(soak.closed_loop(target, ["a"], 4, 300, 3, stop=stop))
+    assert 1 <= len(done) <= 4 and all(s.error == "connection" for s in done)
+
+
+def test_the_host_side_soak_prints_samples_the_control_side_reads_back(runtime, capsys, tmp_path):
+    url, handler = runtime
+    handler.gap = 0.0
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text('["one", "two"]')
+    arguments = ["--url", url, "--model", "m", "--requests", "6", "--concurrency", "2"]
+    assert soak.main([*arguments, "--prompts", str(prompts), "--max-tokens", "3"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    samples = [soak.sample_from(s) for s in printed["samples"]]
+    assert len(samples) == 6 and all(s.ok and s.tokens == 5 for s in samples)
+    assert {r["prompt"] for r in handler.seen} == {"one", "two"}
+    assert soak.summarise(samples, printed["duration_s"])["ok"] == 6

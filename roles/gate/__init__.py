@@ -1,0 +1,210 @@
+"""Role gate: soak and eval the staged colour; only a release that passes is cut over.
+
+preflight  the runtime role's plan (which colour holds the wanted release, and whether it
+           already serves), the limits (defaults < the model's `[gates]` < its
+           `[gates.<class>]` < the host's `gate_limits`), the eval set, and whether this
+           release still needs a verdict
+install    the soak helper (standard library only) and the reports directory on the host
+service    run the gate (one step on the control machine, `operations.run_gate`):
+           the soak runs on the host against the staged colour over loopback; the
+           eval's answers are generated there at temperature 0 and checked here,
+           against the checks and the golden set; result.json and report.html are
+           written here (`gates/<host>/<release>/`) and on the host
+           (`/var/lib/llmhost/gates/<release>/`); the verdict goes into state.json.
+           Then `gate-check`: on a failed gate the staged colour is stopped and the
+           host stops here, before cutover, with the failures and where the report is.
+
+It runs after the runtime role and before cutover in deploy/site.py. A release that
+already serves, or already passed, is not gated again: a second run changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import files, python, server
+
+from llmhost.errors import ConfigError
+from llmhost.evalset import EvalSet, load_eval_set
+from llmhost.paths import REPO_ROOT
+from llmhost.runtimectl import gate_passed
+from llmhost.settings import from_data
+from roles.base.preflight import check_at_least
+from roles.gate.defaults import (
+    DEFAULT_LIMITS,
+    GATES_DIR,
+    LIMITS,
+    SOAK_HELPER,
+    GateSettings,
+)
+from roles.gate.operations import GateRun, run_gate
+from roles.model.defaults import PULLER_DIR
+from roles.runtime import Plan as RuntimePlan
+from roles.runtime import preflight as runtime_plan
+from roles.runtime.defaults import STATE_FILE
+from roles.runtime.facts import RuntimeState
+from roles.runtime.operations import runtimectl
+
+
+@dataclass(frozen=True)
+class Plan:
+    settings: GateSettings
+    runtime: RuntimePlan
+    limits: dict[str, float]
+    eval_set: EvalSet | None
+    prompts: tuple[str, ...]
+    needed: str | None  # why the gate runs; None: it does not
+
+
+@deploy("llmhost gate")
+def gate() -> None:
+    plan = preflight()
+    install()
+    if plan.needed is None:
+        return
+    service(plan)
+
+
+# -- preflight ---------------------------------------------------------------------------
+
+
+def preflight() -> Plan:
+    settings = from_data(GateSettings, host.data, host.name)
+    check_settings(settings)
+    runtime = runtime_plan()
+    limits = {
+        **DEFAULT_LIMITS,
+        **runtime.model.gate_limits(runtime.hardware.name),
+        **settings.gate_limits,
+    }
+    eval_set = served_eval_set(runtime)
+    prompts = soak_prompts(settings)
+    needed = why_gate(settings, runtime)
+    return Plan(settings, runtime, limits, eval_set, prompts, needed)
+
+
+def check_settings(settings: GateSettings) -> None:
+    counts = ("gate_concurrency", "gate_requests", "gate_max_tokens")
+    check_at_least(host.name, settings, counts, 1)
+    check_at_least(host.name, settings, ("gate_duration_s", "gate_request_timeout_s"), 1)
+    if settings.gate_rate_per_s is not None and settings.gate_rate_per_s <= 0:
+        raise ConfigError(
+            f"{settings.gate_rate_per_s} is not a rate",
+            key="gate_rate_per_s",
+            fix="give requests per second > 0, or leave it unset for a closed loop",
+            host=host.name,
+        )
+    for name, value in settings.gate_limits.items():
+        if name not in LIMITS or value < 0:
+            raise ConfigError(
+                f"{name} = {value} is not a gate limit",
+                key=f"gate_limits.{name}",
+                fix=f"use numbers >= 0 for any of {', '.join(LIMITS)}",
+                host=host.name,
+            )
+
+
+def served_eval_set(runtime: RuntimePlan) -> EvalSet | None:
+    path = runtime.model.eval_set_path()
+    if path is None:
+        return None
+    try:
+        return load_eval_set(path)
+    except ConfigError as error:
+        raise ConfigError(
+            f"model {runtime.model.name}: {error.problem}",
+            key=error.key,
+            fix=error.fix,
+            host=host.name,
+        ) from error
+
+
+def soak_prompts(settings: GateSettings) -> tuple[str, ...]:
+    if not settings.gate_prompts:
+        return ("Hello",)
+    path = REPO_ROOT / settings.gate_prompts
+    if not path.is_file():
+        raise ConfigError(
+            f"{path} does not exist",
+            key="gate_prompts",
+            fix="give a file of one prompt per line (relative to the repository)",
+            host=host.name,
+        )
+    prompts = tuple(line for line in path.read_text().splitlines() if line.strip())
+    if not prompts:
+        raise ConfigError(
+            f"{path} holds no prompt", key="gate_prompts", fix="one prompt a line", host=host.name
+        )
+    return prompts
+
+
+def why_gate(settings: GateSettings, runtime: RuntimePlan) -> str | None:
+    """Why the wanted release needs a verdict now, or None (noted) when it does not."""
+    release, colour = runtime.release.id, runtime.wanted_on
+    if runtime.active == colour:
+        host.noop(f"release {release} already serves on {colour}: no gate")
+        return None
+    if not settings.gate_enabled:
+        host.noop(f"gate_enabled is false: release {release} goes to cutover untested")
+        return None
+    state = host.get_fact(RuntimeState, path=STATE_FILE)
+    if runtime.stage_on is None and gate_passed(state, colour):
+        host.noop(f"release {release} on {colour} passed its gate already")
+        return None
+    return f"release {release} staged on {colour}"
+
+
+# -- install -----------------------------------------------------------------------------
+
+
+def install() -> None:
+    files.directory(name="llmhost helpers directory", path=PULLER_DIR, mode="0755")
+    files.put(
+        name="Soak helper (the gate's load, run next to the runtime)",
+        src=str(REPO_ROOT / "llmhost" / "soak.py"),
+        dest=SOAK_HELPER,
+        mode="0644",
+        create_remote_dir=False,
+    )
+    files.directory(name=f"{GATES_DIR}: gate reports", path=GATES_DIR, mode="0755")
+
+
+# -- service -----------------------------------------------------------------------------
+
+
+def service(plan: Plan) -> None:
+    runtime = plan.runtime
+    colour, release = runtime.wanted_on, runtime.release
+    python.call(
+        name=f"Gate: soak and eval {colour} ({plan.needed})",
+        function=run_gate,
+        run=GateRun(
+            host=host.name,
+            colour=colour,
+            port=runtime.settings.runtime_ports[colour],
+            release=release.summary() | {"arguments": list(release.arguments)},
+            served_model=release.served_model_name,
+            model=runtime.model.name,
+            models_dir=Path(runtime.model.definition).parent,
+            replaced=replaced_release(runtime),
+            settings=plan.settings,
+            limits=plan.limits,
+            eval_set=plan.eval_set,
+            prompts=plan.prompts,
+        ),
+    )
+    server.shell(
+        name=f"Gate: release {release.id} passed (if not, {colour} is stopped, no cutover)",
+        commands=[runtimectl("gate-check", "--colour", colour, "--release", release.id)],
+    )
+
+
+def replaced_release(runtime: RuntimePlan) -> str | None:
+    """The id of the release the gated one replaces (what the active colour runs)."""
+    state = host.get_fact(RuntimeState, path=STATE_FILE)
+    active = (state.get("colours") or {}).get(runtime.active or "") or {}
+    found = active.get("id")
+    return found if isinstance(found, str) else None
