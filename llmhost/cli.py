@@ -568,9 +568,22 @@ def status(inventory: str, limit: tuple[str, ...], as_json: bool) -> None:
             release = info["release"] or {}
             label = f"{release.get('id')} {release.get('model')}" if release else "no release"
             click.echo(f"  {colour:5} {label:40} {info['health']}")
-        click.echo(f"  last gate: {found['last_gate'] or 'none recorded'}")
+        click.echo(f"  last gate: {_gate_line(found['last_gate'])}")
     if failed:
         sys.exit(1)
+
+
+def _gate_line(verdict: dict[str, Any] | None) -> str:
+    if not verdict:
+        return "none recorded"
+    outcome = (
+        "passed" if verdict.get("passed") else "FAILED: " + "; ".join(verdict.get("failures") or [])
+    )
+    drift = f", {verdict['drift']} answers drifted" if verdict.get("drift") else ""
+    return (
+        f"release {verdict.get('release')} on {verdict.get('colour')} {outcome}{drift} "
+        f"({verdict.get('time')}; report {verdict.get('report')})"
+    )
 
 
 # -- soak --------------------------------------------------------------------------------

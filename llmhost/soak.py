@@ -280,7 +280,15 @@ def stop_when_failed(requests: int, gates: Gates) -> Callable[[Sequence[Sample]]
     if gates.error_rate_max is None:
         return lambda samples: False
     allowed = max(0, allowed_errors(requests, gates.error_rate_max, gates.confidence))
-    return lambda samples: sum(1 for s in samples if not s.ok) > allowed
+    counted = {"samples": 0, "failed": 0}  # checked before every request: count only new ones
+
+    def failed_already(samples: Sequence[Sample]) -> bool:
+        new = samples[counted["samples"] :]
+        counted["samples"] += len(new)
+        counted["failed"] += sum(1 for s in new if not s.ok)
+        return counted["failed"] > allowed
+
+    return failed_already
 
 
 def _open(

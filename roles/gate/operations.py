@@ -69,37 +69,20 @@ def run_gate(run: GateRun) -> None:
     """Soak, eval, reports, verdict. Raises only when the verdict cannot be recorded."""
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     control_dir = control_reports_dir() / run.host / run.release_id
-    gates = Gates(**{k: v for k, v in run.limits.items() if k in SOAK_LIMITS})
-    failures: list[str] = []
-    samples: list[Sample] = []
-    summary = summarise([], 0.0)
-    evaluation = None
-    shell(f"install -d -m 0755 {run.host_dir}")
-    try:
-        duration, samples = soak_on_host(run)
-        summary = summarise(samples, duration)
-        failures += evaluate(summary, gates)
-        if run.eval_set is not None:
-            evaluation, eval_failures = evaluate_on_host(run, run.eval_set)
-            failures += eval_failures
-    except GateCouldNotRun as error:
-        failures.append(f"the gate could not run: {error}")
     where = {"report": f"{run.host_dir}/report.html", "control_report": str(control_dir)}
+    gates = Gates(**{k: v for k, v in run.limits.items() if k in SOAK_LIMITS})
+    shell(f"install -d -m 0755 {run.host_dir}")
+    samples, summary, evaluation, failures = measure(run, gates)
     document = result_document(
         target={"url": f"http://127.0.0.1:{run.port}", "model": run.served_model},
         load=load_description(run.settings, len(samples)),
         summary=summary,
         gates=gates,
         failures=failures,
-        gate={
-            "host": run.host,
-            "colour": run.colour,
-            "release": run.release_id,
-            "time": started,
-            **where,
-        },
+        gate={"host": run.host, "colour": run.colour, "release": run.release_id,
+              "time": started, **where},
         evaluation=evaluation,
-    )
+    )  # fmt: skip
     write_reports(control_dir, document, samples)
     for name in ("result.json", "report.html"):
         upload((control_dir / name).read_text(), f"{run.host_dir}/{name}")
@@ -114,13 +97,30 @@ def run_gate(run: GateRun) -> None:
         **where,
     }
     upload(json.dumps(verdict), f"{run.host_dir}/verdict.json")
-    shell(
-        runtimectl(
-            "gate-record", "--colour", run.colour, "--verdict", f"{run.host_dir}/verdict.json"
-        )
-    )
+    verdict_file = f"{run.host_dir}/verdict.json"
+    shell(runtimectl("gate-record", "--colour", run.colour, "--verdict", verdict_file))
     if not failures and evaluation is not None:
         record_golden(run, evaluation, started)
+
+
+def measure(
+    run: GateRun, gates: Gates
+) -> tuple[list[Sample], dict[str, Any], dict[str, Any] | None, list[str]]:
+    """(samples, soak summary, eval outcome, failures); a gate that cannot run has failed."""
+    samples: list[Sample] = []
+    summary = summarise([], 0.0)
+    evaluation = None
+    failures: list[str] = []
+    try:
+        duration, samples = soak_on_host(run)
+        summary = summarise(samples, duration)
+        failures += evaluate(summary, gates)
+        if run.eval_set is not None:
+            evaluation, eval_failures = evaluate_on_host(run, run.eval_set)
+            failures += eval_failures
+    except GateCouldNotRun as error:
+        failures.append(f"the gate could not run: {error}")
+    return samples, summary, evaluation, failures
 
 
 # -- on the host -------------------------------------------------------------------------------

@@ -217,8 +217,12 @@ def test_the_stop_rule_ends_a_run_once_errors_alone_have_failed_it():
     assert soak.allowed_errors(1000, 0.01) >= 3
     assert soak.allowed_errors(100, 0.01) == -1, "too few requests for the claim at all"
     stop = soak.stop_when_failed(300, soak.Gates(error_rate_max=0.01))
-    assert not stop([soak.Sample(start=0, ok=True)])
-    assert stop([soak.Sample(start=0, error="connection")])
+    done = [soak.Sample(start=0, ok=True)]
+    assert not stop(done)
+    done.append(soak.Sample(start=1, ok=True))
+    assert not stop(done)
+    done.append(soak.Sample(start=2, error="connection"))
+    assert stop(done) and stop(done), "counted once, and the verdict stays"
     assert not soak.stop_when_failed(300, soak.Gates())([soak.Sample(start=0)])
 
 
