@@ -9,7 +9,8 @@ concurrent clients) alternately (ABBA) to
   B. the gateway (https://<host address>:8000: TLS, key check, rate limit, audit log),
 each client keeping one connection open as SDKs do (TLS is negotiated once per client), and
 prints per round the throughput ratio B/A and the p50 latency added by the gateway,
-then their medians (goals: >= 0.95x throughput, <= 2 ms added p50). Needs root.
+then their medians (goals: >= 0.95x throughput, <= 2 ms added p50). Takes the testbed down
+at the end. Needs root.
 """
 
 from __future__ import annotations
@@ -90,8 +91,14 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
-
     testbed = Testbed()
+    try:
+        return measure(args, testbed)
+    finally:
+        testbed.down()  # the testbed is one per machine: leave it as found
+
+
+def measure(args: argparse.Namespace, testbed: Testbed) -> int:
     hosts = testbed.up(2)
     host = hosts[0]
     secrets = testbed.root / "secrets"
