@@ -27,6 +27,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files, python, server
 
+from llmhost.catalog import GATE_LIMITS, gate_limit_values
 from llmhost.errors import ConfigError
 from llmhost.evalset import EvalSet, load_eval_set
 from llmhost.paths import REPO_ROOT
@@ -36,7 +37,6 @@ from roles.base.preflight import check_at_least
 from roles.gate.defaults import (
     DEFAULT_LIMITS,
     GATES_DIR,
-    LIMITS,
     SOAK_HELPER,
     GateSettings,
 )
@@ -97,14 +97,14 @@ def check_settings(settings: GateSettings) -> None:
             fix="give requests per second > 0, or leave it unset for a closed loop",
             host=host.name,
         )
-    for name, value in settings.gate_limits.items():
-        if name not in LIMITS or value < 0:
-            raise ConfigError(
-                f"{name} = {value} is not a gate limit",
-                key=f"gate_limits.{name}",
-                fix=f"use numbers >= 0 for any of {', '.join(LIMITS)}",
-                host=host.name,
-            )
+    _, bad = gate_limit_values(settings.gate_limits, "gate_limits")
+    if bad:
+        raise ConfigError(
+            f"{bad} = {settings.gate_limits[bad.split('.', 1)[1]]} is not a gate limit",
+            key=bad,
+            fix=f"use numbers >= 0 for any of {', '.join(GATE_LIMITS)}",
+            host=host.name,
+        )
 
 
 def served_eval_set(runtime: RuntimePlan) -> EvalSet | None:

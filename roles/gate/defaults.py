@@ -12,9 +12,8 @@ from llmhost.settings import setting
 
 GATES_DIR = "/var/lib/llmhost/gates"  # one directory per release: result.json, report.html
 SOAK_HELPER = "/usr/local/lib/llmhost/soak.py"
+# Of the limits a model file may set (llmhost.catalog.GATE_LIMITS), those the soak judges.
 SOAK_LIMITS = ("ttft_p95_ms", "e2e_p99_ms", "error_rate_max", "min_tokens_per_s")
-EVAL_LIMITS = ("eval_tolerance", "eval_min_score")
-LIMITS = SOAK_LIMITS + EVAL_LIMITS
 # Used where neither the model nor the host sets a limit: errors must be rare, and the
 # 300 default requests are enough to show a rate under 1 % (0 errors in n bounds it at 3/n).
 DEFAULT_LIMITS = {"error_rate_max": 0.01, "eval_tolerance": 0.0}
