@@ -264,11 +264,13 @@ def upstream_text(colour: str | None, port: int) -> str:
     return (
         "# managed by llmhost (cutover): the colour the gateway sends requests to.\n"
         "# Switched only by `runtimectl.py cutover` / `rollback`, after a readiness check.\n"
-        # No keepalive to the engine: llama-server closes kept-alive connections on its own
-        # (after streamed answers too), and a request sent on one it is closing fails, even
-        # with a retry. A new loopback connection per request never races; see
-        # docs/architecture.md for what it costs.
-        f"upstream llmhost_runtime {{\n    server 127.0.0.1:{port}{down};\n}}\n"
+        # A small pool of kept-alive connections to the engine, each closed by nginx before
+        # llama-server would close it (5 s idle, 100 requests). The engine also closes its end
+        # right after every streamed answer, so a pooled connection can be dead when taken:
+        # the gateway's `proxy_next_upstream error non_idempotent` sends such a request again
+        # on another connection (nothing reached the engine). See docs/architecture.md.
+        f"upstream llmhost_runtime {{\n    server 127.0.0.1:{port}{down};\n"
+        "    keepalive 8;\n    keepalive_timeout 2s;\n    keepalive_requests 90;\n}\n"
         f"map $host $llmhost_colour {{\n    default {colour or 'none'};\n}}\n"
     )
 

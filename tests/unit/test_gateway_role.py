@@ -49,7 +49,8 @@ def test_the_server_block_checks_keys_limits_sizes_and_streams():
     assert "client_max_body_size 1024k;" in text
     assert "proxy_buffering off;" in text and "proxy_read_timeout 600s;" in text
     assert 'proxy_set_header Authorization "";' in text
-    assert "keepalive" not in upstream_text("blue", 8001), "one engine connection per request"
+    assert 'proxy_set_header Connection "";' in text, "kept-alive connections to the engine"
+    assert "proxy_next_upstream error non_idempotent;" in text, "a dead pooled one is retried"
     assert "listen 8000 ssl;" in text and "ssl_certificate /etc/nginx/llmhost/tls.crt;" in text
     assert "listen 8000;" in site_conf(tls=False) and "ssl_certificate" not in site_conf(tls=False)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -155,6 +156,18 @@ def test_an_ungated_colour_upstream_sends_nowhere():
     text = runtimectl.upstream_text(None, 8001)
     assert "server 127.0.0.1:8001 down;" in text and "default none;" in text
     assert runtimectl.colour_in(text) is None
+
+
+def test_the_engine_pool_closes_connections_before_llama_server_would():
+    """llama-server (cpp-httplib) closes a connection idle for 5 s or after 100 requests."""
+    text = runtimectl.upstream_text("blue", 8001)
+    pool = text[text.index("upstream llmhost_runtime") : text.index("}")]
+    assert "server 127.0.0.1:8001;" in pool
+    assert re.search(r"keepalive [1-9]\d*;", pool)
+    idle = re.search(r"keepalive_timeout (\d+)s;", pool)
+    requests = re.search(r"keepalive_requests (\d+);", pool)
+    assert idle and int(idle.group(1)) < 5
+    assert requests and int(requests.group(1)) < 100
 
 
 def test_check_model_compares_the_manifest_digest(tmp_path: Path, capsys):
