@@ -1,9 +1,9 @@
 """Throughput and p50 latency through the gateway vs directly to the runtime, side by side.
 
-    python bench/gateway_overhead.py [--requests 600] [--clients 8] [--rounds 4]
+    python bench/gateway_overhead.py [--requests 600] [--clients 8] [--rounds 4] [--model small]
 
-On testbed host tb1, serving a tiny model with llama-server (the active colour) behind
-the gateway, a client on the same host sends the same completions (--tokens each, N
+On testbed host tb1, serving a model with llama-server (the active colour) behind the
+gateway, a client on the same host sends the same completions (--tokens each, N
 concurrent clients) alternately (ABBA) to
   A. the runtime directly (http://127.0.0.1:<active port>), and
   B. the gateway (https://<host address>:8000: TLS, key check, rate limit, audit log),
@@ -11,6 +11,13 @@ each client keeping one connection open as SDKs do (TLS is negotiated once per c
 prints per round the throughput ratio B/A and the p50 latency added by the gateway,
 then their medians (goals: >= 0.95x throughput, <= 2 ms added p50). Takes the testbed down
 at the end. Needs root.
+
+--model tiny (the default) answers in about a millisecond, so on a small machine every
+microsecond the gateway spends is taken from the engine: the worst case. --model small
+(8 blocks, 512 wide, 129 MiB f32) takes tens of milliseconds of real compute a request,
+as any real model does. --engine-threads 1 leaves the engine one core and the gateway and
+the client the other, as on a GPU host, where the compute is on the GPU and the CPU cores
+are the gateway's.
 """
 
 from __future__ import annotations
@@ -32,6 +39,12 @@ from llmhost.catalog import model_toml  # noqa: E402
 from llmhost.secrets import add_api_key, api_keys  # noqa: E402
 from llmhost.testbed import Testbed  # noqa: E402
 from llmhost.testmodels import write_tiny_gguf  # noqa: E402
+
+# The models the bench can serve: write_tiny_gguf's shape arguments.
+MODELS: dict[str, dict[str, int]] = {
+    "tiny": {},
+    "small": {"embedding": 512, "blocks": 8, "heads": 8, "context_length": 512},
+}
 
 CLIENT = r"""
 import http.client, json, ssl, statistics, sys, threading, time
@@ -90,6 +103,18 @@ def main() -> int:
         "--no-tls", action="store_true", help="gateway over plain HTTP, to see what TLS costs"
     )
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default="tiny",
+        help="tiny: about 1 ms of compute a request (worst case); small: tens of ms",
+    )
+    parser.add_argument(
+        "--engine-threads",
+        type=int,
+        default=None,
+        help="llama-server --threads (default: the cpu class's, every core)",
+    )
     args = parser.parse_args()
     testbed = Testbed()
     try:
@@ -108,7 +133,7 @@ def measure(args: argparse.Namespace, testbed: Testbed) -> int:
         root = Path(scratch)
         catalog = root / "catalog"
         catalog.mkdir()
-        weights = write_tiny_gguf(root / "src" / "bench-gw.gguf", seed=21)
+        weights = write_tiny_gguf(root / "src" / "bench-gw.gguf", seed=21, **MODELS[args.model])
         (catalog / "bench-gw.toml").write_text(
             model_toml(
                 "bench-gw",
@@ -147,6 +172,8 @@ def measure(args: argparse.Namespace, testbed: Testbed) -> int:
             "gateway_rate_limit_burst": 100000,
             "gateway_tls": not args.no_tls,
         }
+        if args.engine_threads:
+            data["runtime_extra_args"] = ["--threads", str(args.engine_threads)]
         entries = [(host.name, data), (hosts[1].name, testbed.inventory_data(hosts[1]))]
         inventory = root / "inventory.py"
         inventory.write_text(f"testbed = {entries!r}\nregistry = testbed[:2]\n")
@@ -173,6 +200,7 @@ def measure(args: argparse.Namespace, testbed: Testbed) -> int:
     measure(direct)  # warm up, untimed
     ratios, added = [], []
     print(
+        f"model {args.model}, engine threads {args.engine_threads or 'the class default'}: "
         f"{args.requests} requests a run, {args.clients} concurrent clients, "
         f"{args.tokens} tokens each"
     )
