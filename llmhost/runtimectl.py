@@ -268,7 +268,7 @@ def upstream_text(colour: str | None, port: int) -> str:
         # llama-server would close it (5 s idle, 100 requests). The engine also closes its end
         # right after every streamed answer, so a pooled connection can be dead when taken:
         # the gateway's `proxy_next_upstream error non_idempotent` sends such a request again
-        # on another connection (nothing reached the engine). See docs/architecture.md.
+        # on another connection (the engine closed it unread). See docs/architecture.md.
         f"upstream llmhost_runtime {{\n    server 127.0.0.1:{port}{down};\n"
         "    keepalive 8;\n    keepalive_timeout 2s;\n    keepalive_requests 90;\n}\n"
         f"map $host $llmhost_colour {{\n    default {colour or 'none'};\n}}\n"
