@@ -41,7 +41,7 @@ from roles.gate.defaults import (
     GateSettings,
 )
 from roles.gate.operations import GateRun, run_gate
-from roles.model.defaults import PULLER_DIR
+from roles.model import install_helper
 from roles.runtime import Plan as RuntimePlan
 from roles.runtime import preflight as runtime_plan
 from roles.runtime.defaults import STATE_FILE
@@ -161,14 +161,7 @@ def why_gate(settings: GateSettings, runtime: RuntimePlan) -> str | None:
 
 
 def install() -> None:
-    files.directory(name="llmhost helpers directory", path=PULLER_DIR, mode="0755")
-    files.put(
-        name="Soak helper (the gate's load, run next to the runtime)",
-        src=str(REPO_ROOT / "llmhost" / "soak.py"),
-        dest=SOAK_HELPER,
-        mode="0644",
-        create_remote_dir=False,
-    )
+    install_helper("Soak helper (the gate's load, run next to the runtime)", "soak.py", SOAK_HELPER)
     files.directory(name=f"{GATES_DIR}: gate reports", path=GATES_DIR, mode="0755")
 
 

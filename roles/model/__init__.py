@@ -131,17 +131,30 @@ def check_disk(wanted: Model) -> None:
         )
 
 
-def install_puller() -> None:
-    """The puller and the registry credentials it reads (the runtime role pulls with it too)."""
-    files.directory(name="Model puller directory", path=PULLER_DIR, mode="0755")
+def install_helper(description: str, module: str, dest: str) -> None:
+    """Put one of llmhost's standard-library helpers (``llmhost/<module>``) on the host.
+
+    The model, runtime and gate roles each run one there with the host's python3:
+    root-owned and not writable by the services that call it.
+    """
+    files.directory(name="llmhost helpers directory", path=PULLER_DIR, mode="0755")
     files.put(
-        name="Model puller (verifies while streaming, resumes, renames atomically)",
-        src=str(REPO_ROOT / "llmhost" / "ocipull.py"),
-        dest=PULLER,
+        name=description,
+        src=str(REPO_ROOT / "llmhost" / module),
+        dest=dest,
         user="root",
         group="root",
         mode="0644",
         create_remote_dir=False,
+    )
+
+
+def install_puller() -> None:
+    """The puller and the registry credentials it reads (the runtime role pulls with it too)."""
+    install_helper(
+        "Model puller (verifies while streaming, resumes, renames atomically)",
+        "ocipull.py",
+        PULLER,
     )
     credentials = registry_credentials(secrets_directory(host.data, host.name))
     files.put(

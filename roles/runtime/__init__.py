@@ -29,7 +29,6 @@ from pyinfra.operations import apt, files, server, systemd
 from llmhost.catalog import Model
 from llmhost.errors import ConfigError
 from llmhost.hardware import RUNTIMES, HardwareClass, check_hardware, load_classes
-from llmhost.paths import REPO_ROOT
 from llmhost.render import put_template
 from llmhost.runtimectl import WINDOW_UNIT
 from llmhost.runtimes import find_build, load_sources, sha256_file
@@ -37,8 +36,8 @@ from llmhost.settings import from_data
 from roles.base.defaults import CONFIG_DIR, SERVICE_USER, BaseSettings
 from roles.base.preflight import check_at_least, check_port
 from roles.gateway.defaults import GatewaySettings
-from roles.model import install_puller, mirrored_model, pull_registries
-from roles.model.defaults import PULLER_DIR, ModelSettings, model_directory
+from roles.model import install_helper, install_puller, mirrored_model, pull_registries
+from roles.model.defaults import ModelSettings, model_directory
 from roles.model.operations import pulled
 from roles.registry.defaults import RegistrySettings
 from roles.runtime.defaults import (
@@ -214,14 +213,7 @@ def install(plan: Plan) -> OperationMeta:
         create_home=False,
         shell="/usr/sbin/nologin",
     )
-    files.directory(name="llmhost helpers directory", path=PULLER_DIR, mode="0755")
-    files.put(
-        name="Runtime control helper (readiness, drain, state)",
-        src=str(REPO_ROOT / "llmhost" / "runtimectl.py"),
-        dest=RUNTIMECTL,
-        mode="0644",
-        create_remote_dir=False,
-    )
+    install_helper("Runtime control helper (readiness, drain, state)", "runtimectl.py", RUNTIMECTL)
     if plan.release.engine == "llama.cpp":
         install_llama_cpp(plan.hardware)
     else:

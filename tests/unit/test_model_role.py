@@ -85,7 +85,7 @@ def pull_command(planned) -> str:
 
 def test_fresh_host_gets_the_puller():
     planned = plan(model, host_data())
-    assert "mkdir -p /usr/local/lib/llmhost" in commands(planned, "Model puller directory")
+    assert "mkdir -p /usr/local/lib/llmhost" in commands(planned, "llmhost helpers directory")
     puller = commands(planned, "Model puller (verifies")
     assert any(c.endswith("ocipull.py, /usr/local/lib/llmhost/ocipull.py)") for c in puller)
     assert "chmod 644 /usr/local/lib/llmhost/ocipull.py" in puller
