@@ -37,8 +37,8 @@ sys.path.insert(0, str(REPO))
 from llmhost import converge  # noqa: E402
 from llmhost.catalog import model_toml  # noqa: E402
 from llmhost.secrets import add_api_key, api_keys  # noqa: E402
-from llmhost.testbed import Testbed  # noqa: E402
-from llmhost.testmodels import write_tiny_gguf  # noqa: E402
+from llmhost.testing.testbed import Testbed  # noqa: E402
+from llmhost.testing.testmodels import write_tiny_gguf  # noqa: E402
 
 # The models the bench can serve: write_tiny_gguf's shape arguments.
 MODELS: dict[str, dict[str, int]] = {

@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO))
 from llmhost import converge  # noqa: E402
 from llmhost.catalog import find, model_toml  # noqa: E402
 from llmhost.hardware import load_classes  # noqa: E402
-from llmhost.testbed import Testbed  # noqa: E402
-from llmhost.testmodels import write_tiny_gguf  # noqa: E402
+from llmhost.testing.testbed import Testbed  # noqa: E402
+from llmhost.testing.testmodels import write_tiny_gguf  # noqa: E402
 from roles.model.defaults import model_directory  # noqa: E402
 from roles.runtime.defaults import llama_cpp_binary  # noqa: E402
 

@@ -28,8 +28,9 @@ from llmhost import converge  # noqa: E402
 from llmhost.catalog import find, model_toml  # noqa: E402
 from llmhost.mirror import RegistryAccess, mirror  # noqa: E402
 from llmhost.secrets import registry_credentials  # noqa: E402
-from llmhost.testbed import Testbed  # noqa: E402
-from llmhost.testmodels import write_tiny_gguf  # noqa: E402
+from llmhost.testing.testbed import Testbed  # noqa: E402
+from llmhost.testing.testmodels import write_tiny_gguf  # noqa: E402
+from roles._common.onhost import build_app  # noqa: E402
 
 BENCH_DIR = "/var/lib/llmhost/bench"
 
@@ -90,18 +91,13 @@ def main() -> int:
         f"machine {primary.address} login {credentials.username} password {credentials.password}\n",
     )
     testbed.put(puller, auth, credentials.auth_json())
-    testbed.put(
-        puller,
-        f"{BENCH_DIR}/ocipull.py",
-        (REPO / "llmhost" / "ocipull.py").read_text(),
-        mode="0644",
-    )
+    testbed.put(puller, f"{BENCH_DIR}/onhost.pyz", build_app(), mode="0644")
     raw = (
         f"curl -sf --netrc-file {netrc} -o {BENCH_DIR}/raw.blob {url} "
         f"&& sync -f {BENCH_DIR}/raw.blob"
     )
     verified = (
-        f"python3 {BENCH_DIR}/ocipull.py --registry https://{registry} "
+        f"python3 {BENCH_DIR}/onhost.pyz pull --registry https://{registry} "
         f"--repository {model.repository} --digest {model.digest} --store {BENCH_DIR}/store "
         f"--dest {BENCH_DIR}/model --auth-file {auth} --no-progress --json "
         f"--chunk-size {args.chunk}"

@@ -3,7 +3,7 @@
     python bench/soak_ceiling.py [--requests 2000] [--concurrency 4] [--max-tokens 16] [--rounds 4]
 
 On testbed host tb1, serving a tiny model with llama-server (the active colour), the soak
-client (`llmhost/soak.py`, copied to the host and run there with its python3: streamed
+client (`llmhost/onhost/soak.py`, from the host's own onhost.pyz, run with its python3: streamed
 completions, one new connection per request) sends the same closed-loop load
 (--concurrency clients, --max-tokens each) alternately (ABBA), over loopback, to
   A. nginx on the host answering every request at once with a static SSE body of
@@ -36,11 +36,12 @@ sys.path.insert(0, str(REPO))
 
 from llmhost import converge  # noqa: E402
 from llmhost.catalog import model_toml  # noqa: E402
+from llmhost.onhost.layout import ONHOST_APP  # noqa: E402
 from llmhost.secrets import add_api_key, api_keys  # noqa: E402
 from llmhost.settings import from_data  # noqa: E402
-from llmhost.testbed import Testbed, TestbedHost  # noqa: E402
-from llmhost.testbed.testbed import MACHINE_LOCK  # noqa: E402
-from llmhost.testmodels import write_tiny_gguf  # noqa: E402
+from llmhost.testing.testbed import Testbed, TestbedHost  # noqa: E402
+from llmhost.testing.testbed.testbed import MACHINE_LOCK  # noqa: E402
+from llmhost.testing.testmodels import write_tiny_gguf  # noqa: E402
 from roles.runtime.defaults import RuntimeSettings  # noqa: E402
 
 MODEL = "bench-soak"
@@ -48,8 +49,8 @@ STATIC_PORT = 8090
 STATIC_CONF = "/etc/nginx/conf.d/llmhost-soak-ceiling.conf"
 DRIVER = r"""
 import asyncio, json, os, sys, time
-sys.path.insert(0, "/tmp")
-import soak
+sys.path.insert(0, "ONHOST_APP")  # the soak client the gate runs, as the host has it
+from llmhost.onhost import soak
 url, concurrency, requests, max_tokens = sys.argv[1], *map(int, sys.argv[2:5])
 target = soak.Target(url=url, model="bench-soak")
 cpu, start = os.times(), time.perf_counter()
@@ -61,7 +62,7 @@ rps, tokens_per_s = summary["requests_per_s"], summary["output_tokens_per_s"]
 print(json.dumps({"rps": rps, "ok": summary["ok"], "requests": summary["requests"],
                   "errors": summary["errors"], "tokens_per_request": tokens_per_s / rps,
                   "cpu_us_per_request": used / len(samples) * 1e6, "core_share": used / elapsed}))
-"""
+""".replace("ONHOST_APP", ONHOST_APP)
 
 
 def static_conf(tokens: int) -> str:
@@ -231,7 +232,6 @@ def main() -> int:
         host = hosts[0]
         if not serve_tiny_model(testbed, hosts):
             return 2
-        testbed.put(host, "/tmp/soak.py", (REPO / "llmhost" / "soak.py").read_text(), "0644")
         testbed.put(host, "/tmp/soak-ceiling.py", DRIVER, mode="0644")
         try:
             static = add_static_sse(testbed, host, args.max_tokens)

@@ -9,8 +9,8 @@ passed its gate is not soaked again.
 
 from pyinfra import host
 
-from roles.cutover import cutover
 from roles.gate import gate
+from roles.gateway.cutover import cutover
 
 if host.data.get("model_name"):
     gate()

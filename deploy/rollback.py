@@ -8,7 +8,7 @@ it is not, it is started and must pass readiness before the gateway switches.
 
 from pyinfra import host
 
-from roles.rollback import rollback
+from roles.gateway.rollback import rollback
 
 if host.data.get("model_name"):
     rollback()

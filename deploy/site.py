@@ -10,9 +10,9 @@ stops the run before any host is changed.
 from pyinfra import host
 
 from roles.base import base
-from roles.cutover import cutover
 from roles.gate import gate
 from roles.gateway import gateway
+from roles.gateway.cutover import cutover
 from roles.model import model
 from roles.registry import registry
 from roles.runtime import runtime

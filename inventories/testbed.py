@@ -9,7 +9,7 @@ resolving to no hosts (which pyinfra would run as a silent no-op).
 """
 
 from llmhost.errors import ConfigError
-from llmhost.testbed import Testbed
+from llmhost.testing.testbed import Testbed
 
 _testbed = Testbed()
 _hosts = _testbed.hosts()

@@ -18,7 +18,7 @@ from llmhost.paths import MODELS, REPO_ROOT
 from llmhost.secrets import secrets_directory
 
 if TYPE_CHECKING:
-    from llmhost.testbed import Testbed
+    from llmhost.testing.testbed import Testbed
 
 
 class LlmhostError(click.ClickException):
@@ -63,7 +63,7 @@ def _checked_hosts(inventory: str, limit: tuple[str, ...]) -> list[str]:
     try:
         hosts = load_hosts(inventory, limit)
         for host in hosts:
-            check_inventory(host.name, host.data, host.host_data)
+            check_inventory(host.name, host.data, host.host_data, host.groups)
     except ConfigError as error:
         raise LlmhostError(str(error)) from error
     return [host.name for host in hosts]
@@ -186,7 +186,7 @@ def demo(count: int, tear_down: bool) -> None:
         mirror_demo_model,
         publish_demo_runtime,
     )
-    from llmhost.testbed import Testbed, TestbedError
+    from llmhost.testing.testbed import Testbed, TestbedError
 
     testbed = Testbed()
     inventory = "inventories/testbed.py"
@@ -408,8 +408,8 @@ def models_verify(
     secrets_dir: Path | None,
 ) -> None:
     """Fetch NAME by digest from each registry and check every byte against the catalog."""
-    from llmhost import ocipull
     from llmhost.mirror import verify
+    from llmhost.onhost.pull.errors import PullError
 
     model = _model(context, name)
     try:
@@ -420,7 +420,7 @@ def models_verify(
     for access in accesses:  # every registry, so a bad primary does not hide the DR copy
         try:
             verified = verify(model, access)
-        except (ConfigError, ocipull.PullError, *TRANSFER_ERRORS) as error:  # type: ignore[misc]
+        except (ConfigError, PullError, *TRANSFER_ERRORS) as error:  # type: ignore[misc]
             failures.append(f"{access.endpoint}: {error}")
         else:
             click.echo(
@@ -444,8 +444,8 @@ def models_sync(
     secrets_dir: Path | None,
 ) -> None:
     """Copy mirrored models (NAMES, or every mirrored one) by digest, verified."""
-    from llmhost import ocipull
     from llmhost.mirror import sync
+    from llmhost.onhost.pull.errors import PullError
 
     try:
         catalog = load_catalog(_catalog(context))
@@ -457,7 +457,7 @@ def models_sync(
             click.echo(f"{model.name}: {digest} copied {source} -> {target}")
     except ConfigError as error:
         raise LlmhostError(str(error)) from error
-    except ocipull.PullError as error:
+    except PullError as error:
         raise LlmhostFailure(f"sync from {source} failed: {error}") from error
     except TRANSFER_ERRORS as error:
         raise _transfer_failure(f"sync {source} -> {target}", error) from error
@@ -590,7 +590,7 @@ def _gate_line(verdict: dict[str, Any] | None) -> str:
 
 
 def _gate_values(pairs: tuple[str, ...]) -> dict[str, float]:
-    from llmhost.soak import Gates
+    from llmhost.onhost.soak import Gates
 
     known = {name for name in Gates.__dataclass_fields__}
     values = {}
@@ -697,7 +697,7 @@ def soak(
     """
     import asyncio
 
-    from llmhost import soak as load
+    from llmhost.onhost import soak as load
     from llmhost.soakreport import result_document, write_reports
 
     gate = load.Gates(**_gate_values(gates))
@@ -818,8 +818,8 @@ def runtimes_build(
     """
     import subprocess
 
-    from llmhost import ocipull
     from llmhost.hardware import check_hardware, load_classes
+    from llmhost.onhost.pull.errors import PullError
     from llmhost.runtimes import build_llama_cpp, builds_file, load_sources, publish_build
 
     try:
@@ -834,7 +834,7 @@ def runtimes_build(
         raise LlmhostFailure(
             f"the llama.cpp build failed ({error}); its output is above"
         ) from error
-    except ocipull.PullError as error:
+    except PullError as error:
         raise LlmhostFailure(f"read-back of the pushed build failed: {error}") from error
     except TRANSFER_ERRORS as error:
         raise _transfer_failure(f"push of the {class_name} build", error) from error
@@ -878,7 +878,7 @@ def testbed() -> None:
 
 
 def _testbed() -> Testbed:
-    from llmhost.testbed import Testbed
+    from llmhost.testing.testbed import Testbed
 
     return Testbed()
 
@@ -887,7 +887,7 @@ def _testbed() -> Testbed:
 @click.option("--hosts", "count", default=2, show_default=True, help="How many hosts.")
 def testbed_up(count: int) -> None:
     """Boot COUNT hosts (reusing healthy ones, replacing stale ones)."""
-    from llmhost.testbed import TestbedError
+    from llmhost.testing.testbed import TestbedError
 
     try:
         hosts = _testbed().up(count)
@@ -901,7 +901,7 @@ def testbed_up(count: int) -> None:
 @click.option("--purge-image", is_flag=True, help="Also delete the cached host image.")
 def testbed_down(purge_image: bool) -> None:
     """Stop every host; remove its processes, namespace, veth, mounts and files."""
-    from llmhost.testbed import TestbedError
+    from llmhost.testing.testbed import TestbedError
 
     try:
         _testbed().down(purge_image=purge_image)
@@ -930,7 +930,7 @@ def testbed_status(as_json: bool) -> None:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def testbed_ssh(host: str, command: tuple[str, ...]) -> None:
     """Open a shell on HOST (tb1, or its address), or run COMMAND there."""
-    from llmhost.testbed import TestbedError
+    from llmhost.testing.testbed import TestbedError
 
     testbed = _testbed()
     try:

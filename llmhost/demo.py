@@ -13,8 +13,8 @@ from pathlib import Path
 
 from llmhost.catalog import find, model_toml
 from llmhost.mirror import RegistryAccess, mirror
-from llmhost.testbed import Testbed, TestbedError, TestbedHost
-from llmhost.testmodels import write_tiny_gguf
+from llmhost.testing.testbed import Testbed, TestbedError, TestbedHost
+from llmhost.testing.testmodels import write_tiny_gguf
 
 DEMO_MODEL = "tiny-llama"
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 from pyinfra.api.exceptions import PyinfraError
 
 
-class ConfigError(PyinfraError):
+class ActionableError(Exception):
+    """A problem whose message says what to do; the CLI prints it as one line, exit 2."""
+
+
+class ConfigError(PyinfraError, ActionableError):
     """Bad inventory, host data, catalog input or host platform, found before any change.
 
     The message always names the host (when there is one), the offending key and

@@ -7,7 +7,7 @@ config blob describing the model, and a manifest whose digest is written back
 into the model file. Hosts then pull by that digest and nothing else.
 
 oras-py serves for the push; what it lacks (verified, resumable pulls) comes
-from ``llmhost.ocipull``, the same code hosts run.
+from ``llmhost.onhost.pull``, the same code hosts run.
 """
 
 from __future__ import annotations
@@ -248,16 +248,16 @@ def mirror(model: Model, access: RegistryAccess, hf_endpoint: str | None = None)
 
 
 def _pull_request(model: Model, access: RegistryAccess, workdir: Path) -> Any:
-    from llmhost import ocipull
+    from llmhost.onhost.pull.request import Credentials, PullRequest
 
     assert model.digest
-    return ocipull.PullRequest(
+    return PullRequest(
         registries=(access.url,),
         repository=model.repository,
         digest=model.digest,
         store=workdir / "store",
         dest=workdir / "model",
-        credentials=ocipull.Credentials(access.credentials.username, access.credentials.password),
+        credentials=Credentials(access.credentials.username, access.credentials.password),
         ca_file=access.ca_file,
     )
 
@@ -275,13 +275,14 @@ def require_digest(model: Model) -> str:
 def verify(model: Model, access: RegistryAccess) -> int:
     """Fetch the artifact by digest and check manifest, every blob and the catalog pins.
 
-    Returns the bytes verified. Raises ``ocipull.PullError`` naming what is wrong.
+    Returns the bytes verified. Raises ``llmhost.onhost.pull.errors.PullError`` naming
+    what is wrong.
     """
-    from llmhost import ocipull
+    from llmhost.onhost.pull import pull
 
     require_digest(model)
     with tempfile.TemporaryDirectory(prefix="llmhost-verify-") as workdir:
-        result = ocipull.pull(_pull_request(model, access, Path(workdir)))
+        result = pull(_pull_request(model, access, Path(workdir)))
         verify_files(model, Path(workdir) / "model")
     return sum(layer.size for layer in result.files)
 
@@ -298,10 +299,12 @@ def sync(model: Model, source: RegistryAccess, target: RegistryAccess) -> str:
     digest = require_digest(model)
     with tempfile.TemporaryDirectory(prefix="llmhost-sync-") as scratch:
         workdir = Path(scratch)
-        from llmhost import ocipull
+        from llmhost.onhost.layout import MANIFEST_FILE
+        from llmhost.onhost.pull import pull
+        from llmhost.onhost.pull.blobs import blob_path
 
-        result = ocipull.pull(_pull_request(model, source, workdir))
-        manifest_bytes = (workdir / "model" / ocipull.MANIFEST_FILE).read_bytes()
+        result = pull(_pull_request(model, source, workdir))
+        manifest_bytes = (workdir / "model" / MANIFEST_FILE).read_bytes()
         manifest = json.loads(manifest_bytes)
         source_client, target_client = source.oras(), target.oras()
         container = target_client.get_container(f"{target.endpoint}/{model.repository}")
@@ -309,7 +312,7 @@ def sync(model: Model, source: RegistryAccess, target: RegistryAccess) -> str:
         config_path = workdir / "config.blob"
         config_path.write_bytes(_fetch_verified_blob(source_client, source, model, config))
         uploads = [(config_path, config)] + [
-            (ocipull.blob_path(workdir / "store", layer.digest), descriptor)
+            (blob_path(workdir / "store", layer.digest), descriptor)
             for layer, descriptor in zip(result.files, manifest["layers"], strict=True)
         ]
         for path, descriptor in uploads:

@@ -422,8 +422,9 @@ def publish_build(
     artifact: Path, hardware_class: str, repository: str, accesses: Sequence[Any]
 ) -> LlamaCppBuild:
     """Push the build to every registry, read each copy back verified, record the digest."""
-    from llmhost import ocipull
     from llmhost.mirror import push_artifact
+    from llmhost.onhost.pull import pull
+    from llmhost.onhost.pull.request import Credentials, PullRequest
 
     files = artifact_files(artifact)
     config = config_blob(hardware_class, files)
@@ -440,14 +441,14 @@ def publish_build(
         )
         with tempfile.TemporaryDirectory(prefix="llmhost-verify-") as scratch:
             credentials = access.credentials
-            pulled = ocipull.pull(
-                ocipull.PullRequest(
+            pulled = pull(
+                PullRequest(
                     registries=(access.url,),
                     repository=repository,
                     digest=digest,
                     store=Path(scratch) / "store",
                     dest=Path(scratch) / "build",
-                    credentials=ocipull.Credentials(credentials.username, credentials.password),
+                    credentials=Credentials(credentials.username, credentials.password),
                     ca_file=access.ca_file,
                 )
             )

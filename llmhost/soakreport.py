@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from llmhost.soak import Gates, Sample
+from llmhost.onhost.soak import Gates, Sample
 
 SCHEMA_FILE = Path(__file__).with_name("soak-result.schema.json")
 WIDTH, HEIGHT, PAD = 640, 220, 40

@@ -17,9 +17,10 @@ def collect(inventory: str, limit: tuple[str, ...] = ()) -> list[tuple[str, dict
     from pyinfra.context import ctx_host, ctx_state
     from pyinfra_cli.inventory import make_inventory
 
+    from llmhost.onhost.layout import GATEWAY_UPSTREAM
     from llmhost.settings import from_data
-    from roles.gateway.defaults import UPSTREAM
-    from roles.runtime.defaults import RUNTIMECTL, RuntimeSettings
+    from roles._common.onhost import runtimectl
+    from roles.runtime.defaults import RuntimeSettings
 
     logging.getLogger("pyinfra").setLevel(logging.CRITICAL)
     state = State()
@@ -46,9 +47,8 @@ def collect(inventory: str, limit: tuple[str, ...] = ()) -> list[tuple[str, dict
             rows.append((host.name, {"error": "unreachable over SSH"}))
             continue
         ports = from_data(RuntimeSettings, host.data, host.name).runtime_ports
-        command = f"python3 {RUNTIMECTL} status --upstream {UPSTREAM} --ports " + ",".join(
-            f"{c}={p}" for c, p in sorted(ports.items())
-        )
+        pairs = ",".join(f"{c}={p}" for c, p in sorted(ports.items()))
+        command = runtimectl("status", "--upstream", GATEWAY_UPSTREAM, "--ports", pairs)
         with ctx_state.use(state), ctx_host.use(host):
             ok, output = host.run_shell_command(command)
         text = "\n".join(output.stdout_lines)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import getpass
 import re
 from io import StringIO
+from shlex import quote
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -21,19 +22,18 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt, files, server, systemd
 
+from llmhost.onhost.layout import CONFIG_DIR, LLMHOST_CA, SERVICE_USER, STATE_DIR
 from llmhost.render import put_template
 from llmhost.secrets import certificate_authority, secrets_directory
-from roles.base.defaults import (
-    CONFIG_DIR,
+from roles._common.operations import (
     FIREWALL_RULES_DIR,
     FIREWALL_UNIT,
-    LLMHOST_CA,
-    SERVICE_USER,
-    STATE_DIR,
-    BaseSettings,
+    firewall_rules,
+    reload_firewall,
+    secret_upload_options,
 )
+from roles.base.defaults import BaseSettings
 from roles.base.facts import Platform, PlatformDict, SshdListenPorts
-from roles.base.operations import firewall_rules, reload_firewall, secret_upload_options
 from roles.base.preflight import HostIdentity, check_inventory, check_platform
 
 PACKAGES = ["chrony", "nftables", "ca-certificates"]
@@ -65,7 +65,9 @@ def base() -> None:
 
 def preflight() -> tuple[HostIdentity, PlatformDict]:
     """Validate the inventory data before any fact is gathered, then the platform."""
-    identity = check_inventory(host.name, host.data, host.inventory.get_host_data(host.name))
+    identity = check_inventory(
+        host.name, host.data, host.inventory.get_host_data(host.name), host.groups
+    )
     # Without sudo: sudo clears SSH_CONNECTION, the deploy's own address.
     platform = host.get_fact(Platform, _sudo=False)
     check_platform(host.name, platform, identity.settings)
@@ -256,8 +258,8 @@ def sshd_hardening() -> None:
     server.shell(
         name="sshd: validate, check the drop-in takes effect, reload",
         commands=[
-            f"sshd -t || {{ rm -f {SSHD_DROPIN}; echo 'sshd rejected {SSHD_DROPIN}; removed' >&2; "
-            "exit 1; }",
+            f"sshd -t || {{ rm -f {quote(SSHD_DROPIN)}; "
+            f"echo 'sshd rejected {SSHD_DROPIN}; removed' >&2; exit 1; }}",
             # sshd keeps the first value it reads: an earlier file can silently win.
             f'effective=$(sshd -T) && {{ {checks}; }} || {{ echo "sshd settings before '
             f'{SSHD_DROPIN} override it: check /etc/ssh/sshd_config and sshd_config.d/0*" >&2; '

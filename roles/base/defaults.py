@@ -6,12 +6,6 @@ from dataclasses import dataclass
 
 from llmhost.settings import setting
 
-SERVICE_USER = "llmhost"
-CONFIG_DIR = "/etc/llmhost"
-STATE_DIR = "/var/lib/llmhost"
-FIREWALL_RULES_DIR = "/etc/llmhost/firewall.d"
-FIREWALL_UNIT = "llmhost-firewall.service"
-LLMHOST_CA = "/usr/local/share/ca-certificates/llmhost-ca.crt"
 SUPPORTED_OS = {"Debian": ("12",), "Ubuntu": ("22.04", "24.04")}
 
 

@@ -9,7 +9,7 @@ the fix.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,8 @@ from llmhost.errors import ConfigError
 from llmhost.hardware import HardwareClass, check_hardware, load_classes
 from llmhost.residency import ResidencySettings, check_region
 from llmhost.settings import from_data
+from roles._common.checks import check_networks, check_port
+from roles._common.ports import check_host_ports
 from roles.base.defaults import SUPPORTED_OS, BaseSettings
 from roles.base.facts import PlatformDict
 
@@ -31,12 +33,16 @@ class HostIdentity:
 
 
 def check_inventory(
-    host: str, data: Any, host_level: Mapping[str, Any] | None = None
+    host: str,
+    data: Any,
+    host_level: Mapping[str, Any] | None = None,
+    groups: Collection[str] = (),
 ) -> HostIdentity:
     """Validate a host's inventory data; ``data`` is a mapping or pyinfra HostData.
 
     ``host_level`` is the data set on the host itself (not inherited from groups):
-    the residency policy may not be widened there, one host at a time.
+    the residency policy may not be widened there, one host at a time. ``groups``
+    decide which services, and so which ports, the host has.
     """
     if host_level and "residency_allowed_regions" in host_level:
         raise ConfigError(
@@ -51,7 +57,7 @@ def check_inventory(
     hardware = check_hardware(data.get("hardware"), load_classes(), host)
     settings = from_data(BaseSettings, data, host)
     check_networks(host, "base_ssh_allow_from", settings.base_ssh_allow_from)
-    check_port(host, "base_ssh_port", settings.base_ssh_port)
+    check_host_ports(host, data, groups)
     for port in settings.base_firewall_allow_tcp:
         check_port(host, "base_firewall_allow_tcp", port)
     if settings.base_apt_mirror and not settings.base_apt_security_mirror:
@@ -71,36 +77,6 @@ def check_inventory(
             host=host,
         )
     return HostIdentity(region=region, hardware=hardware, settings=settings)
-
-
-def check_port(host: str, key: str, port: int) -> None:
-    """Ports are checked here: a bad one would pass `nft --check` at no point."""
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"{port} is not a TCP port", key=key, fix="use 1-65535", host=host)
-
-
-def check_at_least(host: str, settings: object, keys: tuple[str, ...], minimum: int) -> None:
-    """Numeric settings (counts, seconds, sizes) that make no sense below ``minimum``."""
-    for key in keys:
-        value = getattr(settings, key)
-        if value < minimum:
-            raise ConfigError(
-                f"{value} is below {minimum}", key=key, fix=f"use {minimum} or more", host=host
-            )
-
-
-def check_networks(host: str, key: str, networks: list[str]) -> None:
-    """Source-network settings (firewall allow lists) must be CIDR networks."""
-    for network in networks:
-        try:
-            ipaddress.ip_network(network, strict=False)
-        except ValueError as error:
-            raise ConfigError(
-                f"{network!r} is not a network ({error})",
-                key=key,
-                fix="list CIDR networks such as '192.0.2.0/24' or '2001:db8::/32'",
-                host=host,
-            ) from error
 
 
 def check_platform(host: str, platform: PlatformDict, settings: BaseSettings) -> None:

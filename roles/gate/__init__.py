@@ -4,7 +4,7 @@ preflight  the runtime role's plan (which colour holds the wanted release, and w
            already serves), the limits (defaults < the model's `[gates]` < its
            `[gates.<class>]` < the host's `gate_limits`), the eval set, and whether this
            release still needs a verdict
-install    the soak helper (standard library only) and the reports directory on the host
+install    the host-side tools (the soak client among them) and the reports directory
 service    run the gate (one step on the control machine, `operations.run_gate`):
            the soak runs on the host against the staged colour over loopback; the
            eval's answers are generated there at temperature 0 and checked here,
@@ -30,23 +30,17 @@ from pyinfra.operations import files, python, server
 from llmhost.catalog import GATE_LIMITS, gate_limit_values
 from llmhost.errors import ConfigError
 from llmhost.evalset import EvalSet, load_eval_set
+from llmhost.onhost.layout import STATE_FILE
+from llmhost.onhost.runtimectl import gate_passed
 from llmhost.paths import REPO_ROOT
-from llmhost.runtimectl import gate_passed
 from llmhost.settings import from_data
-from roles.base.preflight import check_at_least
-from roles.gate.defaults import (
-    DEFAULT_LIMITS,
-    GATES_DIR,
-    SOAK_HELPER,
-    GateSettings,
-)
+from roles._common.checks import check_at_least, on_host
+from roles._common.facts import HostState
+from roles._common.onhost import install_onhost_tools, runtimectl
+from roles.gate.defaults import DEFAULT_LIMITS, GATES_DIR, GateSettings
 from roles.gate.operations import GateRun, run_gate
-from roles.model import install_helper
 from roles.runtime import Plan as RuntimePlan
 from roles.runtime import preflight as runtime_plan
-from roles.runtime.defaults import STATE_FILE
-from roles.runtime.facts import RuntimeState
-from roles.runtime.operations import runtimectl
 
 
 @dataclass(frozen=True)
@@ -56,14 +50,16 @@ class Plan:
     limits: dict[str, float]
     eval_set: EvalSet | None
     prompts: tuple[str, ...]
-    needed: str | None  # why the gate runs; None: it does not
+    needed: bool  # whether the wanted release still needs a verdict
+    why: str  # why it does, or why not
 
 
 @deploy("llmhost gate")
 def gate() -> None:
     plan = preflight()
     install()
-    if plan.needed is None:
+    if not plan.needed:
+        host.noop(plan.why)
         return
     service(plan)
 
@@ -82,8 +78,8 @@ def preflight() -> Plan:
     }
     eval_set = served_eval_set(runtime)
     prompts = soak_prompts(settings)
-    needed = why_gate(settings, runtime)
-    return Plan(settings, runtime, limits, eval_set, prompts, needed)
+    needed, why = why_gate(settings, runtime)
+    return Plan(settings, runtime, limits, eval_set, prompts, needed, why)
 
 
 def check_settings(settings: GateSettings) -> None:
@@ -111,15 +107,8 @@ def served_eval_set(runtime: RuntimePlan) -> EvalSet | None:
     path = runtime.model.eval_set_path()
     if path is None:
         return None
-    try:
+    with on_host(host.name, prefix=f"model {runtime.model.name}: "):
         return load_eval_set(path)
-    except ConfigError as error:
-        raise ConfigError(
-            f"model {runtime.model.name}: {error.problem}",
-            key=error.key,
-            fix=error.fix,
-            host=host.name,
-        ) from error
 
 
 def soak_prompts(settings: GateSettings) -> tuple[str, ...]:
@@ -141,27 +130,24 @@ def soak_prompts(settings: GateSettings) -> tuple[str, ...]:
     return prompts
 
 
-def why_gate(settings: GateSettings, runtime: RuntimePlan) -> str | None:
-    """Why the wanted release needs a verdict now, or None (noted) when it does not."""
+def why_gate(settings: GateSettings, runtime: RuntimePlan) -> tuple[bool, str]:
+    """Whether the wanted release needs a verdict now, and why (or why not)."""
     release, colour = runtime.release.id, runtime.wanted_on
     if runtime.active == colour:
-        host.noop(f"release {release} already serves on {colour}: no gate")
-        return None
+        return False, f"release {release} already serves on {colour}: no gate"
     if not settings.gate_enabled:
-        host.noop(f"gate_enabled is false: release {release} goes to cutover untested")
-        return None
-    state = host.get_fact(RuntimeState, path=STATE_FILE)
+        return False, f"gate_enabled is false: release {release} goes to cutover untested"
+    state = host.get_fact(HostState, path=STATE_FILE)
     if runtime.stage_on is None and gate_passed(state, colour):
-        host.noop(f"release {release} on {colour} passed its gate already")
-        return None
-    return f"release {release} staged on {colour}"
+        return False, f"release {release} on {colour} passed its gate already"
+    return True, f"release {release} staged on {colour}"
 
 
 # -- install -----------------------------------------------------------------------------
 
 
 def install() -> None:
-    install_helper("Soak helper (the gate's load, run next to the runtime)", "soak.py", SOAK_HELPER)
+    install_onhost_tools()  # the soak client, run next to the runtime
     files.directory(name=f"{GATES_DIR}: gate reports", path=GATES_DIR, mode="0755")
 
 
@@ -172,7 +158,7 @@ def service(plan: Plan) -> None:
     runtime = plan.runtime
     colour, release = runtime.wanted_on, runtime.release
     python.call(
-        name=f"Gate: soak and eval {colour} ({plan.needed})",
+        name=f"Gate: soak and eval {colour} ({plan.why})",
         function=run_gate,
         run=GateRun(
             host=host.name,
@@ -197,7 +183,7 @@ def service(plan: Plan) -> None:
 
 def replaced_release(runtime: RuntimePlan) -> str | None:
     """The id of the release the gated one replaces (what the active colour runs)."""
-    state = host.get_fact(RuntimeState, path=STATE_FILE)
+    state = host.get_fact(HostState, path=STATE_FILE)
     active = (state.get("colours") or {}).get(runtime.active or "") or {}
     found = active.get("id")
     return found if isinstance(found, str) else None

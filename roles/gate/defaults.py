@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmhost.onhost.layout import STATE_DIR
 from llmhost.settings import setting
 
-GATES_DIR = "/var/lib/llmhost/gates"  # one directory per release: result.json, report.html
-SOAK_HELPER = "/usr/local/lib/llmhost/soak.py"
+GATES_DIR = f"{STATE_DIR}/gates"  # one directory per release: result.json, report.html
 # Of the limits a model file may set (llmhost.catalog.GATE_LIMITS), those the soak judges.
 SOAK_LIMITS = ("ttft_p95_ms", "e2e_p99_ms", "error_rate_max", "min_tokens_per_s")
 # Used where neither the model nor the host sets a limit: errors must be rare, and the

@@ -21,11 +21,11 @@ from typing import Any
 from pyinfra import host
 
 from llmhost import evalset
+from llmhost.onhost.soak import Gates, Sample, evaluate, sample_from, summarise
 from llmhost.paths import REPO_ROOT
-from llmhost.soak import Gates, Sample, evaluate, sample_from, summarise
 from llmhost.soakreport import result_document, write_reports
-from roles.gate.defaults import GATES_DIR, SOAK_HELPER, SOAK_LIMITS, GateSettings
-from roles.runtime.operations import runtimectl
+from roles._common.onhost import onhost_command, runtimectl
+from roles.gate.defaults import GATES_DIR, SOAK_LIMITS, GateSettings
 
 # How much longer than its own deadline the soak may take before the gate gives up on it:
 # in-flight requests end within one request timeout of the soak's duration.
@@ -71,7 +71,7 @@ def run_gate(run: GateRun) -> None:
     control_dir = control_reports_dir() / run.host / run.release_id
     where = {"report": f"{run.host_dir}/report.html", "control_report": str(control_dir)}
     gates = Gates(**{k: v for k, v in run.limits.items() if k in SOAK_LIMITS})
-    shell(f"install -d -m 0755 {run.host_dir}")
+    shell(f"install -d -m 0755 {shlex.quote(run.host_dir)}")
     samples, summary, evaluation, failures = measure(run, gates)
     document = result_document(
         target={"url": f"http://127.0.0.1:{run.port}", "model": run.served_model},
@@ -167,7 +167,7 @@ def soak_on_host(run: GateRun) -> tuple[float, list[Sample]]:
         arguments += ["--rate", str(settings.gate_rate_per_s)]
     if "error_rate_max" in run.limits:
         arguments += ["--error-rate-max", str(run.limits["error_rate_max"])]
-    command = "python3 " + " ".join(shlex.quote(a) for a in (SOAK_HELPER, *arguments))
+    command = onhost_command("soak", *arguments)
     limit = settings.gate_duration_s + settings.gate_request_timeout_s + SLACK_S
     try:
         raw = json.loads(shell(command, timeout=limit))

@@ -15,6 +15,7 @@ times; never the key, never the prompt.
 
 from __future__ import annotations
 
+import shlex
 from io import StringIO
 from pathlib import Path
 
@@ -23,26 +24,20 @@ from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
 
 from llmhost.errors import ConfigError
+from llmhost.onhost.layout import COLOURS, GATEWAY_DIR, GATEWAY_UPSTREAM, STATE_FILE
+from llmhost.onhost.runtimectl import upstream_text
 from llmhost.render import put_template
-from llmhost.runtimectl import upstream_text
 from llmhost.secrets import api_keys, certificate_authority, secrets_directory
 from llmhost.settings import from_data
-from roles.base.operations import firewall_rules, reload_firewall, secret_upload_options
-from roles.base.preflight import check_at_least, check_networks, check_port
-from roles.gateway.defaults import (
-    AUDIT_LOG,
-    KEYS,
-    NGINX_DIR,
-    SITE,
-    TLS_CERT,
-    TLS_KEY,
-    UPSTREAM,
-    GatewaySettings,
-)
-from roles.runtime.defaults import COLOURS, STATE_FILE, RuntimeSettings
-from roles.runtime.facts import RuntimeState
+from roles._common.checks import check_at_least, check_networks, on_host
+from roles._common.facts import HostState
+from roles._common.operations import firewall_rules, reload_firewall, secret_upload_options
+from roles._common.ports import check_host_ports
+from roles.gateway.defaults import AUDIT_LOG, KEYS, SITE, TLS_CERT, TLS_KEY, GatewaySettings
+from roles.runtime.defaults import RuntimeSettings
 
 
 @deploy("llmhost gateway")
@@ -55,15 +50,7 @@ def gateway() -> None:
 
 def preflight() -> tuple[GatewaySettings, dict[str, str]]:
     settings = from_data(GatewaySettings, host.data, host.name)
-    check_port(host.name, "gateway_port", settings.gateway_port)
-    runtime_ports = from_data(RuntimeSettings, host.data, host.name).runtime_ports
-    if settings.gateway_port in runtime_ports.values():
-        raise ConfigError(
-            f"{settings.gateway_port} is also a runtime colour's port ({runtime_ports})",
-            key="gateway_port",
-            fix="give the gateway its own port",
-            host=host.name,
-        )
+    check_host_ports(host.name, host.data, host.groups, mine=["gateway_port"])
     positive = ("gateway_rate_limit_rps", "gateway_max_body_kb", "gateway_read_timeout_s")
     check_at_least(host.name, settings, positive, 1)
     check_at_least(
@@ -82,10 +69,8 @@ def preflight() -> tuple[GatewaySettings, dict[str, str]]:
 
 def admitted_keys(settings: GatewaySettings) -> dict[str, str]:
     directory = secrets_directory(host.data, host.name)
-    try:
+    with on_host(host.name):
         keys = api_keys(directory)
-    except ConfigError as error:
-        raise ConfigError(error.problem, key=error.key, fix=error.fix, host=host.name) from error
     if settings.gateway_identities is not None:
         unknown = sorted(set(settings.gateway_identities) - set(keys))
         if unknown:
@@ -112,7 +97,7 @@ def install() -> None:
     # The package enables its default site (port 80) as it installs, after facts were read.
     server.shell(
         name="nginx: no default site, as installed",
-        commands=[f"rm -f {default_site}"],
+        commands=[f"rm -f {shlex.quote(default_site)}"],
         _if=installed.did_change,
     )
     files.link(name="nginx: no default site", path=default_site, present=False)
@@ -140,8 +125,8 @@ def tls_material(settings: GatewaySettings) -> tuple[str, str]:
 def configure(settings: GatewaySettings, keys: dict[str, str]) -> list[OperationMeta]:
     """Write every file nginx reads; returns the operations whose change needs a reload."""
     files.directory(
-        name=f"{NGINX_DIR}: keys, TLS, upstream (root-only)",
-        path=NGINX_DIR,
+        name=f"{GATEWAY_DIR}: keys, TLS, upstream (root-only)",
+        path=GATEWAY_DIR,
         user="root",
         group="root",
         mode="0700",
@@ -177,7 +162,7 @@ def configure(settings: GatewaySettings, keys: dict[str, str]) -> list[Operation
             path="gateway/llmhost-gateway.conf.j2",
             dest=SITE,
             mode="0644",
-            nginx_dir=NGINX_DIR,
+            nginx_dir=GATEWAY_DIR,
             port=settings.gateway_port,
             tls=settings.gateway_tls,
             rps=settings.gateway_rate_limit_rps,
@@ -204,16 +189,16 @@ def initial_upstream() -> None:
     From then on only cutover and rollback rewrite it, after a readiness check (and
     the gate): a deploy must never move traffic by rewriting a template.
     """
-    if host.get_fact(File, path=UPSTREAM):
-        host.noop(f"{UPSTREAM} exists: cutover owns it")
+    if host.get_fact(File, path=GATEWAY_UPSTREAM):
+        host.noop(f"{GATEWAY_UPSTREAM} exists: cutover owns it")
         return
-    active = host.get_fact(RuntimeState, path=STATE_FILE).get("active")
+    active = host.get_fact(HostState, path=STATE_FILE).get("active")
     colour = active if isinstance(active, str) and active in COLOURS else None
     port = from_data(RuntimeSettings, host.data, host.name).runtime_ports[colour or "blue"]
     files.put(
         name=f"Gateway: upstream include, first pointed at {colour or 'no colour (502)'}",
         src=StringIO(upstream_text(colour, port)),
-        dest=UPSTREAM,
+        dest=GATEWAY_UPSTREAM,
         mode="0644",
         create_remote_dir=False,
     )
@@ -223,7 +208,7 @@ def service(changed: list[OperationMeta]) -> None:
     server.shell(
         name="nginx: configuration valid, reloaded gracefully",
         commands=["nginx -t -q && systemctl reload-or-restart nginx.service"],
-        _if=lambda: any(op.did_change() for op in changed),
+        _if=any_changed(*changed),
     )
     systemd.service(
         name="nginx: running and enabled", service="nginx.service", running=True, enabled=True

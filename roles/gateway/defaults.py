@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmhost.onhost.layout import GATEWAY_DIR
 from llmhost.settings import setting
 
-NGINX_DIR = "/etc/nginx/llmhost"  # root-only: the API keys live here
 SITE = "/etc/nginx/sites-enabled/llmhost-gateway.conf"
-UPSTREAM = f"{NGINX_DIR}/upstream.conf"
-KEYS = f"{NGINX_DIR}/api-keys.conf"
-TLS_CERT = f"{NGINX_DIR}/tls.crt"
-TLS_KEY = f"{NGINX_DIR}/tls.key"
+KEYS = f"{GATEWAY_DIR}/api-keys.conf"
+TLS_CERT = f"{GATEWAY_DIR}/tls.crt"
+TLS_KEY = f"{GATEWAY_DIR}/tls.key"
 AUDIT_LOG = "/var/log/nginx/llmhost-audit.log"
 
 

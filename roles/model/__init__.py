@@ -2,7 +2,7 @@
 
 preflight  the model is in the catalog and mirrored (has a digest), the host's class is
            big enough, registries are known, the disk has room
-install    the puller (standard-library Python) and the registry credentials
+install    the host-side tools (the puller among them) and the registry credentials
 configure  the blob store and models directory
 service    pull: each blob verified while streaming, resumed, renamed into the store;
            the model materialised with hard links; nothing when it already is
@@ -21,20 +21,13 @@ from pyinfra.operations import files
 from llmhost.catalog import Model, find
 from llmhost.errors import ConfigError
 from llmhost.hardware import check_hardware, load_classes
-from llmhost.paths import REPO_ROOT
+from llmhost.onhost.layout import SERVICE_USER, STATE_DIR
 from llmhost.secrets import registry_credentials, secrets_directory
 from llmhost.settings import from_data
-from roles.base.defaults import SERVICE_USER, STATE_DIR
-from roles.base.operations import secret_upload_options
-from roles.base.preflight import check_at_least
-from roles.model.defaults import (
-    AUTH_FILE,
-    MODELS_DIR,
-    PULLER,
-    PULLER_DIR,
-    STORE,
-    ModelSettings,
-)
+from roles._common.checks import check_at_least, on_host
+from roles._common.onhost import install_onhost_tools
+from roles._common.operations import secret_upload_options
+from roles.model.defaults import AUTH_FILE, MODELS_DIR, STORE, ModelSettings
 from roles.model.facts import FreeBytes, StoredBlobs
 from roles.model.operations import pulled
 from roles.registry.defaults import endpoint
@@ -74,10 +67,8 @@ def mirrored_model(name: str | None) -> Model:
     """The catalog model ``model_name`` names, which must be mirrored (have a digest)."""
     if not name:
         raise ConfigError("is unset", key="model_name", fix="name a catalog model", host=host.name)
-    try:
+    with on_host(host.name, key="model_name"):
         wanted = find(name)
-    except ConfigError as error:
-        raise ConfigError(error.problem, key="model_name", fix=error.fix, host=host.name) from error
     if not wanted.digest:
         raise ConfigError(
             f"model {wanted.name} has no OCI digest yet",
@@ -131,31 +122,9 @@ def check_disk(wanted: Model) -> None:
         )
 
 
-def install_helper(description: str, module: str, dest: str) -> None:
-    """Put one of llmhost's standard-library helpers (``llmhost/<module>``) on the host.
-
-    The model, runtime and gate roles each run one there with the host's python3:
-    root-owned and not writable by the services that call it.
-    """
-    files.directory(name="llmhost helpers directory", path=PULLER_DIR, mode="0755")
-    files.put(
-        name=description,
-        src=str(REPO_ROOT / "llmhost" / module),
-        dest=dest,
-        user="root",
-        group="root",
-        mode="0644",
-        create_remote_dir=False,
-    )
-
-
 def install_puller() -> None:
     """The puller and the registry credentials it reads (the runtime role pulls with it too)."""
-    install_helper(
-        "Model puller (verifies while streaming, resumes, renames atomically)",
-        "ocipull.py",
-        PULLER,
-    )
+    install_onhost_tools()
     credentials = registry_credentials(secrets_directory(host.data, host.name))
     files.put(
         **secret_upload_options(),

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmhost.onhost.layout import CONFIG_DIR, STATE_DIR
 from llmhost.settings import setting
 
-STORE = "/var/lib/llmhost/blobs"
-MODELS_DIR = "/var/lib/llmhost/models"
-PULLER_DIR = "/usr/local/lib/llmhost"
-PULLER = f"{PULLER_DIR}/ocipull.py"
-AUTH_FILE = "/etc/llmhost/registry-auth.json"
+STORE = f"{STATE_DIR}/blobs"  # verified blobs by sha256, shared by every model and build
+MODELS_DIR = f"{STATE_DIR}/models"
+AUTH_FILE = f"{CONFIG_DIR}/registry-auth.json"
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import TypedDict
 
 from pyinfra.api import FactBase
 
-from llmhost.ocipull import MANIFEST_FILE
+from llmhost.onhost.layout import MANIFEST_FILE
 
 
 class MaterialisedDict(TypedDict):
@@ -23,10 +24,11 @@ class MaterialisedModel(FactBase[MaterialisedDict]):
     """
 
     def command(self, directory: str) -> str:
+        manifest = shlex.quote(MANIFEST_FILE)
         return (
-            f"cd {directory} 2>/dev/null || exit 0; "
-            f"test -f {MANIFEST_FILE} && sha256sum {MANIFEST_FILE} | cut -c1-64; "
-            f"find . -type f ! -name {MANIFEST_FILE} -printf '%s %P\\n'"
+            f"cd {shlex.quote(directory)} 2>/dev/null || exit 0; "
+            f"test -f {manifest} && sha256sum {manifest} | cut -c1-64; "
+            f"find . -type f ! -path ./{manifest} -printf '%s %P\\n'"
         )
 
     @staticmethod
@@ -48,7 +50,7 @@ class StoredBlobs(FactBase[set[str]]):
     """sha256 hex digests of the verified blobs in the store."""
 
     def command(self, store: str) -> str:
-        return f"ls -1 {store}/sha256 2>/dev/null || true"
+        return f"ls -1 {shlex.quote(store + '/sha256')} 2>/dev/null || true"
 
     @staticmethod
     def default() -> set[str]:
@@ -62,7 +64,7 @@ class FreeBytes(FactBase[int | None]):
     """Bytes available to unprivileged writers on the filesystem holding ``path``."""
 
     def command(self, path: str) -> str:
-        return f"df -B1 --output=avail {path} | tail -n 1"
+        return f"df -B1 --output=avail {shlex.quote(path)} | tail -n 1"
 
     def process(self, output: list[str]) -> int | None:
         value = "".join(output).strip()

@@ -7,14 +7,10 @@ from collections.abc import Generator
 from pyinfra import host
 from pyinfra.api import StringCommand, operation
 
-from roles.base.defaults import LLMHOST_CA, SERVICE_USER
-from roles.model.defaults import AUTH_FILE, PULLER, STORE, model_directory
-from roles.model.facts import MaterialisedDict, MaterialisedModel
-
-
-def is_materialised(found: MaterialisedDict, digest: str, sizes: dict[str, int]) -> bool:
-    """Built from this manifest, and every file still there at its size."""
-    return found["manifest"] == digest and found["files"] == sizes
+from llmhost.onhost.layout import LLMHOST_CA, SERVICE_USER, is_materialised
+from roles._common.onhost import onhost_command
+from roles.model.defaults import AUTH_FILE, STORE, model_directory
+from roles.model.facts import MaterialisedModel
 
 
 @operation()
@@ -34,10 +30,11 @@ def pulled(
     rebuilds a directory whose files were deleted or truncated.
     """
     directory = directory or model_directory(model, digest)
-    if is_materialised(host.get_fact(MaterialisedModel, directory=directory), digest, sizes):
+    found = host.get_fact(MaterialisedModel, directory=directory)
+    if is_materialised(found["manifest"], found["files"], digest, sizes):
         host.noop(f"model {model} is materialised at {directory}")
         return
-    yield StringCommand(*pull_command(model, digest, repository, registries, jobs, directory))
+    yield StringCommand(pull_command(model, digest, repository, registries, jobs, directory))
 
 
 def pull_command(
@@ -47,16 +44,16 @@ def pull_command(
     registries: list[str],
     jobs: int = 4,
     directory: str | None = None,
-) -> list[str]:
+) -> str:
     """The puller's command line on the host; the password stays in the auth file."""
-    arguments = ["runuser", "-u", SERVICE_USER, "--", "python3", PULLER]
-    for registry in registries:
-        arguments += ["--registry", f"https://{registry}"]
-    return [
+    arguments = [part for r in registries for part in ("--registry", f"https://{r}")]
+    pull = onhost_command(
+        "pull",
         *arguments,
         "--repository", repository, "--digest", digest, "--store", STORE,
         "--dest", directory or model_directory(model, digest), "--auth-file", AUTH_FILE,
         # Only the llmhost CA may vouch for a registry: the password goes to no one else.
         "--ca-file", LLMHOST_CA,
         "--jobs", str(jobs), "--no-progress",
-    ]  # fmt: skip
+    )  # fmt: skip
+    return f"runuser -u {SERVICE_USER} -- {pull}"

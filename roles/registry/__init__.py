@@ -20,6 +20,7 @@ from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
 
 from llmhost.errors import ConfigError
 from llmhost.render import put_template
@@ -30,13 +31,14 @@ from llmhost.secrets import (
     secrets_directory,
 )
 from llmhost.settings import from_data
-from roles.base.operations import (
+from roles._common.checks import check_networks
+from roles._common.operations import (
     firewall_rules,
     reload_firewall,
     secret_upload_options,
     wait_for_port,
 )
-from roles.base.preflight import check_networks, check_port
+from roles._common.ports import check_host_ports
 from roles.registry.defaults import (
     CONFIG_DIR,
     GC_UNIT,
@@ -59,7 +61,7 @@ def registry() -> None:
 
 def preflight() -> RegistrySettings:
     settings = from_data(RegistrySettings, host.data, host.name)
-    check_port(host.name, "registry_port", settings.registry_port)
+    check_host_ports(host.name, host.data, {*host.groups, "registry"}, mine=["registry_port"])
     if not settings.registry_storage_path.startswith("/"):
         raise ConfigError(
             f"{settings.registry_storage_path!r} is not an absolute path",
@@ -206,7 +208,7 @@ def units(settings: RegistrySettings) -> OperationMeta:
     )
     systemd.daemon_reload(
         name="systemd: load changed registry units",
-        _if=lambda: any(op.did_change() for op in (dropin, gc_service, gc_timer)),
+        _if=any_changed(dropin, gc_service, gc_timer),
     )
     return dropin
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from shlex import quote
 from typing import Any
 
 from pyinfra import host
@@ -29,26 +30,30 @@ from pyinfra.operations import apt, files, server, systemd
 from llmhost.catalog import Model
 from llmhost.errors import ConfigError
 from llmhost.hardware import RUNTIMES, HardwareClass, check_hardware, load_classes
+from llmhost.onhost.layout import (
+    COLOURS,
+    CONFIG_DIR,
+    ONHOST_APP,
+    ROLLBACK_WINDOW_UNIT,
+    SERVICE_USER,
+    STATE_FILE,
+)
 from llmhost.render import put_template
-from llmhost.runtimectl import WINDOW_UNIT
 from llmhost.runtimes import find_build, load_sources, sha256_file
 from llmhost.settings import from_data
-from roles.base.defaults import CONFIG_DIR, SERVICE_USER, BaseSettings
-from roles.base.preflight import check_at_least, check_port
-from roles.gateway.defaults import GatewaySettings
-from roles.model import install_helper, install_puller, mirrored_model, pull_registries
+from roles._common.checks import check_at_least, on_host
+from roles._common.facts import HostState
+from roles._common.onhost import install_onhost_tools, runtimectl
+from roles._common.ports import check_host_ports
+from roles.model import install_puller, mirrored_model, pull_registries
 from roles.model.defaults import ModelSettings, model_directory
 from roles.model.operations import pulled
-from roles.registry.defaults import RegistrySettings
 from roles.runtime.defaults import (
-    COLOURS,
     LLAMA_CPP_DIR,
     RESTART_SERVICE,
     RESTART_TIMER,
     RUNTIME_ARTIFACTS,
     RUNTIME_USER,
-    RUNTIMECTL,
-    STATE_FILE,
     UNIT_PATH,
     VLLM_DIR,
     RuntimeSettings,
@@ -58,8 +63,8 @@ from roles.runtime.defaults import (
     vllm_venv,
 )
 from roles.runtime.engines import Release, check_servable, llama_cpp_release, vllm_release
-from roles.runtime.facts import RuntimeState, UnitActive
-from roles.runtime.operations import binary_installed, runtimectl, vllm_installed
+from roles.runtime.facts import UnitActive
+from roles.runtime.operations import binary_installed, vllm_installed
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,7 @@ def preflight() -> Plan:
     model = served_model()
     check_servable(engine, model, host.name)
     release = wanted_release(engine, settings, hardware, model)
-    state = host.get_fact(RuntimeState, path=STATE_FILE)
+    state = host.get_fact(HostState, path=STATE_FILE)
     if "unreadable" in state:
         raise ConfigError(
             f"{STATE_FILE} is {state['unreadable']}",
@@ -118,44 +123,12 @@ def preflight() -> Plan:
 
 
 def check_settings(settings: RuntimeSettings) -> None:
-    """Ports: both colours, valid, distinct, and not taken by another llmhost service."""
-    ports = settings.runtime_ports
-    if sorted(ports) != sorted(COLOURS):
-        raise ConfigError(
-            f"names {sorted(ports)}",
-            key="runtime_ports",
-            fix='give exactly {"blue": PORT, "green": PORT}',
-            host=host.name,
-        )
-    for colour in COLOURS:
-        check_port(host.name, f"runtime_ports.{colour}", ports[colour])
-    if ports["blue"] == ports["green"]:
-        raise ConfigError(
-            f"blue and green share port {ports['blue']}",
-            key="runtime_ports",
-            fix="give each colour its own port: both run at once during a cutover",
-            host=host.name,
-        )
-    for key, taken in taken_ports().items():
-        for colour in COLOURS:
-            if ports[colour] == taken:
-                raise ConfigError(
-                    f"{colour} uses port {taken}, which `{key}` already uses on this host",
-                    key=f"runtime_ports.{colour}",
-                    fix="pick a free port for the runtime",
-                    host=host.name,
-                )
+    """Ports (both colours, and none another service on this host has), and timeouts."""
+    check_host_ports(
+        host.name, host.data, host.groups, mine=[f"runtime_ports.{c}" for c in COLOURS]
+    )
     timeouts = ("runtime_ready_timeout_s", "runtime_drain_timeout_s")
     check_at_least(host.name, settings, timeouts, 1)
-
-
-def taken_ports() -> dict[str, int]:
-    """Ports other llmhost services hold on this host, by the key that sets them."""
-    taken = {"base_ssh_port": from_data(BaseSettings, host.data, host.name).base_ssh_port}
-    if "registry" in host.groups:
-        taken["registry_port"] = from_data(RegistrySettings, host.data, host.name).registry_port
-    taken["gateway_port"] = from_data(GatewaySettings, host.data, host.name).gateway_port
-    return taken
 
 
 def served_model() -> Model:
@@ -167,13 +140,11 @@ def wanted_release(
 ) -> Release:
     served = settings.runtime_served_model_name or model.name
     extra = list(settings.runtime_extra_args)
-    try:
+    with on_host(host.name):
         if engine == "llama.cpp":
             binary = llama_cpp_binary(find_build(hardware.name).digest)
             return llama_cpp_release(model, hardware, binary, served, extra)
         return vllm_release(model, hardware, load_sources().vllm.version, served, extra)
-    except ConfigError as error:
-        raise ConfigError(error.problem, key=error.key, fix=error.fix, host=host.name) from error
 
 
 def other(colour: str) -> str:
@@ -213,7 +184,7 @@ def install(plan: Plan) -> OperationMeta:
         create_home=False,
         shell="/usr/sbin/nologin",
     )
-    install_helper("Runtime control helper (readiness, drain, state)", "runtimectl.py", RUNTIMECTL)
+    install_onhost_tools()  # runtimectl: readiness, drain, state
     if plan.release.engine == "llama.cpp":
         install_llama_cpp(plan.hardware)
     else:
@@ -225,7 +196,8 @@ def install(plan: Plan) -> OperationMeta:
         mode="0644",
         runtime_user=RUNTIME_USER,
         model_group=SERVICE_USER,
-        runtimectl=RUNTIMECTL,
+        runtimectl=f"{ONHOST_APP} runtimectl",
+        env_file=env_file("%i"),
         drain_timeout=plan.settings.runtime_drain_timeout_s,
         gpu=plan.hardware.has_gpu,
         jit=plan.release.engine == "vllm",  # torch and triton write code at run time
@@ -369,7 +341,9 @@ def service(plan: Plan, unit: OperationMeta) -> None:
     port = plan.settings.runtime_ports[colour]
     server.shell(
         name=f"{colour}: no stop pending from an earlier rollback window",
-        commands=[f"systemctl stop {WINDOW_UNIT.format(colour)}.timer 2>/dev/null || true"],
+        commands=[
+            f"systemctl stop {ROLLBACK_WINDOW_UNIT.format(colour)}.timer 2>/dev/null || true"
+        ],
     )
     systemd.service(
         name=f"{colour}: start release {plan.release.id} on port {port}",
@@ -391,7 +365,7 @@ def service(plan: Plan, unit: OperationMeta) -> None:
                 "--timeout",
                 str(plan.settings.runtime_ready_timeout_s),
             )
-            + f" || {{ journalctl -u {unit_name(colour)} -n 30 --no-pager >&2; exit 1; }}"
+            + f" || {{ journalctl -u {quote(unit_name(colour))} -n 30 --no-pager >&2; exit 1; }}"
         ],
     )
     server.shell(

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmhost.onhost.layout import CONFIG_DIR, RUNTIME_UNIT, STATE_DIR
 from llmhost.settings import setting
 
-COLOURS = ("blue", "green")
 RUNTIME_USER = "llmhost-runtime"
 UNIT_TEMPLATE = "llmhost-runtime@.service"
 UNIT_PATH = f"/etc/systemd/system/{UNIT_TEMPLATE}"
 RESTART_SERVICE = "llmhost-runtime-restart@.service"
 RESTART_TIMER = "llmhost-runtime-restart@.timer"
-RUNTIMECTL = "/usr/local/lib/llmhost/runtimectl.py"
-STATE_FILE = "/var/lib/llmhost/state.json"
 LLAMA_CPP_DIR = "/opt/llmhost/llama.cpp"
 VLLM_DIR = "/opt/llmhost/vllm"
-RUNTIME_ARTIFACTS = "/var/lib/llmhost/runtimes"
+RUNTIME_ARTIFACTS = f"{STATE_DIR}/runtimes"
 
 
 @dataclass(frozen=True)
@@ -47,11 +45,11 @@ class RuntimeSettings:
 
 
 def env_file(colour: str) -> str:
-    return f"/etc/llmhost/runtime-{colour}.env"
+    return f"{CONFIG_DIR}/runtime-{colour}.env"
 
 
 def unit_name(colour: str) -> str:
-    return f"llmhost-runtime@{colour}.service"
+    return RUNTIME_UNIT.format(colour)
 
 
 def llama_cpp_binary(digest: str) -> str:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Generator
+from shlex import quote
 
 from pyinfra import host
 from pyinfra.api import StringCommand, operation
 from pyinfra.facts.files import Sha256File
 
-from roles.runtime.defaults import RUNTIMECTL
 from roles.runtime.facts import InstalledMarker
 
 VLLM_MARKER = ".llmhost-lock-sha256"
@@ -25,13 +24,12 @@ def binary_installed(source: str, dest: str, sha256: str) -> Generator[StringCom
     if host.get_fact(Sha256File, path=dest) == sha256:
         host.noop(f"{dest} is installed (sha256 {sha256[:12]})")
         return
-    directory = dest.rsplit("/", 1)[0]
-    staged = f"{dest}.new"
+    directory, staged = quote(dest.rsplit("/", 1)[0]), quote(f"{dest}.new")
     yield StringCommand(
         f"install -d -o root -g root -m 0755 {directory} && "
-        f"install -o root -g root -m 0755 {source} {staged} && "
-        f"echo '{sha256}  {staged}' | sha256sum --check --quiet && "
-        f"mv -f {staged} {dest}"
+        f"install -o root -g root -m 0755 {quote(source)} {staged} && "
+        f"echo {quote(f'{sha256}  {dest}.new')} | sha256sum --check --quiet && "
+        f"mv -f {staged} {quote(dest)}"
     )
 
 
@@ -41,17 +39,17 @@ def vllm_install_script(venv: str, lock: str, lock_sha256: str, egress_env: str)
     A venv cannot be moved (its scripts name their own path), so a failed
     install leaves no marker and the next run starts the venv again from empty.
     """
-    pip = f"{venv}/bin/pip"
+    env, pip, python = quote(egress_env), quote(f"{venv}/bin/pip"), quote(f"{venv}/bin/python")
     return " && ".join(
         [
-            f"rm -rf {venv}",
-            f"python3 -m venv {venv}",
+            f"rm -rf {quote(venv)}",
+            f"python3 -m venv {quote(venv)}",
             # The host's proxy settings, if it has any, from the base role.
-            f"set -a && {{ [ ! -r {egress_env} ] || . {egress_env}; }} && set +a",
+            f"set -a && {{ [ ! -r {env} ] || . {env}; }} && set +a",
             f"{pip} install --no-input --disable-pip-version-check --require-hashes "
-            f"--no-deps --only-binary :all: -r {lock}",
-            f"{venv}/bin/python -c 'import vllm'",
-            f"echo {lock_sha256} > {venv}/{VLLM_MARKER}",
+            f"--no-deps --only-binary :all: -r {quote(lock)}",
+            f"{python} -c 'import vllm'",
+            f"echo {quote(lock_sha256)} > {quote(f'{venv}/{VLLM_MARKER}')}",
         ]
     )
 
@@ -65,7 +63,3 @@ def vllm_installed(
         host.noop(f"vLLM in {venv} matches lock {lock_sha256[:12]}")
         return
     yield StringCommand(vllm_install_script(venv, lock, lock_sha256, egress_env))
-
-
-def runtimectl(*arguments: str) -> str:
-    return "python3 " + " ".join(shlex.quote(a) for a in (RUNTIMECTL, *arguments))

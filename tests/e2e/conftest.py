@@ -26,9 +26,9 @@ from llmhost import converge
 from llmhost.catalog import model_toml
 from llmhost.paths import REPO_ROOT
 from llmhost.secrets import add_api_key, api_keys
-from llmhost.testbed import Testbed, TestbedHost
-from llmhost.testbed.testbed import REQUIRED_TOOLS
-from llmhost.testmodels import write_tiny_gguf, write_tiny_safetensors_model
+from llmhost.testing.testbed import Testbed, TestbedHost
+from llmhost.testing.testbed.testbed import REQUIRED_TOOLS
+from llmhost.testing.testmodels import write_tiny_gguf, write_tiny_safetensors_model
 
 HOSTS = 2
 

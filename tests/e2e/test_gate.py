@@ -15,11 +15,12 @@ import pytest
 
 from llmhost import converge
 from llmhost.catalog import model_toml
+from llmhost.onhost.layout import GATEWAY_UPSTREAM, STATE_FILE
 from llmhost.soakreport import schema
-from llmhost.testmodels import write_tiny_gguf
+from llmhost.testing.testmodels import write_tiny_gguf
+from roles._common.onhost import runtimectl
 from roles.gate.defaults import GATES_DIR
-from roles.gateway.defaults import UPSTREAM
-from roles.runtime.defaults import RUNTIMECTL, STATE_FILE, unit_name
+from roles.runtime.defaults import unit_name
 from tests.e2e.conftest import cli, sync_to_dr, write_inventory
 
 pytestmark = pytest.mark.e2e
@@ -80,7 +81,7 @@ def state(testbed, host) -> dict:
 def answers_on(testbed, host, colour: str) -> bool:
     port = {"blue": 8001, "green": 8002}[colour]
     out = testbed.ssh(
-        host, f"python3 {RUNTIMECTL} complete --port {port} --model {MODEL} --max-tokens 2"
+        host, runtimectl("complete", "--port", str(port), "--model", MODEL, "--max-tokens", "2")
     )
     return bool(json.loads(out)["choices"])
 
@@ -122,7 +123,7 @@ def test_an_impossible_gate_fails_stops_the_staged_colour_and_nothing_is_cut_ove
 ):
     host = hosts[0]
     before = state(testbed, host)
-    upstream = testbed.ssh(host, f"cat {UPSTREAM}")
+    upstream = testbed.ssh(host, f"cat {GATEWAY_UPSTREAM}")
     active = before["active"]
     idle = "green" if active == "blue" else "blue"
     result = deploy(
@@ -136,7 +137,7 @@ def test_an_impossible_gate_fails_stops_the_staged_colour_and_nothing_is_cut_ove
     assert "failed its gate: ttft_p95_ms" in result.stderr, result.stderr[-3000:]
     assert f"{idle} was stopped, {active} serves" in result.stderr
     after = state(testbed, host)
-    assert after["active"] == active and testbed.ssh(host, f"cat {UPSTREAM}") == upstream
+    assert after["active"] == active and testbed.ssh(host, f"cat {GATEWAY_UPSTREAM}") == upstream
     assert not after["last_gate"]["passed"]
     assert after["last_gate"]["report"] in result.stderr, "the operator is told where to look"
     assert testbed.ssh(host, f"systemctl is-active {unit_name(idle)}", check=False).strip() != (

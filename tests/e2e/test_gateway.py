@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from llmhost import converge
+from llmhost.onhost.layout import STATE_FILE
 from llmhost.secrets import add_api_key, api_keys
 from roles.gateway.defaults import AUDIT_LOG
-from roles.runtime.defaults import STATE_FILE, unit_name
+from roles.runtime.defaults import unit_name
 from tests.e2e.conftest import cli, write_inventory
 
 pytestmark = pytest.mark.e2e

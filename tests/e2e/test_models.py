@@ -1,7 +1,7 @@
 """Models on real hosts: mirror into the testbed's registries, pull by digest, and faults.
 
 The Hugging Face hub is unreachable from test machines, so the hub-sourced model is
-served by ``llmhost.fakehub``, a local stand-in for the hub's file-resolve endpoints;
+served by ``llmhost.testing.fakehub``, a local stand-in for the hub's file-resolve endpoints;
 everything from ``huggingface_hub.snapshot_download`` onwards is the production path.
 The registries are real (Debian's distribution registry, TLS from the llmhost CA,
 htpasswd auth) on tb1 (primary) and tb2 (DR).
@@ -22,9 +22,9 @@ import pytest
 
 from llmhost import converge
 from llmhost.catalog import find, model_toml
-from llmhost.fakehub import FakeHub
-from llmhost.ocipull import DEFAULT_CHUNK_SIZE
-from llmhost.testmodels import write_tiny_gguf, write_tiny_safetensors_model
+from llmhost.onhost.pull.request import DEFAULT_CHUNK_SIZE
+from llmhost.testing.fakehub import FakeHub
+from llmhost.testing.testmodels import write_tiny_gguf, write_tiny_safetensors_model
 from roles.model.defaults import STORE, model_directory
 from roles.model.operations import pull_command
 from tests.e2e.conftest import cli, sync_to_dr, write_inventory
@@ -202,19 +202,19 @@ def test_an_interrupted_transfer_resumes_where_it_stopped(
 ):
     model = find("tiny-big", catalog)
     puller, blob = hosts[1], model.files[0]
-    argv = pull_command(model.name, str(model.digest), model.repository, list(mirrored), jobs=1)
+    command = pull_command(model.name, str(model.digest), model.repository, list(mirrored), jobs=1)
     partial = f"{STORE}/sha256/{blob.sha256}.partial"
-    testbed.ssh(puller, f"nohup {shlex.join(argv)} >/tmp/pull.log 2>&1 &")
+    testbed.ssh(puller, f"nohup {command} >/tmp/pull.log 2>&1 &")
     deadline, received = time.monotonic() + 60, 0
     while received < blob.size // 4 and time.monotonic() < deadline:
         time.sleep(0.2)
         received = int(testbed.ssh(puller, f"stat -c %s {partial} 2>/dev/null || echo 0"))
-    testbed.ssh(puller, "pkill -KILL -f 'ocipull.py.*tiny-big'")
+    testbed.ssh(puller, "pkill -KILL -f 'onhost.pyz pull .*tiny-big'")
     time.sleep(0.5)
     kept = int(testbed.ssh(puller, f"stat -c %s {partial}"))
     assert blob.size // 4 <= kept < blob.size, "the transfer was cut midway"
 
-    resumed = testbed.ssh(puller, shlex.join([*argv, "--json"]))
+    resumed = testbed.ssh(puller, f"{command} --json")
 
     report = json.loads(resumed)
     assert report["ok"] and report["changed"]

@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from llmhost import converge
+from llmhost.onhost.layout import STATE_FILE
 from llmhost.runtimes import load_sources
-from roles.runtime.defaults import STATE_FILE, env_file, unit_name
+from roles._common.onhost import runtimectl
+from roles.runtime.defaults import env_file, unit_name
 from tests.e2e.conftest import write_inventory
 
 pytestmark = pytest.mark.e2e
@@ -70,8 +72,7 @@ def state(testbed, host) -> dict:
 def completion(testbed, host, port: int, model: str = "rt-one") -> dict:
     out = testbed.ssh(
         host,
-        "python3 /usr/local/lib/llmhost/runtimectl.py complete "
-        f"--port {port} --model {model} --max-tokens 3",
+        runtimectl("complete", "--port", str(port), "--model", model, "--max-tokens", "3"),
     )
     return json.loads(out)
 
@@ -150,9 +151,8 @@ def test_systemd_brings_a_killed_runtime_back_and_it_is_ready_again(testbed, hos
         time.sleep(0.5)
     assert main_pid(testbed, host, "blue") not in (0, before)
     ready = testbed.ssh(
-        host, "python3 /usr/local/lib/llmhost/runtimectl.py ready --port 8001 --model rt-one"
-        " --timeout 60"
-    )  # fmt: skip
+        host, runtimectl("ready", "--port", "8001", "--model", "rt-one", "--timeout", "60")
+    )
     assert "ready" in ready
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from llmhost.testbed import Testbed, network, processes
-from llmhost.testbed.testbed import mounts_under
+from llmhost.testing.testbed import Testbed, network, processes
+from llmhost.testing.testbed.testbed import mounts_under
 
 pytestmark = pytest.mark.e2e
 

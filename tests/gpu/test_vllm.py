@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from llmhost import runtimectl
 from llmhost.catalog import model_toml
 from llmhost.hardware import load_classes
+from llmhost.onhost import runtimectl
 from llmhost.runtimes import load_sources
 
 pytestmark = pytest.mark.gpu

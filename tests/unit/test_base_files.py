@@ -9,8 +9,8 @@ import pytest
 
 from llmhost.paths import TEMPLATES
 from llmhost.render import render
+from roles._common.operations import split_sources
 from roles.base.facts import Platform
-from roles.base.operations import split_sources
 
 
 def test_every_template_says_it_is_managed_by_llmhost():

@@ -11,8 +11,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from llmhost.fakehub import FakeHub
-from llmhost.testmodels import sha256_file, write_tiny_gguf, write_tiny_safetensors_model
+from llmhost.testing.fakehub import FakeHub
+from llmhost.testing.testmodels import sha256_file, write_tiny_gguf, write_tiny_safetensors_model
 
 REPO = "llmhost-tests/tiny-llama"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

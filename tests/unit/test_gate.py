@@ -11,10 +11,11 @@ import pytest
 from llmhost import evalset
 from llmhost.catalog import find
 from llmhost.errors import ConfigError
-from roles.cutover import cutover
+from llmhost.onhost.layout import ONHOST_APP
 from roles.gate import gate, preflight
 from roles.gate.defaults import GateSettings
 from roles.gate.operations import GateRun, judge_eval, record_golden
+from roles.gateway.cutover import cutover
 from tests.unit import test_runtime_role as runtime_tests
 from tests.unit.pyinfra_plan import plan
 
@@ -190,21 +191,21 @@ def test_a_staged_first_release_is_soaked_then_checked_before_cutover():
     check = f"Gate: release {release} passed (if not, blue is stopped, no cutover)"
     assert names[-2:] == [soak, check]
     assert f"gate-check --colour blue --release {release}" in planned[check][0]
-    assert planned["Soak helper (the gate's load, run next to the runtime)"]
+    assert planned[f"Host-side tools {ONHOST_APP} (puller, runtime control, soak)"]
 
 
 def test_a_release_that_serves_or_already_passed_is_not_gated_again():
     release = runtime_tests.the_release().id
     serving = runtime_tests.active_state("blue", release)
-    assert not any("soak and eval" in n for n in plan(gate, host_data(), {"RuntimeState": serving}))
+    assert not any("soak and eval" in n for n in plan(gate, host_data(), {"HostState": serving}))
     passed = {
         "active": "blue",
         "colours": {"blue": {"id": "old"}, "green": {"id": release, "gate": {"passed": True}}},
     }
-    facts = {"RuntimeState": passed, "UnitActive": True}
+    facts = {"HostState": passed, "UnitActive": True}
     assert not any("soak and eval" in n for n in plan(gate, host_data(), facts))
     failed = {**passed, "colours": {**passed["colours"], "green": {"id": release}}}
-    facts = {"RuntimeState": failed, "UnitActive": True}
+    facts = {"HostState": failed, "UnitActive": True}
     assert any("soak and eval green" in n for n in plan(gate, host_data(), facts))
 
 
@@ -212,7 +213,7 @@ def test_a_disabled_gate_runs_nothing_and_cutover_does_not_require_it():
     planned = plan(gate, host_data(gate_enabled=False))
     assert not any(n.startswith("Gate:") for n in planned)
     state = runtime_tests.active_state("blue", "old")
-    facts = {"RuntimeState": state, "UnitActive": True}
+    facts = {"HostState": state, "UnitActive": True}
     (command,) = plan(cutover, host_data(), facts=facts).values()
     assert "--require-gate" in command[0]
     (command,) = plan(cutover, host_data(gate_enabled=False), facts=facts).values()

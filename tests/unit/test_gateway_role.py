@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from llmhost.errors import ConfigError
+from llmhost.onhost.runtimectl import upstream_text
 from llmhost.render import render
-from llmhost.runtimectl import upstream_text
 from llmhost.secrets import add_api_key, api_keys
-from roles.cutover import cutover
 from roles.gateway import gateway
-from roles.rollback import rollback
+from roles.gateway.cutover import cutover
+from roles.gateway.rollback import rollback
 from tests.unit import test_runtime_role as runtime_tests
 from tests.unit.pyinfra_plan import SECRETS_DIR, plan
 
@@ -88,7 +88,7 @@ def test_an_existing_upstream_is_left_to_cutover():
 @pytest.mark.parametrize(
     ("data", "key", "problem"),
     [
-        ({"gateway_port": 8001}, "gateway_port", "also a runtime colour's port"),
+        ({"gateway_port": 8001}, "gateway_port", "also `runtime_ports.blue`'s port"),
         ({"gateway_rate_limit_rps": 0}, "gateway_rate_limit_rps", "is below 1"),
         ({"gateway_rollback_window_s": -1}, "gateway_rollback_window_s", "is below 0"),
         ({"gateway_identities": ["ghost"]}, "gateway_identities", "ghost"),
@@ -110,7 +110,7 @@ def test_no_key_for_this_host_is_refused_with_the_command_that_makes_one(tmp_pat
 def test_cutover_switches_to_the_colour_the_runtime_stages():
     release = runtime_tests.the_release().id
     state = runtime_tests.active_state("blue", "old")
-    facts = {"RuntimeState": state, "FileContents": upstream_text("blue", 8001).splitlines()}
+    facts = {"HostState": state, "FileContents": upstream_text("blue", 8001).splitlines()}
     planned = plan(cutover, host_data(), facts=facts)
     (name,) = planned
     assert name == f"Cutover: gateway to green (release {release})"
@@ -121,13 +121,13 @@ def test_cutover_switches_to_the_colour_the_runtime_stages():
 
 def test_cutover_does_nothing_when_the_gateway_already_sends_to_the_active_release():
     state = runtime_tests.active_state("blue", runtime_tests.the_release().id)
-    facts = {"RuntimeState": state, "FileContents": upstream_text("blue", 8001).splitlines()}
+    facts = {"HostState": state, "FileContents": upstream_text("blue", 8001).splitlines()}
     assert plan(cutover, host_data(), facts=facts) == {}
 
 
 def test_cutover_repairs_a_gateway_pointing_away_from_the_active_colour():
     state = runtime_tests.active_state("blue", runtime_tests.the_release().id)
-    facts = {"RuntimeState": state, "FileContents": upstream_text("green", 8002).splitlines()}
+    facts = {"HostState": state, "FileContents": upstream_text("green", 8002).splitlines()}
     (name,) = plan(cutover, host_data(), facts=facts)
     assert name.startswith("Cutover: gateway to blue")
 

@@ -83,12 +83,13 @@ def pull_command(planned) -> str:
     return command
 
 
-def test_fresh_host_gets_the_puller():
+def test_fresh_host_gets_the_host_side_tools_root_owned():
     planned = plan(model, host_data())
     assert "mkdir -p /usr/local/lib/llmhost" in commands(planned, "llmhost helpers directory")
-    puller = commands(planned, "Model puller (verifies")
-    assert any(c.endswith("ocipull.py, /usr/local/lib/llmhost/ocipull.py)") for c in puller)
-    assert "chmod 644 /usr/local/lib/llmhost/ocipull.py" in puller
+    tools = commands(planned, "Host-side tools /usr/local/lib/llmhost/onhost.pyz")
+    assert any(c.endswith(", /usr/local/lib/llmhost/onhost.pyz)") for c in tools)
+    assert "chmod 644 /usr/local/lib/llmhost/onhost.pyz" in tools
+    assert "chown root:root /usr/local/lib/llmhost/onhost.pyz" in tools
 
 
 def test_fresh_host_gets_the_auth_file_readable_only_by_the_service_user():
@@ -110,7 +111,9 @@ def test_fresh_host_gets_store_and_models_directories_for_the_service_user():
 
 def test_pull_runs_as_the_service_user_by_digest_from_every_registry_in_order():
     command = pull_command(plan(model, host_data()))
-    assert command.startswith("runuser -u llmhost -- python3 /usr/local/lib/llmhost/ocipull.py ")
+    assert command.startswith(
+        "runuser -u llmhost -- python3 /usr/local/lib/llmhost/onhost.pyz pull "
+    )
     assert (
         "--registry https://10.0.0.5:5000 --registry https://10.0.0.6:5000 "
         "--repository models/tiny "

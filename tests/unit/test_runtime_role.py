@@ -9,10 +9,11 @@ import pytest
 from llmhost.catalog import ModelFile
 from llmhost.errors import ConfigError
 from llmhost.hardware import load_classes
+from llmhost.onhost.layout import ONHOST_APP
 from llmhost.render import render
 from llmhost.runtimes import LlamaCppBuild, load_sources, record_build
 from roles.runtime import runtime
-from roles.runtime.defaults import llama_cpp_binary
+from roles.runtime.defaults import env_file, llama_cpp_binary
 from roles.runtime.engines import llama_cpp_release, vllm_release
 from roles.runtime.operations import vllm_install_script
 from tests.unit.pyinfra_plan import plan
@@ -97,13 +98,13 @@ def test_an_installed_binary_with_the_right_hash_is_left_alone():
 
 def test_a_release_already_active_stages_nothing():
     planned = plan(
-        runtime, host_data(), facts={"RuntimeState": active_state("blue", the_release().id)}
+        runtime, host_data(), facts={"HostState": active_state("blue", the_release().id)}
     )
     assert not any(n.startswith(("blue:", "green:", "Model tiny")) for n in planned)
 
 
 def test_a_new_release_goes_to_the_idle_colour_and_never_touches_the_active_one():
-    planned = plan(runtime, host_data(), facts={"RuntimeState": active_state("blue", "old")})
+    planned = plan(runtime, host_data(), facts={"HostState": active_state("blue", "old")})
     assert f"green: start release {the_release().id} on port 8002" in planned
     assert not any(n.startswith("blue") for n in planned)
     record = planned[f"green: record release {the_release().id} in /var/lib/llmhost/state.json"]
@@ -115,9 +116,9 @@ def test_a_release_staged_on_a_running_idle_colour_waits_for_cutover():
         "active": "blue",
         "colours": {"blue": {"id": "old"}, "green": {"id": the_release().id}},
     }
-    planned = plan(runtime, host_data(), facts={"RuntimeState": state, "UnitActive": True})
+    planned = plan(runtime, host_data(), facts={"HostState": state, "UnitActive": True})
     assert not any(n.startswith("green:") for n in planned)
-    stopped = plan(runtime, host_data(), facts={"RuntimeState": state, "UnitActive": False})
+    stopped = plan(runtime, host_data(), facts={"HostState": state, "UnitActive": False})
     assert any(n.startswith("green: start") for n in stopped)
 
 
@@ -146,12 +147,15 @@ def test_the_env_file_carries_the_release_and_the_port_of_its_colour():
 @pytest.mark.parametrize(("gpu", "jit"), [(False, False), (True, True)])
 def test_the_unit_is_hardened_and_drains_before_it_stops(gpu, jit):
     text = render("runtime/llmhost-runtime@.service.j2", runtime_user="llmhost-runtime",
-                  model_group="llmhost", runtimectl="/usr/local/lib/llmhost/runtimectl.py",
-                  drain_timeout=30, gpu=gpu, jit=jit)  # fmt: skip
+                  model_group="llmhost", runtimectl=f"{ONHOST_APP} runtimectl",
+                  env_file=env_file("%i"), drain_timeout=30, gpu=gpu, jit=jit)  # fmt: skip
     for line in ("NoNewPrivileges=yes", "ProtectSystem=strict", "User=llmhost-runtime",
                  "Restart=on-failure", "IPAddressDeny=any", "CapabilityBoundingSet="):  # fmt: skip
         assert f"\n{line}\n" in text
-    assert "ExecStop=/usr/bin/python3 /usr/local/lib/llmhost/runtimectl.py drain" in text
+    assert (
+        "ExecStop=/usr/bin/python3 /usr/local/lib/llmhost/onhost.pyz runtimectl drain" in text
+    )
+    assert "\nEnvironmentFile=/etc/llmhost/runtime-%i.env\n" in text
     assert "TimeoutStopSec=60" in text
     assert ("PrivateDevices=yes" in text) is not gpu
     assert ("DeviceAllow=char-nvidia-frontend rw" in text) is gpu
@@ -208,7 +212,11 @@ def test_vllm_install_is_one_chain_that_reads_the_hosts_proxy():
             "runtime_engine",
             "class cpu has no [vllm] settings",
         ),
-        ({"runtime_ports": {"blue": 8001, "green": 8001}}, "runtime_ports", "share port 8001"),
+        (
+            {"runtime_ports": {"blue": 8001, "green": 8001}},
+            "runtime_ports.blue",
+            "8001 is also `runtime_ports.green`'s port",
+        ),
         ({"runtime_ports": {"blue": 22, "green": 8002}}, "runtime_ports.blue", "base_ssh_port"),
         ({"runtime_ports": {"blue": 8001}}, "runtime_ports", "names ['blue']"),
         ({"runtime_ports": {"blue": 0, "green": 8002}}, "runtime_ports.blue", "not a TCP port"),
@@ -235,7 +243,7 @@ def test_a_class_without_a_recorded_build_says_how_to_build_one(monkeypatch, tmp
 
 def test_an_unreadable_state_file_is_refused_with_the_fix():
     with pytest.raises(ConfigError, match="move it away"):
-        plan(runtime, host_data(), facts={"RuntimeState": {"unreadable": "not JSON"}})
+        plan(runtime, host_data(), facts={"HostState": {"unreadable": "not JSON"}})
 
 
 def test_a_registry_host_cannot_give_a_colour_the_registry_port():

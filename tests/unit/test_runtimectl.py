@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -13,7 +14,8 @@ from typing import ClassVar
 
 import pytest
 
-from llmhost import runtimectl
+from llmhost.onhost import runtimectl
+from llmhost.onhost.layout import MANIFEST_FILE
 
 
 class FakeRuntime(BaseHTTPRequestHandler):
@@ -170,13 +172,36 @@ def test_the_engine_pool_closes_connections_before_llama_server_would():
     assert requests and int(requests.group(1)) < 100
 
 
-def test_check_model_compares_the_manifest_digest(tmp_path: Path, capsys):
-    (tmp_path / runtimectl.MANIFEST_FILE).write_bytes(b"{}")
-    digest = runtimectl.manifest_digest(tmp_path)
-    assert runtimectl.main(["check-model", "--dir", str(tmp_path), "--digest", digest]) == 0
-    missing = tmp_path / "missing"
-    assert runtimectl.main(["check-model", "--dir", str(missing), "--digest", digest]) == 2
+def materialised_model(directory: Path, content: bytes = b"weights") -> str:
+    """A model directory as the puller leaves it: the file and its manifest; its digest."""
+    directory.mkdir()
+    (directory / "model.gguf").write_bytes(content)
+    layer = {
+        "mediaType": "application/octet-stream",
+        "digest": "sha256:" + hashlib.sha256(content).hexdigest(),
+        "size": len(content),
+        "annotations": {"org.opencontainers.image.title": "model.gguf"},
+    }
+    manifest = json.dumps({"schemaVersion": 2, "layers": [layer]}).encode()
+    (directory / MANIFEST_FILE).write_bytes(manifest)
+    return "sha256:" + hashlib.sha256(manifest).hexdigest()
+
+
+def check_model(directory: Path, digest: str) -> int:
+    return runtimectl.main(["check-model", "--dir", str(directory), "--digest", digest])
+
+
+def test_check_model_needs_the_wanted_manifest_and_every_file_it_lists(tmp_path: Path, capsys):
+    model = tmp_path / "model"
+    digest = materialised_model(model)
+    assert check_model(model, digest) == 0
+    assert check_model(tmp_path / "missing", digest) == 2
     assert "is missing" in capsys.readouterr().err
+    assert check_model(model, "sha256:" + "0" * 64) == 2
+    assert f"holds {digest}" in capsys.readouterr().err
+    (model / "model.gguf").write_bytes(b"weigh")  # truncated since it was pulled
+    assert check_model(model, digest) == 2
+    assert "is incomplete" in capsys.readouterr().err
 
 
 def test_complete_prints_the_runtimes_answer(server, capsys):

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import pytest
 
-from llmhost import soak
+from llmhost.onhost import soak
 
 
 def test_percentiles_interpolate_between_closest_ranks():

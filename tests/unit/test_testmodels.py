@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from llmhost.testmodels import (
+from llmhost.testing.testmodels import (
     TINY_GGUF_NAME,
     sha256_file,
     tiny_vocab,
@@ -142,7 +142,7 @@ def test_safetensors_model_is_byte_identical_and_loads(tmp_path):
 def test_models_are_identical_from_another_process(tmp_path):
     """A fresh interpreter (new hash seed) writes the same bytes as this one."""
     script = (
-        "import sys; from pathlib import Path; from llmhost import testmodels as t; "
+        "import sys; from pathlib import Path; from llmhost.testing import testmodels as t; "
         "d = Path(sys.argv[1]); t.write_tiny_gguf(d / 'tiny.gguf'); "
         "t.write_tiny_safetensors_model(d / 'st')"
     )

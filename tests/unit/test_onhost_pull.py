@@ -1,4 +1,4 @@
-"""ocipull against an in-test registry on loopback: auth, Range, faults, failover."""
+"""The on-host puller against an in-test registry on loopback: auth, Range, faults, failover."""
 
 from __future__ import annotations
 
@@ -24,17 +24,15 @@ from typing import Any, ClassVar
 
 import pytest
 
-from llmhost import ocipull
-from llmhost.ocipull import (
-    CannotRun,
-    Credentials,
-    IntegrityError,
-    Progress,
-    PullError,
-    PullRequest,
-    pull,
-)
+from llmhost.onhost.pull import pull
+from llmhost.onhost.pull.cli import main
+from llmhost.onhost.pull.errors import CannotRun, IntegrityError, PullError
+from llmhost.onhost.pull.manifest import OCI_MANIFEST
+from llmhost.onhost.pull.progress import Progress
+from llmhost.onhost.pull.registry import build_ssl_context
+from llmhost.onhost.pull.request import Credentials, PullRequest, load_credentials
 
+REPO_ROOT = str(Path(__file__).resolve().parents[2])
 USER, PASSWORD = "puller", "s3cret-pw"
 REPO = "models/tiny"
 CHUNK = 64 * 1024
@@ -56,7 +54,7 @@ def manifest_for(files: dict[str, bytes]) -> bytes:
     ]
     doc = {
         "schemaVersion": 2,
-        "mediaType": ocipull.OCI_MANIFEST,
+        "mediaType": OCI_MANIFEST,
         "artifactType": "application/vnd.llmhost.model.v1",
         "config": {
             "mediaType": "application/vnd.oci.empty.v1+json",
@@ -136,7 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = reg.manifests.get(digest)
             if body is None:
                 return self._error(404, "MANIFEST_UNKNOWN", "manifest unknown")
-            return self._send(200, body, {"Content-Type": ocipull.OCI_MANIFEST})
+            return self._send(200, body, {"Content-Type": OCI_MANIFEST})
         data = reg.blobs.get(digest)
         if data is None:
             return self._error(404, "BLOB_UNKNOWN", "blob unknown to registry")
@@ -315,10 +313,10 @@ def test_pull_builds_hardlinked_model_dir(tmp_path, registry):
 
 def test_second_run_downloads_nothing_and_reports_unchanged(tmp_path, registry, capsys):
     digest = registry.add(model_files())
-    assert ocipull.main(cli_args(tmp_path, [registry.url], digest)) == 0
+    assert main(cli_args(tmp_path, [registry.url], digest)) == 0
     asked = len(registry.requests)
 
-    assert ocipull.main(cli_args(tmp_path, [registry.url], digest, "--json")) == 0
+    assert main(cli_args(tmp_path, [registry.url], digest, "--json")) == 0
 
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] is True and out["changed"] is False
@@ -344,6 +342,26 @@ def test_rebuilt_dest_reuses_store_without_fetching_blobs(tmp_path, registry):
     assert leftovers(tmp_path) == []
 
 
+def test_extra_file_in_dest_gets_it_rebuilt_without_the_extra(tmp_path, registry):
+    files = model_files()
+    digest = registry.add(files)
+    req = request(tmp_path, [registry.url], digest)
+    pull(req)
+    (req.dest / "tokenizer" / "stray.txt").write_text("not in the artifact")
+    before = len(registry.blob_requests())
+
+    result = pull(req)
+
+    assert result.ok and result.changed and result.downloaded_bytes == 0
+    assert len(registry.blob_requests()) == before  # rebuilt from the store
+    assert not (req.dest / "tokenizer" / "stray.txt").exists()
+    assert sorted(
+        p.relative_to(req.dest).as_posix() for p in req.dest.rglob("*") if p.is_file()
+    ) == sorted([*files, ".llmhost-manifest.json"])
+    assert not pull(req).changed  # and now it is materialised again
+    assert leftovers(tmp_path) == []
+
+
 def test_identical_files_share_one_download(tmp_path, registry):
     files = {"a/empty": b"", "b/empty": b"", "weights.bin": b"w" * 1000}
     digest = registry.add(files)
@@ -354,7 +372,7 @@ def test_identical_files_share_one_download(tmp_path, registry):
 
 def test_cli_json_result_schema(tmp_path, registry, capsys):
     digest = registry.add(model_files())
-    code = ocipull.main(cli_args(tmp_path, [registry.url], digest, "--json", "--jobs=2"))
+    code = main(cli_args(tmp_path, [registry.url], digest, "--json", "--jobs=2"))
     out = json.loads(capsys.readouterr().out)
     assert code == 0
     assert set(out) == {
@@ -374,11 +392,15 @@ def test_cli_json_result_schema(tmp_path, registry, capsys):
             "size": len(model_files()["tokenizer/vocab.txt"])} in out["files"]  # fmt: skip
 
 
-def test_module_runs_as_a_script_with_stdlib_only(tmp_path, registry):
+def test_cli_runs_with_stdlib_only(tmp_path, registry):
     digest = registry.add({"x.bin": b"x" * 100})
     args = cli_args(tmp_path, [registry.url], digest, "--json")
-    proc = subprocess.run(
-        [sys.executable, "-I", "-S", ocipull.__file__, *args],
+    code = (
+        f"import sys; sys.path.insert(0, {REPO_ROOT!r}); "
+        "from llmhost.onhost.pull.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    proc = subprocess.run(  # -S: no site-packages, so any third-party import would fail
+        [sys.executable, "-I", "-S", "-c", code, *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -564,7 +586,7 @@ def test_all_registries_down_exits_2_and_leaves_dest_alone(tmp_path, capsys):
     digest = sha(b"anything")
     dest = request(tmp_path, down, digest).dest
 
-    code = ocipull.main(cli_args(tmp_path, down, digest, "--json"))
+    code = main(cli_args(tmp_path, down, digest, "--json"))
 
     captured = capsys.readouterr()
     out = json.loads(captured.out)
@@ -581,7 +603,7 @@ def test_wrong_password_is_a_clear_error_without_the_secret(tmp_path, registry, 
     args = cli_args(tmp_path, [registry.url], digest, "--json")
     write_auth(tmp_path, password="wrong-pw")
 
-    code = ocipull.main(args)
+    code = main(args)
 
     captured = capsys.readouterr()
     assert code == 2
@@ -628,9 +650,9 @@ def test_blob_redirect_does_not_forward_credentials(tmp_path, registry):
 def test_auth_file_readable_by_others_is_refused(tmp_path):
     path = write_auth(tmp_path, mode=0o644)
     with pytest.raises(CannotRun, match="chmod 600") as raised:
-        ocipull.load_credentials(path)
+        load_credentials(path)
     assert PASSWORD not in str(raised.value)
-    assert PASSWORD not in repr(ocipull.load_credentials(write_auth(tmp_path)))
+    assert PASSWORD not in repr(load_credentials(write_auth(tmp_path)))
 
 
 @pytest.mark.parametrize(
@@ -645,7 +667,7 @@ def test_auth_file_readable_by_others_is_refused(tmp_path):
 def test_bad_arguments_exit_2(tmp_path, capsys, flag, value, problem):
     args = cli_args(tmp_path, ["http://127.0.0.1:9"], sha(b"x"))
     args = [a for a in args if not a.startswith(flag + "=")] + [f"{flag}={value}"]
-    assert ocipull.main(args) == 2
+    assert main(args) == 2
     assert problem in capsys.readouterr().err
 
 
@@ -653,7 +675,7 @@ def test_bad_ca_file_is_reported(tmp_path):
     bogus = tmp_path / "ca.pem"
     bogus.write_text("not a certificate")
     with pytest.raises(CannotRun, match=f"cannot load CA bundle {bogus}"):
-        ocipull.build_ssl_context(bogus)
+        build_ssl_context(bogus)
 
 
 def test_https_with_private_ca(tmp_path):

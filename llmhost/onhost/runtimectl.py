@@ -1,8 +1,7 @@
 """Host-side runtime control: readiness, draining, and the state file.
 
-This file is copied to hosts and run there as ``python3 runtimectl.py ...`` (the
-unit's ExecStop, and the runtime role's checks). Hosts have only python3, so it
-uses the standard library alone. Keep it that way.
+Runs on hosts as ``python3 /usr/local/lib/llmhost/onhost.pyz runtimectl ...`` (the
+unit's ExecStop, and the runtime, gate and cutover roles' steps): standard library only.
 
 - ``ready``: the runtime answers ``/health`` with 200 *and* completes one real
   token. A server can report healthy while the model is still loading or broken;
@@ -42,12 +41,19 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from llmhost.onhost import layout
+from llmhost.onhost.layout import (
+    COLOURS,
+    MANIFEST_FILE,
+    ROLLBACK_WINDOW_UNIT,
+    RUNTIME_UNIT,
+    empty_state,
+)
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CANNOT_RUN = 2
-COLOURS = ("blue", "green")
-STATE_FILE = Path("/var/lib/llmhost/state.json")
-MANIFEST_FILE = ".llmhost-manifest.json"
+STATE_FILE = Path(layout.STATE_FILE)
 # What each runtime calls the requests it is working on, in its Prometheus metrics.
 BUSY_METRICS = ("llamacpp:requests_processing", "vllm:num_requests_running")
 _METRIC_LINE = re.compile(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+([0-9.eE+-]+|NaN)\s*$")
@@ -159,10 +165,6 @@ def manifest_digest(directory: Path) -> str | None:
 # -- state file ----------------------------------------------------------------------------
 
 
-def empty_state() -> dict[str, Any]:
-    return {"active": None, "colours": {}, "history": []}
-
-
 def read_state(path: Path) -> dict[str, Any]:
     try:
         state = json.loads(path.read_text())
@@ -249,9 +251,6 @@ def check_gate(state: dict[str, Any], colour: str, release: str) -> tuple[bool, 
 
 # -- cutover and rollback --------------------------------------------------------------------
 
-UNIT = "llmhost-runtime@{}.service"
-WINDOW_UNIT = "llmhost-rollback-window-{}"
-
 
 def upstream_text(colour: str | None, port: int) -> str:
     """The gateway's one managed include: where requests go, and the colour the audit log names.
@@ -318,12 +317,12 @@ def schedule_stop(colour: str, seconds: int) -> None:
         ok, detail = _run(
             [
                 "systemd-run",
-                f"--unit={WINDOW_UNIT.format(colour)}",
+                f"--unit={ROLLBACK_WINDOW_UNIT.format(colour)}",
                 f"--on-active={seconds}",
                 "--timer-property=AccuracySec=1s",
                 "systemctl",
                 "stop",
-                UNIT.format(colour),
+                RUNTIME_UNIT.format(colour),
             ]
         )
         if not ok:
@@ -333,7 +332,7 @@ def schedule_stop(colour: str, seconds: int) -> None:
 
 
 def cancel_stop(colour: str) -> None:
-    _run(["systemctl", "stop", f"{WINDOW_UNIT.format(colour)}.timer"])
+    _run(["systemctl", "stop", f"{ROLLBACK_WINDOW_UNIT.format(colour)}.timer"])
 
 
 def cutover(
@@ -414,14 +413,16 @@ def host_status(state_path: Path, ports: dict[str, int], upstream: Path) -> dict
 
 
 def unit_active(colour: str) -> bool:
-    return _run(["systemctl", "is-active", "--quiet", UNIT.format(colour)])[0]
+    return _run(["systemctl", "is-active", "--quiet", RUNTIME_UNIT.format(colour)])[0]
 
 
 # -- command line ---------------------------------------------------------------------------
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="llmhost runtime control (runs on hosts)")
+    parser = argparse.ArgumentParser(
+        prog="onhost.pyz runtimectl", description="llmhost runtime control (runs on hosts)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     ready = commands.add_parser("ready", help="wait for /health 200 and a one-token completion")
     ready.add_argument("--port", type=int, required=True)
@@ -456,7 +457,7 @@ def _parser() -> argparse.ArgumentParser:
             )
     status = commands.add_parser("status", help="this host's colours, releases and health")
     status.add_argument("--ports", default="blue=8001,green=8002")
-    status.add_argument("--upstream", type=Path, default=Path("/etc/nginx/llmhost/upstream.conf"))
+    status.add_argument("--upstream", type=Path, default=Path(layout.GATEWAY_UPSTREAM))
     status.add_argument("--state", type=Path, default=STATE_FILE)
     rec = commands.add_parser("record", help="record the release a colour runs")
     rec.add_argument("--state", type=Path, default=STATE_FILE)
@@ -508,9 +509,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"drain port {args.port}: {seen}", file=sys.stderr)
         return EXIT_OK if drained else EXIT_FAILED
     if args.command == "check-model":
-        found = manifest_digest(args.dir)
-        if found != args.digest:
-            why = "is missing" if found is None else f"holds {found}"
+        from llmhost.onhost.pull.materialise import materialised_layers  # the puller's own test
+
+        if materialised_layers(args.dir, args.digest) is None:
+            found = manifest_digest(args.dir)
+            why = (
+                "is missing"
+                if found is None
+                else f"holds {found}"
+                if found != args.digest
+                else "is incomplete (a file is missing, truncated or extra)"
+            )
             print(
                 f"model directory {args.dir} {why}, not {args.digest}. Fix: pull the model "
                 "first (the model role does, in deploy/site.py)",
@@ -586,7 +595,7 @@ def gate_command(args: argparse.Namespace) -> int:
         print(message)
         return EXIT_OK
     if state.get("active") != args.colour and unit_active(args.colour):
-        _run(["systemctl", "stop", UNIT.format(args.colour)])
+        _run(["systemctl", "stop", RUNTIME_UNIT.format(args.colour)])
         message += f"; {args.colour} was stopped, {state.get('active') or 'no colour'} serves"
     print(message, file=sys.stderr)
     return EXIT_FAILED
@@ -612,7 +621,7 @@ def switch_command(args: argparse.Namespace) -> int:
             if not unit_active(target):
                 print(f"rollback: {target} is cold; starting it", file=sys.stderr)
                 cancel_stop(target)
-                ok, detail = _run(["systemctl", "start", UNIT.format(target)])
+                ok, detail = _run(["systemctl", "start", RUNTIME_UNIT.format(target)])
                 if not ok:
                     raise RuntimeError(f"could not start {target}: {detail}")
         else:
@@ -641,7 +650,3 @@ def switch_command(args: argparse.Namespace) -> int:
     except (RuntimeError, OSError, ValueError) as error:
         print(f"{args.command}: {error}", file=sys.stderr)
         return EXIT_FAILED
-
-
-if __name__ == "__main__":
-    sys.exit(main())

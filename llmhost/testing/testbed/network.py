@@ -96,11 +96,6 @@ def remove_guard() -> None:
                    capture_output=True)  # fmt: skip
 
 
-def guard_active() -> bool:
-    listed = subprocess.run(["nft", "list", "table", "inet", GUARD_TABLE], capture_output=True)
-    return listed.returncode == 0
-
-
 def destroy(net: HostNetwork) -> None:
     _ip("link", "del", net.veth_host, check=False)
     _ip("netns", "del", net.netns, check=False)

@@ -1,4 +1,4 @@
-"""Operations of the base role that later roles reuse: firewall rules, readiness, secrets.
+"""Operations more than one role adds: firewall drop-ins, waiting for a listener, secrets.
 
 Each function adds pyinfra operations for the current host; files are only
 written when their content, owner or mode differ, and services only reload
@@ -15,10 +15,15 @@ from pyinfra import host
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.server import Home
 from pyinfra.operations import files, server
+from pyinfra.operations.util import any_changed
 
 from llmhost.errors import ConfigError
+from llmhost.onhost.layout import CONFIG_DIR
 from llmhost.render import put_template
-from roles.base.defaults import FIREWALL_RULES_DIR, FIREWALL_UNIT
+
+# The base role's firewall unit loads every drop-in in this directory.
+FIREWALL_RULES_DIR = f"{CONFIG_DIR}/firewall.d"
+FIREWALL_UNIT = "llmhost-firewall.service"
 
 
 def split_sources(sources: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -62,7 +67,7 @@ def reload_firewall(*changed: OperationMeta) -> None:
     server.shell(
         name="Firewall: apply changed rules",
         commands=[f"systemctl try-reload-or-restart {FIREWALL_UNIT}"],
-        _if=lambda: any(op.did_change() for op in changed),
+        _if=any_changed(*changed),
     )
 
 

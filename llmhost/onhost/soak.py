@@ -398,13 +398,13 @@ def sample_from(document: dict[str, Any]) -> Sample:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a soak on this machine and print the raw samples as JSON (for the gate).
 
-    The deploy copies this file to each serving host and runs it there, so the load
+    The gate runs it on each serving host (``onhost.pyz soak``), so the load
     reaches the idle colour over loopback; the control machine turns the samples
     into the result, the gates' verdict and the report.
     """
     import argparse
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="onhost.pyz soak", description=main.__doc__)
     parser.add_argument("--url", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--concurrency", type=int, default=4)
@@ -438,7 +438,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     json.dump({"duration_s": elapsed, "samples": [asdict(s) for s in samples]}, sys.stdout)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -16,9 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from llmhost.testbed import network, processes
-from llmhost.testbed.image import ensure_image
-from llmhost.testbed.network import HostNetwork
+from llmhost.errors import ActionableError
+from llmhost.testing.testbed import network, processes
+from llmhost.testing.testbed.image import ensure_image
+from llmhost.testing.testbed.network import HostNetwork
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 PROXY_PORT = 8888
@@ -47,7 +49,7 @@ REQUIRED_TOOLS = {
 }
 
 
-class TestbedError(RuntimeError):
+class TestbedError(ActionableError, RuntimeError):
     """The testbed cannot do what was asked; the message says how to fix it."""
 
 
@@ -197,18 +199,18 @@ class Testbed:
             raise TestbedError(f"{host.name}: `{command}` failed: {result.stderr.strip()}")
         return result.stdout
 
-    def put(self, host: TestbedHost, path: str, content: str, mode: str = "0600") -> None:
+    def put(self, host: TestbedHost, path: str, content: str | bytes, mode: str = "0600") -> None:
         """Write ``content`` to ``path`` on ``host`` through SSH's stdin (never its argv)."""
-        command = f"umask 077 && cat > {path} && chmod {mode} {path}"
+        command = f"umask 077 && cat > {shlex.quote(path)} && chmod {mode} {shlex.quote(path)}"
         result = subprocess.run(
             [*self.ssh_argv(host), command],
-            input=content,
+            input=content.encode() if isinstance(content, str) else content,
             capture_output=True,
-            text=True,
             timeout=60,
         )
         if result.returncode != 0:
-            raise TestbedError(f"{host.name}: writing {path} failed: {result.stderr.strip()}")
+            error = result.stderr.decode(errors="replace").strip()
+            raise TestbedError(f"{host.name}: writing {path} failed: {error}")
 
     def inventory_data(self, host: TestbedHost) -> dict[str, Any]:
         """What pyinfra needs to reach ``host``, and the settings a testbed host runs with."""

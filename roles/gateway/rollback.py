@@ -1,7 +1,7 @@
-"""Role rollback: the gateway back to the previous colour, restarted first if it is cold.
+"""The gateway's rollback: back to the previous colour, restarted first if it is cold.
 
 There is nothing to plan: which colour is previous, and whether it is warm, is
-decided on the host at the moment of the switch by `runtimectl.py rollback`, which
+decided on the host at the moment of the switch by `runtimectl rollback`, which
 refuses (and switches nothing) when the previous colour never ran a release or does
 not become ready.
 """
@@ -12,10 +12,11 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import server
 
+from llmhost.onhost.layout import GATEWAY_UPSTREAM
 from llmhost.settings import from_data
-from roles.gateway.defaults import UPSTREAM, GatewaySettings
+from roles._common.onhost import runtimectl
+from roles.gateway.defaults import GatewaySettings
 from roles.runtime.defaults import RuntimeSettings
-from roles.runtime.operations import runtimectl
 
 
 @deploy("llmhost rollback")
@@ -31,7 +32,7 @@ def rollback() -> None:
                 "--ports",
                 ports,
                 "--upstream",
-                UPSTREAM,
+                GATEWAY_UPSTREAM,
                 "--ready-timeout",
                 str(runtime.runtime_ready_timeout_s),
                 "--rollback-window",

@@ -7,6 +7,6 @@ offer it: an egress proxy (tinyproxy) to the package registries and an NTP
 server (chronyd, serving this machine's clock without ever setting it).
 """
 
-from llmhost.testbed.testbed import Testbed, TestbedError, TestbedHost, default_root
+from llmhost.testing.testbed.testbed import Testbed, TestbedError, TestbedHost, default_root
 
 __all__ = ["Testbed", "TestbedError", "TestbedHost", "default_root"]

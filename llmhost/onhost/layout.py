@@ -1,0 +1,51 @@
+"""Where llmhost keeps things on a host: the one source for both sides.
+
+The roles write these paths and read them back as facts; the host-side tools
+read and write them at run time. Both import the values from here, and a test
+fails if a role restates one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+SERVICE_USER = "llmhost"  # owns the blob store and models; runs the puller
+CONFIG_DIR = "/etc/llmhost"
+STATE_DIR = "/var/lib/llmhost"
+# The active colour, the release each colour runs, the last gate verdicts.
+STATE_FILE = f"{STATE_DIR}/state.json"
+HELPERS_DIR = "/usr/local/lib/llmhost"
+ONHOST_APP = f"{HELPERS_DIR}/onhost.pyz"  # this package, as a zipapp
+LLMHOST_CA = "/usr/local/share/ca-certificates/llmhost-ca.crt"
+# Kept inside every materialised model directory: the manifest it was built from.
+MANIFEST_FILE = ".llmhost-manifest.json"
+
+COLOURS = ("blue", "green")
+RUNTIME_UNIT = "llmhost-runtime@{}.service"  # .format(colour)
+ROLLBACK_WINDOW_UNIT = "llmhost-rollback-window-{}"  # .format(colour): the deferred stop
+GATEWAY_DIR = "/etc/nginx/llmhost"  # root-only: the API keys live here
+# The gateway's upstream include: which colour nginx sends to. Written by the gateway
+# role once, then only by `runtimectl cutover` / `rollback`.
+GATEWAY_UPSTREAM = f"{GATEWAY_DIR}/upstream.conf"
+
+
+def empty_state() -> dict[str, Any]:
+    """The state of a host no release was ever staged on."""
+    return {"active": None, "colours": {}, "history": []}
+
+
+def is_materialised(
+    manifest_digest: str | None,
+    files: Mapping[str, int],
+    digest: str,
+    sizes: Mapping[str, int],
+) -> bool:
+    """A model directory holds exactly the artifact ``digest`` names.
+
+    ``manifest_digest`` is the sha256 of the manifest kept in the directory and
+    ``files`` every other file in it (relative path -> size); ``sizes`` is what
+    the artifact lists. A missing, truncated or extra file means it is not: the
+    puller rebuilds such a directory, and the model role pulls again.
+    """
+    return manifest_digest == digest and dict(files) == dict(sizes)
