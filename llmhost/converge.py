@@ -1,7 +1,8 @@
 """Run pyinfra deploys from the control machine and read their results.
 
 This is what ``llmhost deploy`` and ``llmhost demo`` do, and what the end-to-end
-tests use, so the command a person runs is the command that is tested.
+tests use, so the command a person runs is the command that is tested. A rolling
+rollout (`roll_out`) is a sequence of such runs, one per batch of hosts.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,3 +116,53 @@ def run(
     except json.JSONDecodeError:
         report = None
     return RunResult(completed.returncode, completed.stdout, completed.stderr or "", report)
+
+
+# -- rolling rollouts -----------------------------------------------------------------------
+
+
+class RolloutFailed(Exception):
+    """A batch of a rollout failed; the message names the hosts left untouched."""
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """A rollout batch starting (``result`` None) or done (its run's result)."""
+
+    number: int
+    total: int
+    hosts: list[str]
+    result: RunResult | None = None
+
+
+def rollout_batches(names: list[str], batch_size: int, canary: int) -> list[list[str]]:
+    """The canary batch, then batches of ``batch_size``, in inventory order."""
+    first, rest = names[:canary], names[canary:]
+    return [first] + [rest[i : i + batch_size] for i in range(0, len(rest), batch_size)]
+
+
+def roll_out(
+    inventory: str,
+    deploy: str,
+    names: list[str],
+    batch_size: int,
+    canary: int,
+    on_progress: Callable[[BatchProgress], None],
+) -> None:
+    """Run ``deploy`` batch by batch; a batch with a failed host stops the rollout.
+
+    Stopping there is the point of batching: a bad release reaches the canary, not
+    the fleet. A second rollout is safe because hosts already done change nothing.
+    """
+    batches = rollout_batches(names, batch_size, canary)
+    for number, batch in enumerate(batches, 1):
+        on_progress(BatchProgress(number, len(batches), batch))
+        result = run(inventory, deploy, limit=tuple(batch), stream_stderr=True)
+        if result.returncode != 0 or result.errors:
+            untouched = [n for b in batches[number:] for n in b]
+            raise RolloutFailed(
+                f"batch {number} failed; rollout stopped. Not touched: "
+                f"{', '.join(untouched) or 'none'}. Fix the failure, then deploy again "
+                "(hosts already done change nothing)"
+            )
+        on_progress(BatchProgress(number, len(batches), batch, result))

@@ -11,12 +11,38 @@ import json
 import ssl
 from pathlib import Path
 
+from llmhost import converge
 from llmhost.catalog import find, model_toml
 from llmhost.mirror import RegistryAccess, mirror
+from llmhost.onhost.layout import STATE_FILE
 from llmhost.testing.testbed import Testbed, TestbedError, TestbedHost
 from llmhost.testing.testmodels import write_tiny_gguf
 
 DEMO_MODEL = "tiny-llama"
+
+
+class DemoFailed(Exception):
+    """A converge of the demo's hosts failed, or its repeat changed something."""
+
+
+def converge_hosts(inventory: str, data: dict[str, str] | None = None) -> int:
+    """Converge the demo's hosts, pyinfra's output streamed; the operations that changed."""
+    result = converge.run(inventory, data=data, stream_stderr=True)
+    if result.returncode != 0 or result.report is None or result.errors:
+        raise DemoFailed(f"converge failed (exit {result.returncode})")
+    return result.changes
+
+
+def require_idempotent(inventory: str, data: dict[str, str] | None = None) -> None:
+    """Converge again, quietly, and fail unless nothing changed: the demo proves idempotence."""
+    second = converge.run(inventory, data=data, stream_stderr=False)
+    if second.returncode != 0 or second.report is None or second.errors:
+        raise DemoFailed(
+            f"second converge failed (exit {second.returncode}):\n{second.stderr[-3000:]}"
+        )
+    if second.changes:
+        changed = "\n  ".join(second.changed_operations())
+        raise DemoFailed(f"second converge was not idempotent:\n  {changed}")
 
 
 def demo_catalog(testbed: Testbed) -> Path:
@@ -72,7 +98,7 @@ def ask_demo_model(testbed: Testbed, host: TestbedHost) -> str:
     answer = json.loads(response.read())
     if response.status != 200:
         raise TestbedError(f"{host.name}: the gateway answered {response.status}: {answer}")
-    state = json.loads(testbed.ssh(host, "cat /var/lib/llmhost/state.json"))
+    state = json.loads(testbed.ssh(host, f"cat {STATE_FILE}"))
     tokens, text = answer["usage"]["completion_tokens"], answer["choices"][0]["text"]
     return (
         f"https://{host.address}:8000 (active colour {state['active']}) generated "

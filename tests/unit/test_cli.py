@@ -1,13 +1,21 @@
 """The CLI's help, version, documentation and input checks (no host is contacted)."""
 
+import asyncio
+import json
 import subprocess
 import sys
 from types import SimpleNamespace
 
+import click
+import pytest
 from click.testing import CliRunner
 
-from llmhost import __version__
+from llmhost import __version__, converge, soakrun
 from llmhost.cli import main
+from llmhost.cli.errors import LlmhostGroup
+from llmhost.converge import BatchProgress, RolloutFailed, RunResult, roll_out, rollout_batches
+from llmhost.errors import ConfigError
+from llmhost.onhost import soak as load
 from llmhost.paths import REPO_ROOT
 from llmhost.reference import BEGIN, END, markdown
 
@@ -103,9 +111,191 @@ def test_runtimes_build_refuses_an_unknown_class_before_building_anything():
 
 
 def test_a_rollout_goes_canary_first_then_in_batches_in_inventory_order():
-    from llmhost.cli import rollout_batches
-
     names = [f"h{i}" for i in range(1, 7)]
     assert rollout_batches(names, 2, 1) == [["h1"], ["h2", "h3"], ["h4", "h5"], ["h6"]]
     assert rollout_batches(names, 5, 2) == [["h1", "h2"], ["h3", "h4", "h5", "h6"]]
     assert rollout_batches(["h1"], 3, 1) == [["h1"]]
+
+
+# -- errors become one red line and an exit code, in one place ---------------------------------
+
+
+def failing_group(error: Exception) -> click.Group:
+    """A group like `main` with one command that raises ``error``."""
+    group = LlmhostGroup()
+
+    @group.command()
+    def boom() -> None:
+        raise error
+
+    return group
+
+
+def test_a_config_error_from_any_command_exits_2_with_one_error_line():
+    bad = ConfigError("'mars-1' is not a region", key="region", fix="use gb-lon", host="h1")
+    result = CliRunner().invoke(failing_group(bad), ["boom"])
+    assert result.exit_code == 2
+    assert (
+        result.output == "error: host h1: key `region`: 'mars-1' is not a region. Fix: use gb-lon\n"
+    )
+    assert isinstance(result.exception, SystemExit)  # handled by click, not a traceback
+
+
+def test_a_testbed_error_exits_2_and_other_errors_are_left_alone():
+    from llmhost.testing.testbed import TestbedError
+
+    result = CliRunner().invoke(failing_group(TestbedError("run as root")), ["boom"])
+    assert (result.exit_code, result.output) == (2, "error: run as root\n")
+    other = CliRunner().invoke(failing_group(RuntimeError("a bug")), ["boom"])
+    assert isinstance(other.exception, RuntimeError)  # a bug still shows its traceback
+
+
+def test_the_real_commands_go_through_the_conversion(tmp_path, monkeypatch):
+    from llmhost.cli import testbed
+    from llmhost.testing.testbed import TestbedError
+
+    missing = invoke("models", "--catalog", str(tmp_path), "mirror", "nope", "--registry", "r:1")
+    assert missing.exit_code == 2 and missing.output.startswith("error: key `model`: no model")
+
+    class Unbootable:
+        def up(self, count: int) -> None:
+            raise TestbedError(f"cannot boot {count} hosts here")
+
+    monkeypatch.setattr(testbed, "_testbed", Unbootable)
+    booted = invoke("testbed", "up", "--hosts", "3")
+    assert (booted.exit_code, booted.output) == (2, "error: cannot boot 3 hosts here\n")
+
+
+# -- rolling rollouts ------------------------------------------------------------------------
+
+
+def pyinfra_result(returncode: int, changes: int = 0) -> RunResult:
+    report = {"results": {"totals": {"success": changes, "error": 0}, "operations": []}}
+    return RunResult(returncode, "", "", report)
+
+
+@pytest.fixture
+def batches_run(monkeypatch):
+    """`converge.run` replaced: batch 2 fails; returns the limits it was run with."""
+    ran: list[tuple[str, ...]] = []
+
+    def fake_run(inventory, deploy, *, limit=(), stream_stderr=False, **_):
+        ran.append(limit)
+        return pyinfra_result(1 if len(ran) == 2 else 0, changes=3)
+
+    monkeypatch.setattr(converge, "run", fake_run)
+    return ran
+
+
+def test_a_rollout_stops_at_the_first_failed_batch_and_names_the_untouched_hosts(batches_run):
+    names = [f"h{i}" for i in range(1, 6)]
+    seen: list[BatchProgress] = []
+    with pytest.raises(RolloutFailed) as failed:
+        roll_out("inv.py", "site.py", names, 2, 1, seen.append)
+    assert batches_run == [("h1",), ("h2", "h3")]  # batch 3 never ran
+    assert str(failed.value).startswith("batch 2 failed; rollout stopped. Not touched: h4, h5.")
+    assert [(p.number, p.total, p.hosts, p.result is None) for p in seen] == [
+        (1, 3, ["h1"], True),
+        (1, 3, ["h1"], False),
+        (2, 3, ["h2", "h3"], True),
+    ]
+
+
+def test_deploy_reports_a_stopped_rollout_as_a_failure(batches_run, monkeypatch):
+    from llmhost.cli import deploy
+
+    monkeypatch.setattr(deploy, "_checked_hosts", lambda inventory, limit: ["a", "b", "c"])
+    result = invoke("deploy", "inv.py", "--batch-size", "1", "--yes")
+    assert result.exit_code == 1
+    assert "rollout in 3 batch(es): 1: a; 2: b; 3: c" in result.output
+    assert "batch 1/3: done (3 changes)" in result.output
+    assert "error: batch 2 failed; rollout stopped. Not touched: c." in result.output
+    assert batches_run == [("a",), ("b",)]
+
+
+# -- soak orchestration ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_load(monkeypatch):
+    """The load functions replaced: the probe answers; four requests, the third fails."""
+    probes: list[str] = []
+
+    async def one_request(target, prompt, max_tokens):
+        probes.append(prompt)
+        return load.Sample(start=0, ok=True, ttft=0.01, e2e=0.02, tokens=max_tokens)
+
+    async def run_load(target, prompts, *, requests, samples, max_tokens, **_):
+        for number in range(requests):
+            await asyncio.sleep(0.02)
+            ok = number != 2
+            samples.append(load.Sample(start=number, ok=ok, ttft=0.01, e2e=0.02, tokens=4))
+        return 2.0
+
+    monkeypatch.setattr(load, "one_request", one_request)
+    monkeypatch.setattr(load, "run_load", run_load)
+    monkeypatch.setattr(soakrun, "PROGRESS_INTERVAL_S", 0.005)
+    return probes
+
+
+def soak_plan(**gates: float) -> soakrun.SoakPlan:
+    return soakrun.SoakPlan(
+        target=load.Target("http://127.0.0.1:9", "m"),
+        prompts=["first", "second"],
+        gates=load.Gates(**gates),
+        concurrency=2,
+        rate_per_s=None,
+        requests=4,
+        max_tokens=4,
+        duration_s=None,
+    )
+
+
+def test_a_soak_reports_progress_live_and_ends_with_the_final_count(fake_load):
+    seen: list[soakrun.SoakProgress] = []
+    outcome = soakrun.run_soak(soak_plan(), seen.append)
+    assert fake_load == ["first"]  # the probe went first, with the first prompt
+    done = [p.done for p in seen]
+    assert done == sorted(done) and len(set(done)) > 1  # counted while the load ran
+    assert [p.finished for p in seen] == [False] * (len(seen) - 1) + [True]
+    assert (seen[-1].done, seen[-1].failed) == (4, 1)
+    assert outcome.document["load"] == {
+        "mode": "closed",
+        "concurrency": 2,
+        "requests": 4,
+        "duration_s": None,
+        "max_tokens": 4,
+    }
+    assert outcome.passed and len(outcome.samples) == 4
+
+
+def test_a_soak_judges_by_its_gates_and_the_cli_prints_the_progress_line(fake_load):
+    failed = soakrun.run_soak(soak_plan(error_rate_max=0.01), lambda progress: None)
+    assert not failed.passed and "error rate" in failed.document["failures"][0]
+    result = invoke("soak", "http://127.0.0.1:9", "--model", "m", "--requests", "4")
+    assert result.exit_code == 0, result.output
+    assert "\rsoak: 4 done, 1 failed\n" in result.output
+    assert json.loads(result.output[result.output.index("{") :])["passed"]
+
+
+def test_a_soak_with_nothing_answering_cannot_run(monkeypatch):
+    async def refused(target, prompt, max_tokens):
+        return load.Sample(start=0, error="connection")
+
+    async def must_not_run(*args, **kwargs):
+        raise AssertionError("the load ran after a failed probe")
+
+    monkeypatch.setattr(load, "one_request", refused)
+    monkeypatch.setattr(load, "run_load", must_not_run)
+    with pytest.raises(soakrun.NothingAnswers, match="nothing usable answers at http://h:1"):
+        soakrun.run_soak(
+            soakrun.SoakPlan(
+                load.Target("http://h:1", "m"), ["x"], load.Gates(), 1, None, 1, 1, None
+            ),
+            lambda progress: None,
+        )
+    result = invoke("soak", "http://h:1", "--model", "m")
+    assert (result.exit_code, result.output) == (
+        2,
+        "error: nothing usable answers at http://h:1: connection\n",
+    )

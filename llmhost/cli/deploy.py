@@ -1,0 +1,265 @@
+"""Commands that act on an inventory's hosts: check, deploy, status, rollback, and the demo.
+
+Running pyinfra, rolling out in batches and the demo's steps live next to the
+code they drive (`llmhost.converge`, `llmhost.demo`); these commands parse
+arguments, print progress and turn typed failures into exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from llmhost import converge
+from llmhost.cli.errors import LlmhostFailure
+from llmhost.paths import REPO_ROOT
+
+limit_option = click.option(
+    "--limit", multiple=True, help="Only hosts or groups matching this (repeatable)."
+)
+
+
+def _checked_hosts(inventory: str, limit: tuple[str, ...]) -> list[str]:
+    """The names of INVENTORY's hosts (under ``limit``), each validated before any is contacted."""
+    from llmhost.inventory import load_hosts
+    from roles.base.preflight import check_inventory
+
+    hosts = load_hosts(inventory, limit)
+    for host in hosts:
+        check_inventory(host.name, host.data, host.host_data, host.groups)
+    return [host.name for host in hosts]
+
+
+@click.command()
+@click.argument("inventory", type=click.Path(dir_okay=False))
+@limit_option
+def check(inventory: str, limit: tuple[str, ...]) -> None:
+    """Validate INVENTORY's hosts (region, hardware, settings) without contacting any.
+
+    Exit 0 when every host is valid, 2 with the host, key and fix otherwise.
+    """
+    names = _checked_hosts(inventory, limit)
+    click.echo(f"ok: {len(names)} host(s) valid: {', '.join(names)}")
+
+
+@click.command()
+@click.argument("inventory", type=click.Path(dir_okay=False))
+@click.argument("deploy", default=str(REPO_ROOT / converge.SITE))
+@limit_option
+@click.option("--dry", is_flag=True, help="Show what would change; change nothing.")
+@click.option("-y", "--yes", is_flag=True, help="Apply without showing changes and asking first.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Roll out this many hosts at a time (after the canary), stopping at the first failure.",
+)
+@click.option(
+    "--canary",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="With --batch-size: hosts in the first batch, alone.",
+)
+def deploy(
+    inventory: str,
+    deploy: str,
+    limit: tuple[str, ...],
+    dry: bool,
+    yes: bool,
+    batch_size: int | None,
+    canary: int,
+) -> None:
+    """Check INVENTORY, then run DEPLOY (default deploy/site.py) on its hosts with pyinfra.
+
+    Unlike plain `pyinfra`, an inventory that resolves to no hosts is an error
+    here, and every host's data is validated before any host is contacted.
+    pyinfra shows the changes it detected and asks before applying them,
+    unless --yes.
+
+    \b
+    Rolling: with --batch-size N the hosts (in inventory order) go in batches:
+    the first --canary host(s) alone, then N at a time; a batch with a failed
+    host stops the rollout, and the hosts after it are not touched.
+    """
+    names = _checked_hosts(inventory, limit)
+    inventory_path, deploy_path = os.path.abspath(inventory), os.path.abspath(deploy)
+    if batch_size and not dry:
+        _roll_out(inventory_path, deploy_path, names, batch_size, canary, yes)
+        return
+    # pyinfra runs from the repository root (it imports roles from there).
+    argv = converge.pyinfra_argv(inventory_path, deploy_path, limit=limit, dry=dry, yes=yes)
+    os.chdir(REPO_ROOT)
+    os.execv(argv[0], argv)
+
+
+def _roll_out(
+    inventory: str, deploy: str, names: list[str], batch_size: int, canary: int, yes: bool
+) -> None:
+    """Show the batches, ask once (unless ``yes``), then roll out with progress on stderr."""
+    batches = converge.rollout_batches(names, batch_size, canary)
+    plan = "; ".join(f"{n}: {', '.join(b)}" for n, b in enumerate(batches, 1))
+    click.echo(f"rollout in {len(batches)} batch(es): {plan}", err=True)
+    if not yes:
+        click.confirm("Apply, batch by batch?", abort=True, err=True)
+    try:
+        converge.roll_out(inventory, deploy, names, batch_size, canary, _echo_batch)
+    except converge.RolloutFailed as error:
+        raise LlmhostFailure(str(error)) from error
+
+
+def _echo_batch(progress: converge.BatchProgress) -> None:
+    head = f"batch {progress.number}/{progress.total}"
+    if progress.result is None:
+        click.echo(f"{head}: {', '.join(progress.hosts)}", err=True)
+    else:
+        click.echo(f"{head}: done ({progress.result.changes} changes)", err=True)
+
+
+@click.command()
+@click.argument("inventory", type=click.Path(dir_okay=False))
+@click.argument("hosts", nargs=-1)
+def rollback(inventory: str, hosts: tuple[str, ...]) -> None:
+    """Switch HOSTS (default: every serving host) back to the previous colour.
+
+    \b
+    Instant when the previous colour is warm (within `gateway_rollback_window_s`);
+    when it is cold it is started, and the switch waits for /health and a one-token
+    completion. A host whose previous colour cannot serve keeps its active colour.
+    """
+    names = _checked_hosts(inventory, hosts)
+    click.echo(f"rollback: {', '.join(names)}", err=True)
+    result = converge.run(
+        os.path.abspath(inventory),
+        str(REPO_ROOT / "deploy" / "rollback.py"),
+        limit=hosts,
+        stream_stderr=True,
+    )
+    if result.returncode != 0 or result.errors:
+        raise LlmhostFailure(f"rollback failed (exit {result.returncode}); see above")
+
+
+@click.command()
+@click.argument("inventory", type=click.Path(dir_okay=False))
+@limit_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per host.")
+def status(inventory: str, limit: tuple[str, ...], as_json: bool) -> None:
+    """Per serving host: active colour, each colour's release and health, last gate result."""
+    from llmhost.status import collect
+
+    rows = collect(os.path.abspath(inventory), limit)
+    failed = False
+    for name, found in rows:
+        if as_json:
+            click.echo(json.dumps({"host": name, **found}, sort_keys=True))
+            continue
+        if "error" in found:
+            failed = True
+            click.echo(f"{name}: {found['error']}")
+            continue
+        _echo_host_status(name, found)
+    if failed:
+        sys.exit(1)
+
+
+def _echo_host_status(name: str, found: dict[str, Any]) -> None:
+    click.echo(f"{name}: active {found['active']} (gateway -> {found['gateway_sends_to']})")
+    for colour, info in found["colours"].items():
+        release = info["release"] or {}
+        label = f"{release.get('id')} {release.get('model')}" if release else "no release"
+        click.echo(f"  {colour:5} {label:40} {info['health']}")
+    click.echo(f"  last gate: {_gate_line(found['last_gate'])}")
+
+
+def _gate_line(verdict: dict[str, Any] | None) -> str:
+    if not verdict:
+        return "none recorded"
+    outcome = (
+        "passed" if verdict.get("passed") else "FAILED: " + "; ".join(verdict.get("failures") or [])
+    )
+    drift = f", {verdict['drift']} answers drifted" if verdict.get("drift") else ""
+    return (
+        f"release {verdict.get('release')} on {verdict.get('colour')} {outcome}{drift} "
+        f"({verdict.get('time')}; report {verdict.get('report')})"
+    )
+
+
+@click.command()
+@click.option("--hosts", "count", default=1, show_default=True, help="Test hosts to converge.")
+@click.option("--down", "tear_down", is_flag=True, help="Remove the testbed afterwards.")
+def demo(count: int, tear_down: bool) -> None:
+    """Run the main job end to end on throwaway local test hosts.
+
+    \b
+    1. boot Debian 12 hosts (systemd-nspawn, own network namespaces);
+    2. converge deploy/site.py over SSH: base, and the registry on the first host;
+    3. make a tiny llama GGUF, verify it against its catalog entry, push it to
+       the registry and record its digest;
+    4. build llama-server for class `cpu` from the pinned source (about five
+       minutes on two cores the first time, then cached) and push it;
+    5. converge again with the hosts serving it: each pulls model and engine by
+       digest, verified while streaming, starts the blue colour and puts the
+       gateway (nginx: HTTPS, API key, limits, audit log) in front of it;
+    6. converge once more and require zero changes; ask each host's gateway for
+       a completion with the demo identity's key.
+    Needs root; installs nothing itself (see the README's first line).
+    """
+    from llmhost.demo import (
+        DEMO_MODEL,
+        DemoFailed,
+        ask_demo_model,
+        demo_catalog,
+        demo_key,
+        mirror_demo_model,
+        publish_demo_runtime,
+    )
+    from llmhost.testing.testbed import Testbed
+
+    testbed = Testbed()
+    inventory = "inventories/testbed.py"
+    try:
+        hosts = testbed.up(count)
+        click.echo(f"testbed: {', '.join(f'{h.name} ({h.address})' for h in hosts)}", err=True)
+        _converge(inventory)
+        catalog = demo_catalog(testbed)
+        os.environ["LLMHOST_MODELS_DIR"] = str(catalog)
+        digest = mirror_demo_model(testbed, catalog)
+        click.echo(f"mirrored: {DEMO_MODEL} as {digest}", err=True)
+        os.environ["LLMHOST_RUNTIME_BUILDS"] = str(testbed.root / "runtime-builds.toml")
+        build = publish_demo_runtime(testbed)
+        click.echo(f"llama.cpp for class cpu: {build}", err=True)
+        demo_key(testbed)
+        _converge_twice(inventory, {"model_name": DEMO_MODEL})
+        for host in hosts:
+            click.echo(f"{host.name}: {ask_demo_model(testbed, host)}", err=True)
+    except DemoFailed as error:
+        raise LlmhostFailure(str(error)) from error
+    finally:
+        if tear_down:
+            testbed.down()
+            click.echo("testbed removed", err=True)
+    if not tear_down:
+        click.echo(
+            f"hosts stay up: `llmhost testbed ssh {hosts[0].name}`; "
+            "`llmhost testbed down` removes them",
+            err=True,
+        )
+
+
+def _converge(inventory: str, data: dict[str, str] | None = None) -> None:
+    from llmhost.demo import converge_hosts
+
+    changes = converge_hosts(inventory, data)
+    click.echo(f"converged: {changes} operation(s) changed", err=True)
+
+
+def _converge_twice(inventory: str, data: dict[str, str] | None = None) -> None:
+    """Converge, then converge again and require that nothing changed."""
+    from llmhost.demo import require_idempotent
+
+    _converge(inventory, data)
+    require_idempotent(inventory, data)
+    click.echo("idempotent: second converge changed 0 operations", err=True)
