@@ -39,10 +39,11 @@ class HostState(FactBase[dict[str, Any]]):
 
 
 class DirectoryEntries(FactBase[list[str]]):
-    """The names in a directory (hidden ones too); none when it does not exist."""
+    """The names in a directory (hidden ones too); none when it is missing or not a directory."""
 
     def command(self, path: str) -> str:
-        return f"ls -1A {shlex.quote(path)} 2>/dev/null || true"
+        directory = shlex.quote(path)
+        return f"! test -d {directory} || ls -1A {directory}"
 
     @staticmethod
     def default() -> list[str]:

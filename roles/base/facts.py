@@ -50,9 +50,11 @@ class Platform(FactBase[PlatformDict]):
 
 
 class SshdListenPorts(FactBase[list[int]]):
-    """The ports sshd is configured to listen on (``sshd -T``), which the firewall must open.
+    """The ports sshd listens on (``sshd -T``'s ``listenaddress`` lines), which the firewall opens.
 
-    The inventory's ``ssh_port`` is where this deploy connects, which can differ
+    ``Port`` lines alone are not enough: ``ListenAddress 0.0.0.0:2222`` makes sshd listen
+    on 2222 while it still reports ``port 22``; sshd -T lists every address and port it
+    binds. The inventory's ``ssh_port`` is where this deploy connects, which can differ
     (NAT, a bastion); opening only that could lock out the next run.
     """
 
@@ -60,11 +62,12 @@ class SshdListenPorts(FactBase[list[int]]):
         return "sshd"
 
     def command(self) -> str:
-        return "sshd -T 2>/dev/null | awk '$1 == \"port\" {print $2}'"
+        return "sshd -T 2>/dev/null | awk '$1 == \"listenaddress\" {print $2}'"
 
     @staticmethod
     def default() -> list[int]:
         return []
 
     def process(self, output: list[str]) -> list[int]:
-        return sorted({int(line) for line in output if line.strip().isdigit()})
+        ports = {line.rsplit(":", 1)[-1].strip() for line in output if ":" in line}
+        return sorted(int(port) for port in ports if port.isdigit())

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from typing import TypedDict
 
 from pyinfra.api import FactBase
 
 from llmhost.onhost.layout import MANIFEST_FILE
+
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class MaterialisedDict(TypedDict):
@@ -38,11 +41,13 @@ class MaterialisedModel(FactBase[MaterialisedDict]):
     def process(self, output: list[str]) -> MaterialisedDict:
         result = self.default()
         for line in output:
-            if len(line) == 64 and " " not in line:
+            size, _, path = line.partition(" ")
+            if SHA256_HEX.fullmatch(line):
                 result["manifest"] = f"sha256:{line}"
-            elif " " in line:
-                size, path = line.split(" ", 1)
+            elif size.isdigit() and path:
                 result["files"][path] = int(size)
+            # Anything else is part of a name with a newline in it: such a directory does
+            # not match its manifest, and the puller refuses such names.
         return result
 
 

@@ -16,6 +16,10 @@ class UnitActive(FactBase[bool]):
     def command(self, unit: str) -> str:
         return f"systemctl is-active {shlex.quote(unit)} 2>/dev/null || true"
 
+    @staticmethod
+    def default() -> bool:
+        return False
+
     def process(self, output: list[str]) -> bool:
         return "".join(output).strip() == "active"
 

@@ -161,8 +161,8 @@ def test_killing_the_runtime_mid_soak_fails_the_gate_and_no_cutover_happens(
     def kill_when_the_soak_runs() -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            # [s]/[l]: patterns that do not match the shell running pgrep/pkill itself.
-            running = testbed.ssh(host, "pgrep -f '[s]oak.py --url' || true", check=False)
+            # [o]/[l]: patterns that do not match the shell running pgrep/pkill itself.
+            running = testbed.ssh(host, "pgrep -f '[o]nhost.pyz soak --url' || true", check=False)
             if running.strip():
                 time.sleep(1.0)
                 killed.append(

@@ -4,15 +4,27 @@ pyinfra operations decide their commands from facts at prepare time, so a role
 can be tested the way pyinfra tests its own operations: given these facts,
 expect these commands (or none: a noop). Facts not given take sensible values
 for a fresh Debian 12 host: nothing installed, no files, no units.
+
+A fact is given by its class name, as one of:
+
+- a plain value: the fact has it whatever its arguments;
+- ``per_argument({"path=/etc/x": value, ...})``: a value per argument set, the way
+  pyinfra's operation tests give facts (``"files.File": {"path=/x": {...}}``); any other
+  arguments get the fact's ``default()``;
+- a callable, for a rule no table can list (``Which`` of any command): it is called
+  with the fact's arguments.
 """
 
 from __future__ import annotations
 
+import inspect
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pyinfra.api import Config, Inventory, State
+from pyinfra.api.arguments import all_global_arguments
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.host import Host
 from pyinfra.context import ctx_host, ctx_inventory, ctx_state
@@ -22,7 +34,7 @@ SECRETS_DIR = tempfile.mkdtemp(prefix="llmhost-unit-secrets-")
 
 FRESH_DEBIAN_12: dict[str, Any] = {
     "Os": "Linux",
-    "Which": lambda command, **_: f"/usr/bin/{command}",
+    "Which": lambda command: f"/usr/bin/{command}",
     "Users": {},
     "Groups": [],
     "DebPackages": {},
@@ -38,6 +50,96 @@ FRESH_DEBIAN_12: dict[str, Any] = {
         "sshd_includes_dropins": True,
     },
 }
+
+GLOBAL_ARGUMENTS = frozenset(name for name, _ in all_global_arguments())
+# "a=1, b=2": split before each "name=", so a value may hold a comma
+KEY_SEPARATOR = re.compile(r",\s*(?=[A-Za-z_][A-Za-z0-9_]*=)")
+
+
+class PerArgument:
+    """A fact's values by argument set; see ``per_argument``."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self.values = {self.parse_key(key): value for key, value in values.items()}
+
+    @staticmethod
+    def parse_key(key: str) -> tuple[tuple[str, str], ...]:
+        """``"a=1, b=/x"`` -> ``(("a", "1"), ("b", "/x"))``; names sorted, each once."""
+        pairs = []
+        for part in KEY_SEPARATOR.split(key.strip()) if key.strip() else []:
+            name, equals, value = part.partition("=")
+            if not equals or not name.strip().isidentifier():
+                raise ValueError(f"per_argument key {key!r}: {part!r} is not name=value")
+            pairs.append((name.strip(), value))
+        names = [name for name, _ in pairs]
+        if names != sorted(set(names)):
+            raise ValueError(f"per_argument key {key!r}: name each argument once, sorted by name")
+        return tuple(pairs)
+
+    def lookup(self, cls: type, arguments: dict[str, Any]) -> Any:
+        """The value given for exactly these arguments, else the fact's default."""
+        parameters = inspect.signature(cls().command).parameters
+        defaults = {
+            name: str(p.default)
+            for name, p in parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+        required = set(parameters) - set(defaults)
+        for key in self.values:
+            names = {name for name, _ in key}
+            if names - set(parameters) or required - names:
+                raise ValueError(
+                    f"per_argument key {key_string(key)!r} for {cls.__name__}: "
+                    f"{cls.__name__}.command takes {sorted(parameters)}, "
+                    f"of which {sorted(required)} are required"
+                )
+
+        def without_defaults(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+            return tuple((name, value) for name, value in pairs if defaults.get(name) != value)
+
+        wanted = without_defaults(tuple(sorted((k, str(v)) for k, v in arguments.items())))
+        for key, value in self.values.items():
+            if without_defaults(key) == wanted:
+                return value
+        return cls.default()  # type: ignore[attr-defined]
+
+
+def key_string(key: tuple[tuple[str, str], ...]) -> str:
+    return ", ".join(f"{name}={value}" for name, value in key)
+
+
+def per_argument(values: Mapping[str, Any]) -> PerArgument:
+    """A fact given per argument set: ``{"path=/etc/x": value}``, other arguments: default.
+
+    A key names the fact's keyword arguments as ``name=value`` pairs, comma-separated and
+    sorted by name when there are several (``"path=/x, user=root"``); an argument left at its
+    default may be left out. A key that could never match (an argument the fact does not take,
+    a required one missing) fails the lookup rather than passing silently.
+    """
+    return PerArgument(values)
+
+
+def fact_arguments(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The fact's own arguments, as pyinfra gives them to ``command`` (global ones dropped).
+
+    An argument the fact does not take raises TypeError, as it would against a real host.
+    """
+    own = {key: value for key, value in kwargs.items() if key not in GLOBAL_ARGUMENTS}
+    try:
+        bound = inspect.signature(cls().command).bind(*args, **own)
+    except TypeError as error:
+        raise TypeError(f"{cls.__name__} looked up with {args}, {own}: {error}") from None
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def fact_value(given: Any, cls: type, arguments: dict[str, Any]) -> Any:
+    """What a fact given as a plain value, ``per_argument`` or a callable is for ``arguments``."""
+    if isinstance(given, PerArgument):
+        return given.lookup(cls, arguments)
+    if callable(given):
+        return given(**arguments)
+    return given
 
 
 def plan(
@@ -55,8 +157,10 @@ def plan(
     data = {"secrets_dir": SECRETS_DIR, **data}
 
     def get_fact(self: Host, cls: type, *args: Any, **kwargs: Any) -> Any:
-        value = known.get(cls.__name__, cls.default())  # type: ignore[attr-defined]
-        return value(**kwargs) if callable(value) else value
+        arguments = fact_arguments(cls, args, kwargs)
+        if cls.__name__ not in known:
+            return cls.default()  # type: ignore[attr-defined]
+        return fact_value(known[cls.__name__], cls, arguments)
 
     original = Host.get_fact
     Host.get_fact = get_fact  # type: ignore[method-assign]

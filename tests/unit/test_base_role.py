@@ -4,7 +4,7 @@ import pytest
 
 from llmhost.errors import ConfigError
 from roles.base import base
-from tests.unit.pyinfra_plan import FRESH_DEBIAN_12, plan
+from tests.unit.pyinfra_plan import FRESH_DEBIAN_12, per_argument, plan
 
 HOST = {"region": "gb-lon1", "hardware": "cpu"}
 
@@ -35,7 +35,7 @@ def test_installed_packages_are_a_noop_without_apt_update():
 def test_proxy_is_written_for_apt_and_removed_when_unset():
     with_proxy = plan(base, {**HOST, "base_http_proxy": "http://proxy.internal:3128"})
     assert any("80llmhost-proxy" in c for c in commands(with_proxy, "APT: egress proxy"))
-    existing = {"File": lambda path, **_: {"mode": 640} if "80llmhost" in path else None}
+    existing = {"File": per_argument({"path=/etc/apt/apt.conf.d/80llmhost-proxy": {"mode": 640}})}
     without = plan(base, HOST, existing)
     assert commands(without, "APT: no egress proxy") == [
         "rm -f /etc/apt/apt.conf.d/80llmhost-proxy"

@@ -14,7 +14,7 @@ from roles.gateway import gateway
 from roles.gateway.cutover import cutover
 from roles.gateway.rollback import rollback
 from tests.unit import test_runtime_role as runtime_tests
-from tests.unit.pyinfra_plan import SECRETS_DIR, plan
+from tests.unit.pyinfra_plan import SECRETS_DIR, per_argument, plan
 
 catalog = runtime_tests.catalog  # the same catalog and recorded build (autouse fixture)
 host_data = runtime_tests.host_data
@@ -81,7 +81,8 @@ def test_the_first_plan_installs_nginx_writes_root_only_keys_and_points_at_no_co
 
 
 def test_an_existing_upstream_is_left_to_cutover():
-    planned = plan(gateway, host_data(), facts={"File": {"mode": 644}})
+    upstream = per_argument({"path=/etc/nginx/llmhost/upstream.conf": {"mode": 644}})
+    planned = plan(gateway, host_data(), facts={"File": upstream})
     assert not any(n.startswith("Gateway: upstream include") for n in planned)
 
 

@@ -456,6 +456,8 @@ def test_manifest_bytes_not_matching_digest_are_refused(tmp_path, registry):
         ("a\\..\\b", "backslash"),
         ("", "missing or empty"),
         (".llmhost-manifest.json", "reserved"),
+        ("notes\nsee also.txt", "control character"),
+        ("nul\x00.bin", "control character"),
     ],
 )
 def test_unsafe_layer_titles_are_refused(tmp_path, registry, title, reason):

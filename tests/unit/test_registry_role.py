@@ -16,7 +16,7 @@ from llmhost.render import render
 from llmhost.secrets import RegistryCredentials, certificate_authority, registry_credentials
 from roles.registry import DROPIN, htpasswd_line, registry, staggered_gc_schedule
 from roles.registry.defaults import CONFIG_DIR
-from tests.unit.pyinfra_plan import SECRETS_DIR, plan
+from tests.unit.pyinfra_plan import SECRETS_DIR, per_argument, plan
 
 HOST = {"region": "gb-lon1", "hardware": "cpu"}
 CREDENTIALS = RegistryCredentials(username="llmhost", password="correct horse", http_secret="s")
@@ -154,20 +154,13 @@ def test_certificate_names_the_registry_address():
 def test_matching_htpasswd_on_the_host_is_not_rewritten():
     credentials = registry_credentials(Path(SECRETS_DIR))
     line = htpasswd_line(credentials, None)
+    htpasswd = f"path={CONFIG_DIR}/htpasswd"
     facts = {
-        "FileContents": lambda path: [line.strip()] if path.endswith("/htpasswd") else None,
-        "Sha1File": lambda path: (
-            hashlib.sha1(line.encode()).hexdigest() if path.endswith("/htpasswd") else None
-        ),
-        "File": lambda path: (
-            {"mode": 640, "user": "root", "group": "docker-registry"}
-            if path.endswith("/htpasswd")
-            else None
-        ),
-        "Directory": lambda path: (
-            {"mode": 750, "user": "root", "group": "docker-registry"}
-            if path == CONFIG_DIR
-            else None
+        "FileContents": per_argument({htpasswd: [line.strip()]}),
+        "Sha1File": per_argument({htpasswd: hashlib.sha1(line.encode()).hexdigest()}),
+        "File": per_argument({htpasswd: {"mode": 640, "user": "root", "group": "docker-registry"}}),
+        "Directory": per_argument(
+            {f"path={CONFIG_DIR}": {"mode": 750, "user": "root", "group": "docker-registry"}}
         ),
     }
     planned = plan(registry, HOST, facts)

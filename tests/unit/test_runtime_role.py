@@ -152,9 +152,7 @@ def test_the_unit_is_hardened_and_drains_before_it_stops(gpu, jit):
     for line in ("NoNewPrivileges=yes", "ProtectSystem=strict", "User=llmhost-runtime",
                  "Restart=on-failure", "IPAddressDeny=any", "CapabilityBoundingSet="):  # fmt: skip
         assert f"\n{line}\n" in text
-    assert (
-        "ExecStop=/usr/bin/python3 /usr/local/lib/llmhost/onhost.pyz runtimectl drain" in text
-    )
+    assert "ExecStop=/usr/bin/python3 /usr/local/lib/llmhost/onhost.pyz runtimectl drain" in text
     assert "\nEnvironmentFile=/etc/llmhost/runtime-%i.env\n" in text
     assert "TimeoutStopSec=60" in text
     assert ("PrivateDevices=yes" in text) is not gpu

@@ -54,8 +54,8 @@ def unsafe_title_reason(title: object) -> str | None:
         return "it is missing or empty"
     if "\\" in title:
         return "it contains a backslash"
-    if "\x00" in title:
-        return "it contains a NUL byte"
+    if any(ord(c) < 32 or ord(c) == 127 for c in title):
+        return "it contains a control character (a newline, a tab, a NUL byte...)"
     if title.startswith("/"):
         return "it is an absolute path"
     segments = title.split("/")
