@@ -278,14 +278,20 @@ def test_a_rollout_stops_at_the_first_failed_batch_and_leaves_the_rest_untouched
 ):
     canary, rest = hosts
     before = testbed.ssh(rest, f"cat {STATE_FILE} 2>/dev/null || echo none", check=False)
+    # Valid data (the offline check passes), but an engine that cannot start: only the
+    # canary's own deploy finds out, and the rollout must stop there.
     edits = {
-        canary.name: {"model_name": "rt-one", "runtime_ports": {"blue": 8001, "green": 8001}},
+        canary.name: {
+            "model_name": "rt-one",
+            "runtime_extra_args": ["--no-such-option"],
+            "runtime_ready_timeout_s": 15,
+        },
         rest.name: {"model_name": "rt-one"},
     }
     path = write_inventory(tmp_path / "inventory.py", testbed, hosts, **edits)
     rolled = cli("deploy", path, "--batch-size", "1", "-y")
-    assert rolled.returncode == 1
+    assert rolled.returncode == 1, rolled.stderr[-3000:]
     assert f"batch 1 failed; rollout stopped. Not touched: {rest.name}" in rolled.stderr
-    assert "blue and green share port 8001" in rolled.stderr
+    assert "is not ready" in rolled.stderr
     after = testbed.ssh(rest, f"cat {STATE_FILE} 2>/dev/null || echo none", check=False)
     assert after == before

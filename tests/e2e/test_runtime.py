@@ -176,7 +176,7 @@ def test_bad_inputs_fail_before_any_unit_changes(tmp_path, testbed, hosts, publi
     cases = [
         ({"model_name": "rt-st"}, "deploy/site.py", "llama.cpp cannot serve model rt-st"),
         ({"model_name": "rt-one", "runtime_ports": {"blue": 8001, "green": 8001}},
-         "deploy/site.py", "blue and green share port 8001"),
+         "deploy/site.py", "8001 is also `runtime_ports.blue`'s port"),
         ({"model_name": "rt-one", "runtime_ports": {"blue": 8001, "green": 5000}},
          "deploy/site.py", "registry_port"),
         ({"model_name": "rt-one", "hardware": "tpu-pod"}, "deploy/site.py",
