@@ -6,9 +6,10 @@ one prompt per line, each with one check of its answer:
     {"id": "capital", "prompt": "The capital of France is", "max_tokens": 8,
      "check": {"contains": "Paris"}}
 
-Check kinds: `exact` (the whole answer, stripped), `regex` (searched in the answer),
-`contains`, and `json_schema` (the answer parses as JSON and validates). The score is
-the share of checks passed.
+Check kinds: `exact` (the whole answer, stripped), `regex` (searched in the answer, with
+a time limit), `contains`, and `json_schema` (the answer parses as JSON and validates).
+The score is the share of checks passed. `llmhost models validate` checks every line
+(`eval_set_problems`), so a bad eval set is refused before any deploy, not in the gate.
 
 Answers are generated at temperature 0, so one release (the same model digest, engine
 build and arguments) must give the same tokens every time. The answers of each
@@ -22,16 +23,34 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import jsonschema
 
 from llmhost.errors import ConfigError
+from llmhost.tomlfile import did_you_mean, first_unknown_key
 
 CHECK_KINDS = ("exact", "regex", "contains", "json_schema")
+ITEM_KEYS = ("id", "prompt", "max_tokens", "check")
 DEFAULT_MAX_TOKENS = 32
+# A regex check gets this long to search one answer. Python's `re` cannot be interrupted,
+# so the search runs in a child interpreter that is killed when its time is up: a
+# catastrophic pattern (`^(a+)+$` on "aaa...b") fails its check instead of hanging the
+# control machine in the middle of a deploy.
+REGEX_TIMEOUT_S = 2.0
+# Answers a regex that cannot fail would match: the empty one and one of each kind of text.
+_PROBES = ("", " ", "\n", "x", "X", "0", "#", "\x00", "é")
+_SEARCH = (
+    "import json, re, sys\n"
+    "pattern, text = json.load(sys.stdin)\n"
+    "sys.stdout.write('1' if re.search(pattern, text) else '0')\n"
+)
 
 
 @dataclass(frozen=True)
@@ -57,29 +76,76 @@ class EvalSet:
 
 
 def load_eval_set(path: Path) -> EvalSet:
-    """Parse and validate an eval set; every problem names the file, the line and the fix."""
+    """Parse and validate an eval set; every problem names the file, the line and the fix.
+
+    The first problem is raised; `eval_set_problems` lists them all.
+    """
+    loaded, problems = _parse(path)
+    if problems:
+        raise problems[0]
+    assert loaded is not None
+    return loaded
+
+
+def eval_set_problems(path: Path) -> list[ConfigError]:
+    """Every problem of the eval set at ``path``, in file order (empty: it is valid)."""
+    return _parse(path)[1]
+
+
+def _parse(path: Path) -> tuple[EvalSet | None, list[ConfigError]]:
+    def problem(text: str, fix: str) -> ConfigError:
+        return ConfigError(text, key="eval_set", fix=fix)
+
     if not path.is_file():
-        raise ConfigError(
-            f"eval set {path} does not exist",
-            key="eval_set",
-            fix="give a path relative to the models directory, or remove eval_set",
-        )
-    raw = path.read_bytes()
+        fix = "give a path relative to the models directory, or remove eval_set"
+        return None, [problem(f"eval set {path} does not exist", fix)]
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        return None, [problem(f"eval set {path} cannot be read ({error})", "make it readable")]
     items: list[EvalItem] = []
-    for number, line in enumerate(raw.decode().splitlines(), start=1):
-        if line.strip():
-            items.append(_item(path, number, line))
-    if not items:
-        raise ConfigError(f"eval set {path} is empty", key="eval_set", fix="add one prompt a line")
-    ids = [item.id for item in items]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise ConfigError(
-            f"eval set {path} uses id {duplicates[0]!r} twice",
-            key="eval_set",
-            fix="give every prompt its own id",
-        )
-    return EvalSet(path, tuple(items), hashlib.sha256(raw).hexdigest())
+    problems: list[ConfigError] = []
+    lines: dict[str, int] = {}
+    # Split on "\n" only: str.splitlines() also splits inside a JSON string holding U+2028.
+    for number, data in enumerate(raw.split(b"\n"), start=1):
+        try:
+            line = data.decode("utf-8").removesuffix("\r")
+        except UnicodeDecodeError as error:
+            bad = f"byte {data[error.start]:#04x} at column {error.start + 1}"
+            problems.append(problem(f"{path}:{number}: is not UTF-8 ({bad})", "save it as UTF-8"))
+            continue
+        if not line.strip():
+            continue
+        try:
+            item = _item(path, number, line)
+        except ConfigError as error:
+            problems.append(error)
+            continue
+        if item.id in lines:
+            problems.append(
+                problem(
+                    f"{path}:{number}: uses id {item.id!r} twice (first on line {lines[item.id]})",
+                    "give every prompt its own id",
+                )
+            )
+            continue
+        lines[item.id] = number
+        items.append(item)
+    if not items and not problems:
+        problems.append(problem(f"eval set {path} is empty", "add one prompt a line"))
+    return EvalSet(path, tuple(items), hashlib.sha256(raw).hexdigest()), problems
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"key {repeated[0]!r} appears twice")
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _item(path: Path, number: int, line: str) -> EvalItem:
@@ -89,23 +155,32 @@ def _item(path: Path, number: int, line: str) -> EvalItem:
         return ConfigError(f"{where}: {problem}", key="eval_set", fix=fix)
 
     try:
-        entry = json.loads(line)
+        entry = json.loads(line, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
     except json.JSONDecodeError as error:
         raise fail(f"not JSON ({error.msg})", "write one JSON object per line") from error
+    except (ValueError, RecursionError) as error:
+        raise fail(f"not JSON ({error})", "write one JSON object per line") from error
     if not isinstance(entry, dict):
         raise fail("not a JSON object", 'write {"id": ..., "prompt": ..., "check": {...}}')
+    unknown = first_unknown_key(entry, ITEM_KEYS, "an eval line")
+    if unknown:
+        name, problem, fix = unknown
+        raise fail(f"`{name}` {problem}", fix)
     identity, prompt = entry.get("id"), entry.get("prompt")
-    if not isinstance(identity, str) or not identity:
+    if not isinstance(identity, str) or not identity.strip():
         raise fail("`id` is missing", "give each prompt a short unique id")
-    if not isinstance(prompt, str) or not prompt:
+    if not isinstance(prompt, str) or not prompt.strip():
         raise fail("`prompt` is missing", "give the prompt text")
     max_tokens = entry.get("max_tokens", DEFAULT_MAX_TOKENS)
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise fail(f"`max_tokens` {max_tokens!r} is not a count", "give an integer >= 1")
     check = entry.get("check")
     if not isinstance(check, dict) or len(check) != 1 or next(iter(check)) not in CHECK_KINDS:
+        hint = ""
+        if isinstance(check, dict) and len(check) == 1:
+            hint = did_you_mean(next(iter(check)), CHECK_KINDS)
         raise fail(
-            f"`check` {check!r} is not one check",
+            f"`check` {check!r} is not one check{hint}",
             f'give exactly one of {", ".join(CHECK_KINDS)}, e.g. {{"contains": "Paris"}}',
         )
     kind, expected = next(iter(check.items()))
@@ -119,42 +194,152 @@ def _check_expected(kind: str, expected: Any, fail: Any) -> None:
             jsonschema.Draft202012Validator.check_schema(expected)
         except jsonschema.SchemaError as error:
             raise fail(f"the JSON schema is invalid: {error.message}", "fix the schema") from error
+        except RecursionError as error:
+            raise fail("the JSON schema is nested too deeply", "simplify the schema") from error
+        reference = _unresolvable_reference(expected)
+        if reference is not None:
+            raise fail(
+                f"the JSON schema's $ref {reference!r} does not resolve inside the schema",
+                "use $ref only to '#/...' paths or '#anchor' names of the schema itself "
+                "(the gate never fetches schemas)",
+            )
         return
     if not isinstance(expected, str):
         raise fail(f"the {kind} check needs a string, not {expected!r}", "give a string")
+    if kind == "contains" and not expected:
+        raise fail("the contains check is empty, so it cannot fail", "give the text to look for")
     if kind == "regex":
+        _check_pattern(expected, fail)
+
+
+def _check_pattern(pattern: str, fail: Any) -> None:
+    """Refuse a pattern that does not compile, that Python reads other than it looks (a
+    FutureWarning such as "possible nested set", e.g. POSIX ``[[:digit:]]``), or that
+    matches every answer."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         try:
-            re.compile(expected)
-        except re.error as error:
-            problem = f"regex {expected!r} does not compile: {error}"
-            raise fail(problem, "fix the pattern") from error
+            compiled = re.compile(pattern)
+        except (re.error, OverflowError, RecursionError, ValueError) as error:
+            problem = f"regex {pattern!r} does not compile: {error}"
+            raise fail(problem, "fix the pattern (Python `re` syntax)") from error
+        except (FutureWarning, DeprecationWarning) as warning:
+            problem = f"regex {pattern!r} is ambiguous to Python's re: {warning}"
+            raise fail(problem, "escape the character, or write the set out in full") from None
+    # Short probes cannot backtrack for long, so they are searched here, not in a child.
+    if all(compiled.search(probe) for probe in _PROBES):
+        raise fail(
+            f"regex {pattern!r} matches any answer (even an empty one), so it cannot fail",
+            "anchor it or require some text, e.g. '^\\s*\\d+'",
+        )
+
+
+def _unresolvable_reference(schema: Any) -> str | None:
+    """The first ``$ref`` in ``schema`` that does not point inside it, else None."""
+    anchors: set[str] = set()
+    references: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("$anchor", "$dynamicAnchor") and isinstance(value, str):
+                    anchors.add(value)
+                elif key in ("$ref", "$dynamicRef") and isinstance(value, str):
+                    references.append(value)
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    for reference in references:
+        if not reference.startswith("#"):
+            return reference
+        fragment = reference[1:]
+        if fragment.startswith("/") or not fragment:
+            if not _points_inside(schema, fragment):
+                return reference
+        elif fragment not in anchors:
+            return reference
+    return None
+
+
+def _points_inside(schema: Any, pointer: str) -> bool:
+    """Whether the JSON pointer ``pointer`` (``/a/b``, or "" for the root) names a node."""
+    node = schema
+    for escaped in pointer.split("/")[1:]:
+        token = unquote(escaped).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and token in node:
+            node = node[token]
+        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        else:
+            return False
+    return True
+
+
+class RegexSearchError(Exception):
+    """A regex search that gave no answer: it ran past its time limit, or its child failed."""
+
+
+def regex_search(pattern: str, text: str, timeout_s: float) -> bool:
+    """``re.search(pattern, text)`` with a time limit: the very `re` of this interpreter,
+    run in a child so that it can be killed when the limit passes (RegexSearchError)."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _SEARCH],
+            input=json.dumps([pattern, text]),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise RegexSearchError(f"regex search timed out after {timeout_s:g} s") from error
+    except OSError as error:
+        raise RegexSearchError(f"regex search could not start: {error}") from error
+    if done.returncode != 0 or done.stdout not in ("0", "1"):
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RegexSearchError(f"regex search failed: {last}")
+    return done.stdout == "1"
+
+
+def check_answer(item: EvalItem, answer: str, regex_timeout_s: float | None = None) -> str | None:
+    """None when ``answer`` passes the item's check, else why it fails."""
+    if item.kind == "exact":
+        ok = answer.strip() == str(item.expected).strip()
+        return None if ok else "the answer is not the expected text"
+    if item.kind == "contains":
+        return None if str(item.expected) in answer else "the answer does not contain the text"
+    if item.kind == "regex":
+        try:
+            found = regex_search(str(item.expected), answer, regex_timeout_s or REGEX_TIMEOUT_S)
+        except RegexSearchError as error:
+            return str(error)
+        return None if found else "the pattern is not found in the answer"
+    try:
+        jsonschema.validate(json.loads(answer), item.expected)
+    except (ValueError, RecursionError):
+        return "the answer is not JSON"
+    except jsonschema.ValidationError as error:
+        return f"the answer does not match the schema: {error.message}"
+    except Exception as error:  # a schema validation refuses (a bad $ref...): a guard only
+        return f"the schema cannot be applied: {type(error).__name__}: {error}"
+    return None
 
 
 def passes(item: EvalItem, answer: str) -> bool:
-    if item.kind == "exact":
-        return answer.strip() == str(item.expected).strip()
-    if item.kind == "contains":
-        return str(item.expected) in answer
-    if item.kind == "regex":
-        return re.search(str(item.expected), answer) is not None
-    try:
-        jsonschema.validate(json.loads(answer), item.expected)
-    except (ValueError, jsonschema.ValidationError):
-        return False
-    return True
+    return check_answer(item, answer) is None
 
 
 def score(eval_set: EvalSet, answers: dict[str, str]) -> tuple[float, list[dict[str, Any]]]:
     """The share of checks passed, and each item's answer and verdict."""
-    results = [
-        {
-            "id": item.id,
-            "check": item.kind,
-            "passed": passes(item, answers.get(item.id, "")),
-            "answer": answers.get(item.id),
-        }
-        for item in eval_set.items
-    ]
+    results = []
+    for item in eval_set.items:
+        answer = answers.get(item.id)
+        reason = check_answer(item, answer) if isinstance(answer, str) else "no answer"
+        result = {"id": item.id, "check": item.kind, "passed": reason is None, "answer": answer}
+        results.append(result if reason is None else {**result, "reason": reason})
     return sum(1 for r in results if r["passed"]) / len(results), results
 
 

@@ -9,16 +9,48 @@ with.
 
 from __future__ import annotations
 
-import tomllib
+import os
+import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llmhost.errors import ConfigError
 from llmhost.paths import HARDWARE_CATALOG
+from llmhost.tomlfile import first_unknown_key, read_toml
 
 RUNTIMES = ("llama.cpp", "vllm")
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
+# Every pattern here is matched whole (``fullmatch``): ``$`` alone would let a trailing
+# newline through.
+CLASS_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+DRIVER_BRANCH = re.compile(r"[0-9]{3,4}")
+CUDA_VERSION = re.compile(r"[0-9]+\.[0-9]+(?:\.[0-9]+)?")
+CMAKE_OPTION = re.compile(r"-D[A-Za-z_][A-Za-z0-9_]*(?::[A-Z]+)?=\S*")
+ONE_LINE = re.compile(r"[^\x00-\x1f\x7f]+")  # text of one line: no newline, tab, NUL...
+CLASS_KEYS = (
+    "description",
+    "gpu_model",
+    "gpu_count",
+    "gpu_memory_gib",
+    "nvswitch",
+    "driver_branch",
+    "cuda_version",
+    "runtime",
+    "benchmarked",
+    "llama_cpp",
+    "vllm",
+)
+GPU_ONLY_KEYS = ("gpu_model", "gpu_memory_gib", "driver_branch", "cuda_version")
+LLAMA_CPP_KEYS = ("n_gpu_layers", "threads", "ctx_size", "parallel", "batch", "build_flags")
+VLLM_KEYS = (
+    "tensor_parallel_size",
+    "gpu_memory_utilization",
+    "max_num_seqs",
+    "kv_cache_dtype",
+    "max_model_len",
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +101,11 @@ class _Table:
     def fail(self, key: str, problem: str, fix: str) -> ConfigError:
         return ConfigError(f"{problem} in {self.source}", key=f"{self.prefix}.{key}", fix=fix)
 
+    def known_keys(self, known: Collection[str]) -> None:
+        found = first_unknown_key(self.table, known, f"[{self.prefix}]")
+        if found:
+            raise self.fail(*found)
+
     def integer(self, key: str, minimum: int, default: int | None = None) -> int:
         value = self.table.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
@@ -93,16 +130,18 @@ class _Table:
             )
         return str(value)
 
-    def text(self, key: str, fix: str) -> str:
+    def text(self, key: str, fix: str, pattern: re.Pattern[str] = ONE_LINE) -> str:
         value = self.table.get(key)
-        if not isinstance(value, str) or not value:
+        if value is None or value == "":
             raise self.fail(key, "is missing", fix)
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise self.fail(key, f"{value!r} is not valid", fix)
         return value
 
     def flags(self, key: str) -> tuple[str, ...]:
         value = self.table.get(key)
         if not isinstance(value, list) or not all(
-            isinstance(flag, str) and flag.startswith("-D") and "=" in flag for flag in value
+            isinstance(flag, str) and CMAKE_OPTION.fullmatch(flag) for flag in value
         ):
             raise self.fail(
                 key,
@@ -123,6 +162,7 @@ class _Table:
 def _llama_cpp(table: _Table | None, parent: _Table, gpu_count: int) -> LlamaCppSettings:
     if table is None:
         raise parent.fail("llama_cpp", "is missing", "add a [<class>.llama_cpp] table")
+    table.known_keys(LLAMA_CPP_KEYS)
     settings = LlamaCppSettings(
         n_gpu_layers=table.integer("n_gpu_layers", 0),
         threads=table.integer("threads", 1),
@@ -152,6 +192,7 @@ def _llama_cpp(table: _Table | None, parent: _Table, gpu_count: int) -> LlamaCpp
 def _vllm(table: _Table | None, gpu_count: int) -> VllmSettings | None:
     if table is None:
         return None
+    table.known_keys(VLLM_KEYS)
     if not gpu_count:
         raise table.fail(
             "tensor_parallel_size",
@@ -176,15 +217,28 @@ def _vllm(table: _Table | None, gpu_count: int) -> VllmSettings | None:
 
 def _parse_class(name: str, raw: dict[str, Any], source: Path) -> HardwareClass:
     table = _Table(raw, name, source)
+    if not CLASS_NAME.fullmatch(name):
+        raise ConfigError(
+            f"class name {name!r} in {source} is not valid",
+            key=name,
+            fix="name classes with lower-case letters, digits, . _ - (e.g. 'l40s')",
+        )
+    table.known_keys(CLASS_KEYS)
     description = table.text("description", "describe the class in one line")
     gpu_count = table.integer("gpu_count", 0, default=0)
+    if not gpu_count:
+        for key in GPU_ONLY_KEYS:
+            if key in raw:
+                raise table.fail(
+                    key,
+                    "is set on a class without GPUs (gpu_count = 0)",
+                    "remove it, or give the class its gpu_count",
+                )
     gpu_model = raw.get("gpu_model")
     memory = raw.get("gpu_memory_gib", 0)
-    if gpu_count and (not isinstance(gpu_model, str) or not gpu_model):
-        raise table.fail(
-            "gpu_model", "is missing for a GPU class", "name the GPU, e.g. 'NVIDIA L40S'"
-        )
-    if gpu_count and (not isinstance(memory, int) or memory <= 0):
+    if gpu_count:
+        gpu_model = table.text("gpu_model", "name the GPU, e.g. 'NVIDIA L40S'")
+    if gpu_count and (not isinstance(memory, int) or isinstance(memory, bool) or memory <= 0):
         raise table.fail("gpu_memory_gib", f"{memory!r} is not a size", "give GiB per GPU, e.g. 48")
     nvswitch = raw.get("nvswitch", False)
     if not isinstance(nvswitch, bool):
@@ -196,11 +250,15 @@ def _parse_class(name: str, raw: dict[str, Any], source: Path) -> HardwareClass:
             "set nvswitch = false, or the real GPU count",
         )
     driver = (
-        table.text("driver_branch", "pin the NVIDIA driver branch, e.g. '550'")
+        table.text("driver_branch", "pin the NVIDIA driver branch, e.g. '550'", DRIVER_BRANCH)
         if gpu_count
         else None
     )
-    cuda = table.text("cuda_version", "pin the CUDA version, e.g. '12.4'") if gpu_count else None
+    cuda = (
+        table.text("cuda_version", "pin the CUDA version, e.g. '12.4'", CUDA_VERSION)
+        if gpu_count
+        else None
+    )
     runtime = table.choice("runtime", RUNTIMES)
     vllm = _vllm(table.subtable("vllm"), gpu_count)
     if runtime == "vllm" and vllm is None:
@@ -225,18 +283,21 @@ def _parse_class(name: str, raw: dict[str, Any], source: Path) -> HardwareClass:
     )
 
 
-def load_classes(path: Path = HARDWARE_CATALOG) -> dict[str, HardwareClass]:
+def hardware_file() -> Path:
+    """The hardware matrix: inventories/hardware.toml, or LLMHOST_HARDWARE_FILE (for tests)."""
+    return Path(os.environ.get("LLMHOST_HARDWARE_FILE", HARDWARE_CATALOG))
+
+
+def load_classes(path: Path | None = None) -> dict[str, HardwareClass]:
     """Parse and validate the hardware matrix; every problem names its key."""
-    try:
-        document = tomllib.loads(path.read_text())
-    except FileNotFoundError as error:
+    path = path or hardware_file()
+    document = read_toml(path, "hardware")
+    if not document:
         raise ConfigError(
-            f"{path} does not exist", key="hardware", fix="restore inventories/hardware.toml"
-        ) from error
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(
-            f"{path} is not valid TOML ({error})", key="hardware", fix="correct the syntax"
-        ) from error
+            f"{path} declares no hardware class",
+            key="hardware",
+            fix="declare each class as a [<class>] table (see inventories/hardware.toml)",
+        )
     classes = {}
     for name, table in document.items():
         if not isinstance(table, dict):

@@ -7,8 +7,10 @@ so adding a role adds its keys here without this module knowing about it.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import inspect
+from functools import cache
 from pathlib import Path
 
 from llmhost.paths import REPO_ROOT
@@ -34,6 +36,48 @@ def settings_classes() -> list[tuple[str, type]]:
             ):
                 found.append((f"Role `{role}`", cls))
     return found
+
+
+# Host data llmhost reads that is not a role's setting: what a host is, not how it is run.
+INVENTORY_KEYS = ("region", "hardware")
+# Prefixes of the roles still to land: their keys are reserved, so a setting written
+# ahead of its role is refused instead of ignored.
+RESERVED_PREFIXES = ("monitoring", "nvidia", "edge")
+
+
+@cache
+def known_keys() -> frozenset[str]:
+    """Every key llmhost reads from host data."""
+    fields = {f.name for _, cls in settings_classes() for f in dataclasses.fields(cls)}
+    return frozenset(fields | set(INVENTORY_KEYS))
+
+
+@cache
+def setting_prefixes() -> frozenset[str]:
+    """``base``, ``gateway``, ...: the first word of every setting, and the reserved ones."""
+    return frozenset({key.split("_", 1)[0] for key in known_keys() if "_" in key}) | frozenset(
+        RESERVED_PREFIXES
+    )
+
+
+def unknown_setting(key: str) -> str | None:
+    """None when ``key`` is fine; else the nearest known key, or "" when none is near.
+
+    A key is refused when it carries a setting's prefix (``gateway_prot``) or is close
+    to a known key (``regoin``); other keys are the operator's own (pyinfra's
+    ``ssh_*``, ``_sudo``, data for their own deploys) and left alone.
+    """
+    if key in known_keys() or key.startswith("_"):
+        return None
+    near = difflib.get_close_matches(key, sorted(known_keys()), n=1, cutoff=0.8)
+    if key.split("_", 1)[0] in setting_prefixes() and "_" in key:
+        return near[0] if near else ""
+    return near[0] if near else None
+
+
+def is_decisive(key: str) -> bool:
+    """Whether two values of ``key`` for one host would deploy it differently."""
+    return key in known_keys()
 
 
 def markdown() -> str:

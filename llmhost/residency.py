@@ -23,7 +23,8 @@ EU_MEMBER_STATES = (
     "ie", "it", "lt", "lu", "lv", "mt", "nl", "pl", "pt", "ro", "se", "si", "sk",
 )  # fmt: skip
 
-REGION_PATTERN = re.compile(r"^[a-z]{2}(-[a-z0-9]+)*$")
+UK_EU = frozenset((*UK_REGIONS, *EU_MEMBER_STATES))
+REGION_PATTERN = re.compile(r"[a-z]{2}(-[a-z0-9]+)*")  # matched whole: fullmatch
 REGION_EXAMPLE = "gb-lon1"
 
 
@@ -41,8 +42,31 @@ def region_allowed(region: str, allowed: list[str]) -> bool:
     return any(region == entry or region.startswith(entry + "-") for entry in allowed)
 
 
+def is_uk_eu_region(region: object) -> bool:
+    """A region code (matched whole: no trailing newline or space) in the UK or an EU state."""
+    return (
+        isinstance(region, str)
+        and REGION_PATTERN.fullmatch(region) is not None
+        and region[:2] in UK_EU
+    )
+
+
+def check_policy(allowed: list[str], host: str) -> None:
+    """The policy can narrow UK/EU, never widen it: each entry a UK or EU region."""
+    for entry in allowed:
+        if not is_uk_eu_region(entry):
+            raise ConfigError(
+                f"{entry!r} is not a UK or EU region code",
+                key="residency_allowed_regions",
+                fix="list lower-case codes of the UK (gb) or EU member states, optionally "
+                "with sites (gb-lon1, de-fra); data may not leave the UK and the EU",
+                host=host,
+            )
+
+
 def check_region(region: Any, allowed: list[str], host: str) -> str:
     """Return the host's region, or raise naming the key and the fix."""
+    check_policy(allowed, host)
     if region is None:
         raise ConfigError(
             "is missing: every host must declare the region it runs in",
@@ -51,7 +75,7 @@ def check_region(region: Any, allowed: list[str], host: str) -> str:
             "in the inventory",
             host=host,
         )
-    if not isinstance(region, str) or not REGION_PATTERN.match(region):
+    if not isinstance(region, str) or not REGION_PATTERN.fullmatch(region):
         raise ConfigError(
             f"{region!r} is not a region code",
             key="region",
@@ -59,7 +83,7 @@ def check_region(region: Any, allowed: list[str], host: str) -> str:
             f"e.g. {REGION_EXAMPLE!r} or 'de-fra'",
             host=host,
         )
-    if not region_allowed(region, allowed):
+    if not region_allowed(region, allowed):  # the policy itself is UK/EU (check_policy)
         raise ConfigError(
             f"{region!r} is outside `residency_allowed_regions` ({', '.join(allowed)})",
             key="region",

@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import tomllib
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from llmhost.catalog import DIGEST, OCI_REPOSITORY, SHA256, ModelFile
 from llmhost.errors import ConfigError
 from llmhost.hardware import HardwareClass
 from llmhost.paths import INVENTORIES, REPO_ROOT
+from llmhost.tomlfile import first_unknown_key, read_toml
 
 LLAMA_CPP_BINARIES = ("llama-server", "llama-bench")
 BUILD_INFO = "build.json"
@@ -50,7 +50,20 @@ BASE_FLAGS = (
     "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DGGML_OPENMP=OFF",
 )
-_VERSION = re.compile(r"^[0-9]+(\.[0-9]+)*([a-z0-9.+-]*)$")
+# Pins are matched whole (``fullmatch``): a trailing newline is refused like any other junk.
+_VERSION = re.compile(
+    r"[0-9]+(?:\.[0-9]+)*(?:(?:a|b|rc|\.post|\.dev)[0-9]+)*(?:\+[a-z0-9]+(?:\.[a-z0-9]+)*)?"
+)
+_URL = re.compile(r"https://[A-Za-z0-9.-]+(?::[0-9]+)?/[^\s\x00-\x1f\x7f]*")
+# A path of plain segments (letters, digits, _ . + -); `.` and `..` segments refused apart.
+_RELATIVE_PATH = re.compile(r"[A-Za-z0-9_.+-]+(?:/[A-Za-z0-9_.+-]+)*")
+# The keys runtimes.toml takes, table by table; any other is refused with the nearest named.
+SOURCES_KEYS = {
+    "llama_cpp": ("source_url", "source_sha256", "source_subdir", "repository"),
+    "vllm": ("version", "lock"),
+}
+BUILD_KEYS = ("digest", "files")
+BUILD_FILE_KEYS = ("path", "size", "sha256")
 
 
 @dataclass(frozen=True)
@@ -92,46 +105,88 @@ def builds_file() -> Path:
     return Path(os.environ.get("LLMHOST_RUNTIME_BUILDS", INVENTORIES / "runtime-builds.toml"))
 
 
-def _read_toml(path: Path, key: str) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError as error:
-        raise ConfigError(f"{path} does not exist", key=key, fix=f"restore {path.name}") from error
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(
-            f"{path} is not valid TOML ({error})", key=key, fix="correct the syntax"
-        ) from error
-
-
 def _text(
-    table: dict[str, Any], key: str, prefix: str, path: Path, pattern: re.Pattern[str]
+    table: dict[str, Any],
+    key: str,
+    prefix: str,
+    path: Path,
+    pattern: re.Pattern[str],
+    fix: str = "see the file's header",
 ) -> str:
     value = table.get(key)
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         problem = "is missing" if value is None else f"{value!r} is not valid"
-        raise ConfigError(
-            f"{problem} in {path}", key=f"{prefix}.{key}", fix="see the file's header"
-        )
+        raise ConfigError(f"{problem} in {path}", key=f"{prefix}.{key}", fix=fix)
+    return value
+
+
+def _relative_path(
+    table: dict[str, Any], key: str, prefix: str, path: Path, fix: str, suffix: str = ""
+) -> str:
+    """A relative path of plain segments, with no `.` or `..` segment, ending in ``suffix``."""
+    value = _text(table, key, prefix, path, _RELATIVE_PATH, fix)
+    if any(part in (".", "..") for part in value.split("/")) or not value.endswith(suffix):
+        raise ConfigError(f"{value!r} is not valid in {path}", key=f"{prefix}.{key}", fix=fix)
+    return value
+
+
+def _known_keys(table: dict[str, Any], known: tuple[str, ...], prefix: str, path: Path) -> None:
+    found = first_unknown_key(table, known, f"[{prefix}]" if prefix else "the top level")
+    if found:
+        name, problem, fix = found
+        key = f"{prefix}.{name}" if prefix else name
+        raise ConfigError(f"{problem} in {path}", key=key, fix=fix)
+
+
+def _table(document: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    value = document.get(key)
+    if not isinstance(value, dict):
+        problem = "is missing" if value is None else "is not a table"
+        raise ConfigError(f"{problem} in {path}", key=key, fix=f"declare [{key}] (see the header)")
+    _known_keys(value, SOURCES_KEYS[key], key, path)
     return value
 
 
 def load_sources(path: Path | None = None) -> RuntimeSources:
     path = path or sources_file()
-    document = _read_toml(path, "runtimes")
-    llama = document.get("llama_cpp", {})
-    vllm = document.get("vllm", {})
-    subdir = _text(llama, "source_subdir", "llama_cpp", path, re.compile(r"^[\w.+-]+(/[\w.+-]+)*$"))
-    lock = Path(_text(vllm, "lock", "vllm", path, re.compile(r"^[\w./+-]+\.txt$")))
+    document = read_toml(path, "runtimes")
+    _known_keys(document, tuple(SOURCES_KEYS), "", path)
+    llama = _table(document, "llama_cpp", path)
+    vllm = _table(document, "vllm", path)
+    subdir = _relative_path(
+        llama,
+        "source_subdir",
+        "llama_cpp",
+        path,
+        "name the llama.cpp directory inside the archive, e.g. 'llama.cpp-b1234'",
+    )
+    lock = Path(
+        _relative_path(
+            vllm,
+            "lock",
+            "vllm",
+            path,
+            "give the lock file's path in the repository, e.g. 'inventories/locks/vllm-X.txt'",
+            suffix=".txt",
+        )
+    )
     return RuntimeSources(
         llama_cpp=LlamaCppSource(
-            url=_text(llama, "source_url", "llama_cpp", path, re.compile(r"^https://\S+$")),
-            sha256=_text(llama, "source_sha256", "llama_cpp", path, SHA256),
+            url=_text(llama, "source_url", "llama_cpp", path, _URL, "give an https:// URL"),
+            sha256=_text(
+                llama,
+                "source_sha256",
+                "llama_cpp",
+                path,
+                SHA256,
+                "give the archive's SHA256 as 64 lower-case hex digits",
+            ),
             subdir=subdir,
             repository=_text(llama, "repository", "llama_cpp", path, OCI_REPOSITORY),
         ),
         vllm=VllmPin(
-            version=_text(vllm, "version", "vllm", path, _VERSION),
-            lock=lock if lock.is_absolute() else REPO_ROOT / lock,
+            version=_text(vllm, "version", "vllm", path, _VERSION, "give a version, e.g. '0.10.1'"),
+            lock=REPO_ROOT / lock,
         ),
         definition=path,
     )
@@ -143,8 +198,13 @@ def load_builds(path: Path | None = None) -> dict[str, LlamaCppBuild]:
     if not path.exists():
         return {}
     builds = {}
-    for name, table in _read_toml(path, "runtime-builds").items():
+    for name, table in read_toml(path, "runtime-builds").items():
         prefix = f"{name}"
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"is not a table in {path}", key=prefix, fix="rebuild the class to rewrite it"
+            )
+        _known_keys(table, BUILD_KEYS, prefix, path)
         files = table.get("files")
         if not isinstance(files, list) or not files:
             raise ConfigError(
@@ -153,12 +213,21 @@ def load_builds(path: Path | None = None) -> dict[str, LlamaCppBuild]:
         builds[name] = LlamaCppBuild(
             hardware_class=name,
             digest=_text(table, "digest", prefix, path, DIGEST),
-            files=tuple(
-                ModelFile(path=str(f["path"]), size=int(f["size"]), sha256=str(f["sha256"]))
-                for f in files
-            ),
+            files=tuple(_build_file(f, f"{prefix}.files[{i}]", path) for i, f in enumerate(files)),
         )
     return builds
+
+
+def _build_file(entry: object, prefix: str, path: Path) -> ModelFile:
+    fix = "rebuild the class to rewrite it"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"is not a table in {path}", key=prefix, fix=fix)
+    _known_keys(entry, BUILD_FILE_KEYS, prefix, path)
+    name = _relative_path(entry, "path", prefix, path, fix)
+    size = entry.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ConfigError(f"{size!r} is not a size in {path}", key=f"{prefix}.size", fix=fix)
+    return ModelFile(path=name, size=size, sha256=_text(entry, "sha256", prefix, path, SHA256, fix))
 
 
 def find_build(hardware_class: str) -> LlamaCppBuild:

@@ -7,26 +7,22 @@ import logging
 from typing import Any
 
 from llmhost.errors import ConfigError
-from llmhost.paths import REPO_ROOT
 
 
 def collect(inventory: str, limit: tuple[str, ...] = ()) -> list[tuple[str, dict[str, Any]]]:
     """(host, status) for every host with a model; unreachable hosts carry an error."""
-    from pyinfra.api import Config, State
     from pyinfra.api.connect import connect_all
     from pyinfra.context import ctx_host, ctx_state
-    from pyinfra_cli.inventory import make_inventory
 
+    from llmhost.inventory import load_inventory
     from llmhost.onhost.layout import GATEWAY_UPSTREAM
     from llmhost.settings import from_data
     from roles._common.onhost import runtimectl
     from roles.runtime.defaults import RuntimeSettings
 
     logging.getLogger("pyinfra").setLevel(logging.CRITICAL)
-    state = State()
-    with ctx_state.use(state):
-        loaded = make_inventory(inventory, cwd=str(REPO_ROOT))
-    state.init(loaded, Config())
+    found = load_inventory(inventory)
+    loaded, state = found.inventory, found.state
     chosen = [
         h
         for h in loaded

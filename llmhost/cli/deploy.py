@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from llmhost import converge
-from llmhost.cli.errors import LlmhostFailure
+from llmhost.cli.errors import LlmhostError, LlmhostFailure
 from llmhost.paths import REPO_ROOT
 
 limit_option = click.option(
@@ -23,26 +23,56 @@ limit_option = click.option(
 )
 
 
-def _checked_hosts(inventory: str, limit: tuple[str, ...]) -> list[str]:
-    """The names of INVENTORY's hosts (under ``limit``), each validated before any is contacted."""
-    from llmhost.inventory import load_hosts
-    from roles.base.preflight import check_inventory
+def _site_check(inventory: str, limit: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(host names, problem lines) of INVENTORY under ``limit``; warnings printed on stderr.
 
-    hosts = load_hosts(inventory, limit)
-    for host in hosts:
-        check_inventory(host.name, host.data, host.host_data, host.groups)
-    return [host.name for host in hosts]
+    Every role's check runs for every host it would deploy, and no host is contacted.
+    """
+    from llmhost.inventory import load_inventory
+    from roles._common.site import check_site
+
+    loaded = load_inventory(inventory, limit)
+    names = [host.name for host in loaded.hosts]
+    found = check_site(loaded.inventory, loaded.state, names)
+    for warning in found.warnings:
+        click.secho(f"warning: {warning}", err=True, fg="yellow")
+    return names, [str(problem) for problem in found.problems]
+
+
+def _checked_hosts(inventory: str, limit: tuple[str, ...]) -> list[str]:
+    """The names of INVENTORY's hosts (under ``limit``), all valid; else every problem, exit 2."""
+    names, problems = _site_check(inventory, limit)
+    if problems:
+        for problem in problems[:-1]:
+            click.secho(f"error: {problem}", err=True, fg="red")
+        raise LlmhostError(f"{problems[-1]}\n{_count(problems)}: nothing was deployed")
+    return names
+
+
+def _count(problems: list[str]) -> str:
+    return f"{len(problems)} problem{'s' if len(problems) > 1 else ''} found"
 
 
 @click.command()
 @click.argument("inventory", type=click.Path(dir_okay=False))
 @limit_option
 def check(inventory: str, limit: tuple[str, ...]) -> None:
-    """Validate INVENTORY's hosts (region, hardware, settings) without contacting any.
+    """Validate INVENTORY offline: every role's checks, for every host, contacting none.
 
-    Exit 0 when every host is valid, 2 with the host, key and fix otherwise.
+    \b
+    Checked: the inventory file itself (its groups, hosts listed twice, groups that
+    disagree), every key (a misspelt setting is an error, with the nearest key), the
+    residency policy and each region, hardware classes, ports, endpoints, the
+    models hosts serve (catalog, digests, eval sets), runtime builds, API keys and
+    gate limits. One line per problem: host, key, what is wrong, the fix.
+    Exit 0 valid, 1 problems found, 2 the inventory cannot be read.
     """
-    names = _checked_hosts(inventory, limit)
+    names, problems = _site_check(inventory, limit)
+    for problem in problems:
+        click.secho(f"error: {problem}", err=True, fg="red")
+    if problems:
+        click.echo(f"{_count(problems)} in {len(names)} host(s)", err=True)
+        sys.exit(1)
     click.echo(f"ok: {len(names)} host(s) valid: {', '.join(names)}")
 
 

@@ -41,17 +41,29 @@ def keys_add(identity: str, inventory: str | None, secrets_dir: Path | None, rot
     """Create a key for IDENTITY (or rotate it) and print it once."""
     from llmhost.secrets import add_api_key
 
-    key = add_api_key(_secrets_for(inventory, secrets_dir), identity, rotate)
+    directory = _secrets_for(inventory, secrets_dir)
+    key = add_api_key(directory, identity, rotate)
     click.echo(key)
-    click.echo(f"{identity}: key {'rotated' if rotate else 'created'}; converge to apply", err=True)
+    done = "rotated" if rotate else "created"
+    click.echo(
+        f"{identity}: key {done} in {directory / 'api-keys.json'}; converge to apply", err=True
+    )
 
 
 @keys.command("list")
 @inventory_option
 @secrets_option
 def keys_list(inventory: str | None, secrets_dir: Path | None) -> None:
-    """The identities that have a key (never the keys)."""
-    from llmhost.secrets import api_keys
+    """The identities that have a key (never the keys), once every entry is checked.
 
-    for name in sorted(api_keys(_secrets_for(inventory, secrets_dir))):
+    A directory that does not exist is refused rather than listed as empty: it
+    is a typo more often than a fresh start (`keys add` creates it).
+    """
+    from llmhost.secrets import api_keys, existing_directory
+
+    directory = existing_directory(_secrets_for(inventory, secrets_dir))
+    names = sorted(api_keys(directory))
+    for name in names:
         click.echo(name)
+    if not names:
+        click.echo(f"no API keys in {directory}; llmhost keys add IDENTITY adds one", err=True)

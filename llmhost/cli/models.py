@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from llmhost.catalog import Model, find, load_catalog, load_model
+from llmhost.catalog import NAME, Model, find, load_catalog, load_model
 from llmhost.cli.errors import TRANSFER_ERRORS, LlmhostFailure, transfer_failure
 from llmhost.cli.options import inventory_option, registry_access, registry_option, secrets_option
 from llmhost.errors import ConfigError
@@ -61,18 +61,36 @@ def models_list(context: click.Context) -> None:
 @click.argument("names", nargs=-1)
 @click.pass_context
 def models_validate(context: click.Context, names: tuple[str, ...]) -> None:
-    """Check model files (all, or NAMES); prints JSON {"ok", "failures"}; exit 0 ok, 1 not."""
+    """Check model files (all, or NAMES) and their eval sets, offline.
+
+    Prints JSON {"ok", "checked", "failures"}; exit 0 ok, 1 not, 2 when there is no
+    catalog to check.
+    """
+    from llmhost.evalset import eval_set_problems
+
     directory = _catalog(context)
+    if not directory.is_dir():
+        raise ConfigError(
+            f"the catalog {directory} is not a directory",
+            key="catalog",
+            fix="give --catalog (or LLMHOST_MODELS_DIR) the directory of model files",
+        )
     paths = [directory / f"{n}.toml" for n in names] or sorted(directory.glob("*.toml"))
     failures = []
-    for path in paths:
+    for name, path in zip(names or [p.stem for p in paths], paths, strict=True):
         # A bad file is this validator's finding, reported with the others, not an error.
         try:
-            if not path.exists():
+            if not NAME.fullmatch(name):
+                raise ConfigError(f"{name!r} is not a model name", key="model", fix="check it")
+            if not path.is_file():
                 raise ConfigError(f"{path} does not exist", key="model", fix="check the name")
-            load_model(path)
+            model = load_model(path)
         except ConfigError as error:
             failures.append({"file": str(path), "key": error.key, "error": str(error)})
+            continue
+        eval_path = model.eval_set_path()
+        for problem in eval_set_problems(eval_path) if eval_path else []:
+            failures.append({"file": str(path), "key": problem.key, "error": str(problem)})
     click.echo(
         json.dumps({"ok": not failures, "checked": len(paths), "failures": failures}, indent=2)
     )

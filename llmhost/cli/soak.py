@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 def _gate_values(pairs: tuple[str, ...]) -> dict[str, float]:
     """--gate NAME=VALUE pairs as `Gates` keyword arguments; a typo is an input error."""
+    from llmhost.catalog import gate_limit_problem
     from llmhost.onhost.soak import Gates
 
     known = {name for name in Gates.__dataclass_fields__}
@@ -36,6 +37,9 @@ def _gate_values(pairs: tuple[str, ...]) -> dict[str, float]:
             values[name] = float(raw)
         except ValueError as error:
             raise LlmhostError(f"--gate {pair}: {raw!r} is not a number") from error
+        problem = gate_limit_problem(name, values[name])
+        if problem:
+            raise LlmhostError(f"--gate {pair}: {problem[0]}. Fix: {problem[1]}")
     return values
 
 

@@ -34,7 +34,7 @@ from roles._common.operations import (
 )
 from roles.base.defaults import BaseSettings
 from roles.base.facts import Platform, PlatformDict, SshdListenPorts
-from roles.base.preflight import HostIdentity, check_inventory, check_platform
+from roles.base.preflight import DataSources, HostIdentity, check_inventory, check_platform
 
 PACKAGES = ["chrony", "nftables", "ca-certificates"]
 APT_PROXY_CONF = "/etc/apt/apt.conf.d/80llmhost-proxy"
@@ -63,11 +63,21 @@ def base() -> None:
     service(identity.settings, time_config)
 
 
+def check() -> HostIdentity:
+    """The host's inventory data, with no host contacted."""
+    inventory = host.inventory
+    sources = DataSources(
+        host=inventory.get_host_data(host.name),
+        groups={group: inventory.get_group_data(group) for group in host.groups},
+        everyone=inventory.get_data(),
+        override=inventory.get_override_data(),
+    )
+    return check_inventory(host.name, host.data, sources, host.groups)
+
+
 def preflight() -> tuple[HostIdentity, PlatformDict]:
     """Validate the inventory data before any fact is gathered, then the platform."""
-    identity = check_inventory(
-        host.name, host.data, host.inventory.get_host_data(host.name), host.groups
-    )
+    identity = check()
     # Without sudo: sudo clears SSH_CONNECTION, the deploy's own address.
     platform = host.get_fact(Platform, _sudo=False)
     check_platform(host.name, platform, identity.settings)

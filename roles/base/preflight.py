@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from llmhost.errors import ConfigError
 from llmhost.hardware import HardwareClass, check_hardware, load_classes
+from llmhost.reference import is_decisive, unknown_setting
 from llmhost.residency import ResidencySettings, check_region
 from llmhost.settings import from_data
-from roles._common.checks import check_networks, check_port
+from roles._common.checks import (
+    check_hostname,
+    check_networks,
+    check_port,
+    check_url,
+)
 from roles._common.ports import check_host_ports
 from roles.base.defaults import SUPPORTED_OS, BaseSettings
 from roles.base.facts import PlatformDict
@@ -32,31 +38,46 @@ class HostIdentity:
     settings: BaseSettings
 
 
-def check_inventory(
-    host: str,
-    data: Any,
-    host_level: Mapping[str, Any] | None = None,
-    groups: Collection[str] = (),
-) -> HostIdentity:
-    """Validate a host's inventory data; ``data`` is a mapping or pyinfra HostData.
+@dataclass(frozen=True)
+class DataSources:
+    """Where a host's data comes from, each part as the inventory wrote it.
 
-    ``host_level`` is the data set on the host itself (not inherited from groups):
-    the residency policy may not be widened there, one host at a time. ``groups``
-    decide which services, and so which ports, the host has.
+    pyinfra merges them into one mapping; the rules below need to know which part
+    set a key (a policy may only be set for everyone, two groups may not disagree).
     """
-    if host_level and "residency_allowed_regions" in host_level:
-        raise ConfigError(
-            "is set on the host itself, which would let one host widen the residency policy",
-            key="residency_allowed_regions",
-            fix="set the policy once for everyone in inventories/group_data/all.py "
-            "(or a group's file), and remove it from this host's data",
-            host=host,
-        )
+
+    host: Mapping[str, Any]  # set on the host itself
+    groups: Mapping[str, Mapping[str, Any]]  # each of its groups' own data
+    everyone: Mapping[str, Any] = field(default_factory=dict)  # group_data/all.py, `all`
+    override: Mapping[str, Any] = field(default_factory=dict)  # --data on the command line
+
+    def places(self, *, everyone: bool = True) -> list[tuple[str, Mapping[str, Any]]]:
+        """(where, data) for every part (but the one for everyone, if asked), as a person
+        would name it."""
+        return [
+            ("on the host itself", self.host),
+            *((f"in group `{group}`", data) for group, data in sorted(self.groups.items())),
+            *([("for everyone (group_data/all.py)", self.everyone)] if everyone else []),
+            ("on the command line (--data)", self.override),
+        ]
+
+
+def check_inventory(
+    host: str, data: Any, sources: DataSources, groups: Collection[str] = ()
+) -> HostIdentity:
+    """Validate a host's inventory data; ``data`` is the merged mapping or pyinfra HostData.
+
+    ``groups`` decide which services, and so which ports, the host has.
+    """
+    check_known_keys(host, sources)
+    check_policy_set_for_everyone(host, sources)
+    check_groups_agree(host, sources)
     residency = from_data(ResidencySettings, data, host)
     region = check_region(data.get("region"), residency.residency_allowed_regions, host)
     hardware = check_hardware(data.get("hardware"), load_classes(), host)
     settings = from_data(BaseSettings, data, host)
     check_networks(host, "base_ssh_allow_from", settings.base_ssh_allow_from)
+    check_endpoints(host, settings)
     check_host_ports(host, data, groups)
     for port in settings.base_firewall_allow_tcp:
         check_port(host, "base_firewall_allow_tcp", port)
@@ -133,3 +154,69 @@ def check_deploy_not_locked_out(host: str, ssh_client: str, settings: BaseSettin
             fix=f"add the deploy's network (e.g. {client}/32) to `base_ssh_allow_from`",
             host=host,
         )
+
+
+def check_known_keys(host: str, sources: DataSources) -> None:
+    """A key that looks like an llmhost setting and is not one is a typo, never a default."""
+    for where, data in sources.places():
+        for key in data:
+            suggestion = unknown_setting(key)
+            if suggestion is not None:
+                raise ConfigError(
+                    f"is not an llmhost setting (set {where})"
+                    + (f"; did you mean `{suggestion}`?" if suggestion else ""),
+                    key=key,
+                    fix="correct the name (`llmhost config reference` lists every key), or "
+                    "remove it",
+                    host=host,
+                )
+
+
+def check_policy_set_for_everyone(host: str, sources: DataSources) -> None:
+    """The residency policy is the organisation's: one list, for every host, in one place."""
+    key = "residency_allowed_regions"
+    for where, data in sources.places(everyone=False):
+        if key in data:
+            raise ConfigError(
+                f"is set {where}, which would let part of the inventory widen or dodge the "
+                "residency policy",
+                key=key,
+                fix="set the policy once for everyone in inventories/group_data/all.py, "
+                "and remove it from there",
+                host=host,
+            )
+
+
+def check_groups_agree(host: str, sources: DataSources) -> None:
+    """Two groups of one host that set the same key differently: pyinfra keeps one silently."""
+    groups = sorted(sources.groups.items())
+    for index, (group, data) in enumerate(groups):
+        for other, other_data in groups[index + 1 :]:
+            for key in sorted(set(data) & set(other_data)):
+                if data[key] != other_data[key] and is_decisive(key):
+                    raise ConfigError(
+                        f"group `{group}` sets {data[key]!r} and group `{other}` sets "
+                        f"{other_data[key]!r}; pyinfra would keep one of them silently",
+                        key=key,
+                        fix="set it in one of the two groups, or on the host itself",
+                        host=host,
+                    )
+
+
+def check_endpoints(host: str, settings: BaseSettings) -> None:
+    """The proxy, the mirrors and the time servers: well-formed before anything is written."""
+    for key in ("base_http_proxy", "base_apt_mirror", "base_apt_security_mirror"):
+        value = getattr(settings, key)
+        if value is not None:
+            check_url(host, key, value)
+    for server in settings.base_ntp_servers:
+        check_hostname(host, "base_ntp_servers", server)
+    for entry in settings.base_no_proxy:
+        if not entry or any(c.isspace() or c == "," for c in entry):
+            raise ConfigError(
+                f"{entry!r} is not a host, domain, address or network",
+                key="base_no_proxy",
+                fix="list one entry per item (e.g. 'registry.internal.example', "
+                "'.internal.example', '10.0.0.0/8'), without spaces or commas",
+                host=host,
+            )

@@ -27,7 +27,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files, python, server
 
-from llmhost.catalog import GATE_LIMITS, gate_limit_values
+from llmhost.catalog import Model, gate_limit_problem
 from llmhost.errors import ConfigError
 from llmhost.evalset import EvalSet, load_eval_set
 from llmhost.onhost.layout import STATE_FILE
@@ -37,9 +37,10 @@ from llmhost.settings import from_data
 from roles._common.checks import check_at_least, on_host
 from roles._common.facts import HostState
 from roles._common.onhost import install_onhost_tools, runtimectl
-from roles.gate.defaults import DEFAULT_LIMITS, GATES_DIR, GateSettings
+from roles.gate.defaults import DEFAULT_LIMITS, GATES_DIR, UNGATED_GROUPS, GateSettings
 from roles.gate.operations import GateRun, run_gate
 from roles.runtime import Plan as RuntimePlan
+from roles.runtime import check as runtime_check
 from roles.runtime import preflight as runtime_plan
 
 
@@ -67,19 +68,52 @@ def gate() -> None:
 # -- preflight ---------------------------------------------------------------------------
 
 
-def preflight() -> Plan:
+@dataclass(frozen=True)
+class Checked:
+    """The gate's inputs, read and validated with no host contacted."""
+
+    settings: GateSettings
+    limits: dict[str, float]
+    eval_set: EvalSet | None
+    prompts: tuple[str, ...]
+
+
+def check() -> Checked:
     settings = from_data(GateSettings, host.data, host.name)
     check_settings(settings)
-    runtime = runtime_plan()
+    wanted = runtime_check()
     limits = {
         **DEFAULT_LIMITS,
-        **runtime.model.gate_limits(runtime.hardware.name),
+        **wanted.model.gate_limits(wanted.hardware.name),
         **settings.gate_limits,
     }
-    eval_set = served_eval_set(runtime)
-    prompts = soak_prompts(settings)
-    needed, why = why_gate(settings, runtime)
-    return Plan(settings, runtime, limits, eval_set, prompts, needed, why)
+    return Checked(settings, limits, served_eval_set(wanted.model), soak_prompts(settings))
+
+
+def preflight() -> Plan:
+    checked = check()
+    runtime = runtime_plan()
+    needed, why = why_gate(checked.settings, runtime)
+    return Plan(
+        checked.settings,
+        runtime,
+        checked.limits,
+        checked.eval_set,
+        checked.prompts,
+        needed,
+        why,
+    )
+
+
+def warnings() -> list[str]:
+    """A gate switched off outside a test group: allowed, and said before every deploy."""
+    settings = from_data(GateSettings, host.data, host.name)
+    if settings.gate_enabled or set(host.groups) & set(UNGATED_GROUPS):
+        return []
+    return [
+        f"host {host.name}: gate_enabled is false and the host is in no test group "
+        f"({', '.join(UNGATED_GROUPS)}): its releases go to cutover untested"
+    ]
 
 
 def check_settings(settings: GateSettings) -> None:
@@ -93,21 +127,17 @@ def check_settings(settings: GateSettings) -> None:
             fix="give requests per second > 0, or leave it unset for a closed loop",
             host=host.name,
         )
-    _, bad = gate_limit_values(settings.gate_limits, "gate_limits")
-    if bad:
-        raise ConfigError(
-            f"{bad} = {settings.gate_limits[bad.split('.', 1)[1]]} is not a gate limit",
-            key=bad,
-            fix=f"use numbers >= 0 for any of {', '.join(GATE_LIMITS)}",
-            host=host.name,
-        )
+    for name, value in settings.gate_limits.items():
+        problem = gate_limit_problem(name, value)
+        if problem:
+            raise ConfigError(problem[0], key=f"gate_limits.{name}", fix=problem[1], host=host.name)
 
 
-def served_eval_set(runtime: RuntimePlan) -> EvalSet | None:
-    path = runtime.model.eval_set_path()
+def served_eval_set(model: Model) -> EvalSet | None:
+    path = model.eval_set_path()
     if path is None:
         return None
-    with on_host(host.name, prefix=f"model {runtime.model.name}: "):
+    with on_host(host.name, prefix=f"model {model.name}: "):
         return load_eval_set(path)
 
 

@@ -32,7 +32,7 @@ from llmhost.onhost.runtimectl import upstream_text
 from llmhost.render import put_template
 from llmhost.secrets import api_keys, certificate_authority, secrets_directory
 from llmhost.settings import from_data
-from roles._common.checks import check_at_least, check_networks, on_host
+from roles._common.checks import check_at_least, check_hostname, check_networks, on_host
 from roles._common.facts import HostState
 from roles._common.operations import firewall_rules, reload_firewall, secret_upload_options
 from roles._common.ports import check_host_ports
@@ -42,13 +42,14 @@ from roles.runtime.defaults import RuntimeSettings
 
 @deploy("llmhost gateway")
 def gateway() -> None:
-    settings, keys = preflight()
+    settings, keys = check()  # the data alone: no fact is needed
     install()
     changed = configure(settings, keys)
     service(changed)
 
 
-def preflight() -> tuple[GatewaySettings, dict[str, str]]:
+def check() -> tuple[GatewaySettings, dict[str, str]]:
+    """Settings, ports, the operator's TLS files and the API keys, with no host contacted."""
     settings = from_data(GatewaySettings, host.data, host.name)
     check_host_ports(host.name, host.data, host.groups, mine=["gateway_port"])
     positive = ("gateway_rate_limit_rps", "gateway_max_body_kb", "gateway_read_timeout_s")
@@ -57,6 +58,8 @@ def preflight() -> tuple[GatewaySettings, dict[str, str]]:
         host.name, settings, ("gateway_rate_limit_burst", "gateway_rollback_window_s"), 0
     )
     check_networks(host.name, "gateway_allow_from", settings.gateway_allow_from)
+    for name in settings.gateway_server_names:
+        check_hostname(host.name, "gateway_server_names", name)
     if bool(settings.gateway_tls_certificate) != bool(settings.gateway_tls_key):
         raise ConfigError(
             "needs both the certificate and its key",
@@ -64,7 +67,24 @@ def preflight() -> tuple[GatewaySettings, dict[str, str]]:
             fix="set gateway_tls_certificate and gateway_tls_key, or neither",
             host=host.name,
         )
+    operator_tls_files(settings)
     return settings, admitted_keys(settings)
+
+
+def operator_tls_files(settings: GatewaySettings) -> tuple[Path, Path] | None:
+    """The operator's certificate and key files, which must exist here; None: use the CA."""
+    if not (settings.gateway_tls_certificate and settings.gateway_tls_key):
+        return None
+    paths = (Path(settings.gateway_tls_certificate), Path(settings.gateway_tls_key))
+    for path, key in zip(paths, ("gateway_tls_certificate", "gateway_tls_key"), strict=True):
+        if not path.is_file():
+            raise ConfigError(
+                f"{path} does not exist on this machine",
+                key=key,
+                fix="give the PEM file's path here",
+                host=host.name,
+            )
+    return paths
 
 
 def admitted_keys(settings: GatewaySettings) -> dict[str, str]:
@@ -105,16 +125,8 @@ def install() -> None:
 
 def tls_material(settings: GatewaySettings) -> tuple[str, str]:
     """(certificate PEM, key PEM): the operator's files, else one from the llmhost CA."""
-    if settings.gateway_tls_certificate and settings.gateway_tls_key:
-        paths = (Path(settings.gateway_tls_certificate), Path(settings.gateway_tls_key))
-        for path, key in zip(paths, ("gateway_tls_certificate", "gateway_tls_key"), strict=True):
-            if not path.is_file():
-                raise ConfigError(
-                    f"{path} does not exist on this machine",
-                    key=key,
-                    fix="give the PEM file's path here",
-                    host=host.name,
-                )
+    paths = operator_tls_files(settings)
+    if paths:
         return paths[0].read_text(), paths[1].read_text()
     names = settings.gateway_server_names or [host.data.get("ssh_hostname") or host.name]
     authority = certificate_authority(secrets_directory(host.data, host.name))

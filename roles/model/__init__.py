@@ -24,7 +24,7 @@ from llmhost.hardware import check_hardware, load_classes
 from llmhost.onhost.layout import SERVICE_USER, STATE_DIR
 from llmhost.secrets import registry_credentials, secrets_directory
 from llmhost.settings import from_data
-from roles._common.checks import check_at_least, on_host
+from roles._common.checks import check_at_least, check_host_port, on_host
 from roles._common.onhost import install_onhost_tools
 from roles._common.operations import secret_upload_options
 from roles.model.defaults import AUTH_FILE, MODELS_DIR, STORE, ModelSettings
@@ -53,12 +53,18 @@ def expected_sizes(wanted: Model) -> dict[str, int]:
     return {f.path: f.size for f in wanted.files}
 
 
-def preflight() -> tuple[ModelSettings, Model, list[str]]:
+def check() -> tuple[ModelSettings, Model, list[str]]:
+    """The host's data, the catalog and the inventory, with no host contacted."""
     settings = from_data(ModelSettings, host.data, host.name)
     check_at_least(host.name, settings, ("model_pull_jobs",), 1)
     wanted = mirrored_model(settings.model_name)
     check_hardware_fits(wanted)
     registries = pull_registries(settings)
+    return settings, wanted, registries
+
+
+def preflight() -> tuple[ModelSettings, Model, list[str]]:
+    settings, wanted, registries = check()
     check_disk(wanted)
     return settings, wanted, registries
 
@@ -91,6 +97,8 @@ def pull_registries(settings: ModelSettings) -> list[str]:
             fix="add registry hosts to the `registry` group, or list `host:port` registries",
             host=host.name,
         )
+    for registry in settings.model_registries:
+        check_host_port(host.name, "model_registries", registry)
     return registries
 
 

@@ -31,7 +31,7 @@ from llmhost.secrets import (
     secrets_directory,
 )
 from llmhost.settings import from_data
-from roles._common.checks import check_networks
+from roles._common.checks import check_hostname, check_networks
 from roles._common.operations import (
     firewall_rules,
     reload_firewall,
@@ -53,13 +53,14 @@ DROPIN = f"/etc/systemd/system/{VENDOR_UNIT}.d/llmhost.conf"
 
 @deploy("llmhost registry")
 def registry() -> None:
-    settings = preflight()
+    settings = check()  # the data alone: no fact is needed
     install()
     changed = configure(settings)
     service(changed, settings)
 
 
-def preflight() -> RegistrySettings:
+def check() -> RegistrySettings:
+    """Settings and ports, with no host contacted."""
     settings = from_data(RegistrySettings, host.data, host.name)
     check_host_ports(host.name, host.data, {*host.groups, "registry"}, mine=["registry_port"])
     if not settings.registry_storage_path.startswith("/"):
@@ -70,6 +71,8 @@ def preflight() -> RegistrySettings:
             host=host.name,
         )
     check_networks(host.name, "registry_allow_from", settings.registry_allow_from)
+    if settings.registry_address is not None:
+        check_hostname(host.name, "registry_address", settings.registry_address)
     return settings
 
 
@@ -100,7 +103,7 @@ def configure(settings: RegistrySettings) -> list[OperationMeta]:
     """Write every file; returns those whose change needs the registry restarted."""
     secrets = secrets_directory(host.data, host.name)
     credentials = registry_credentials(secrets)
-    address = endpoint(host.name, host.data).rsplit(":", 1)[0]
+    address = endpoint(host.name, host.data).rsplit(":", 1)[0].strip("[]")
     certificate = certificate_authority(secrets).issue(f"registry-{host.name}", [address])
     files.directory(
         name=f"{CONFIG_DIR}: registry configuration",

@@ -42,4 +42,6 @@ def endpoint(name: str, data: Any) -> str:
     """
     settings = from_data(RegistrySettings, data, name)
     address = settings.registry_address or data.get("ssh_hostname") or name
+    if ":" in address:  # an IPv6 address: bracketed in host:port, and so in URLs
+        address = f"[{address.strip('[]')}]"
     return f"{address}:{settings.registry_port}"

@@ -94,7 +94,18 @@ def runtime() -> None:
 # -- preflight ---------------------------------------------------------------------------
 
 
-def preflight() -> Plan:
+@dataclass(frozen=True)
+class Wanted:
+    """What the host's data asks the runtime to serve, before any host is asked anything."""
+
+    settings: RuntimeSettings
+    hardware: HardwareClass
+    model: Model
+    release: Release
+
+
+def check() -> Wanted:
+    """The settings, the engine, the model it serves and the release, with no host contacted."""
     settings = from_data(RuntimeSettings, host.data, host.name)
     hardware = check_hardware(host.data.get("hardware"), load_classes(), host.name)
     engine = settings.runtime_engine or hardware.runtime
@@ -108,7 +119,17 @@ def preflight() -> Plan:
     check_settings(settings)
     model = served_model()
     check_servable(engine, model, host.name)
-    release = wanted_release(engine, settings, hardware, model)
+    return Wanted(settings, hardware, model, wanted_release(engine, settings, hardware, model))
+
+
+def preflight() -> Plan:
+    wanted = check()
+    settings, hardware, model, release = (
+        wanted.settings,
+        wanted.hardware,
+        wanted.model,
+        wanted.release,
+    )
     state = host.get_fact(HostState, path=STATE_FILE)
     if "unreadable" in state:
         raise ConfigError(

@@ -65,8 +65,38 @@ def test_bad_host_data_stops_every_host_before_any_change(
         [sys.executable, "-m", "llmhost.cli", "check", inventory],
         capture_output=True, text=True, cwd=REPO_ROOT,
     )  # fmt: skip
-    assert checked.returncode == 2
+    assert checked.returncode == 1, "problems found"
     assert f"host {bad}: {expected}" in checked.stderr
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        ({"gateway_prot": 8443}, "key `gateway_prot`: is not an llmhost setting"),
+        ({"residency_allowed_regions": ["gb", "us"]}, "key `residency_allowed_regions`"),
+        ({"base_ssh_port": "22"}, "key `base_ssh_port`: expected int, got str"),
+        ({"base_http_proxy": "egress:3128"}, "key `base_http_proxy`"),
+        ({"model_name": "not-in-the-catalog"}, "key `model_name`"),
+    ],
+    ids=["misspelt-setting", "policy-on-a-host", "port-as-string", "proxy-no-scheme", "model"],
+)
+def test_llmhost_deploy_checks_every_role_offline_and_runs_nothing(
+    tmp_path, testbed, hosts, converged_with_sentinel_removed, edit, expected
+):
+    bad = hosts[-1].name
+    inventory = write_inventory(tmp_path / "inventory.py", testbed, hosts, **{bad: edit})
+
+    result = subprocess.run(
+        [sys.executable, "-m", "llmhost.cli", "deploy", inventory, "-y"],
+        capture_output=True, text=True, cwd=REPO_ROOT,
+    )  # fmt: skip
+
+    assert result.returncode == 2, result.stderr
+    assert f"host {bad}: {expected}" in result.stderr
+    assert "nothing was deployed" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "--> Loading inventory" not in result.stderr, "pyinfra was started"
+    assert_untouched(testbed, hosts)
 
 
 def test_an_inventory_with_no_hosts_is_refused(tmp_path, testbed, hosts):

@@ -273,7 +273,8 @@ def test_files_are_required(tmp_path):
 
 
 def test_files_must_not_be_empty(tmp_path):
-    error = load_error(tmp_path, edited(with_files(), "[oci]", "files = []\n\n[oci]"))
+    # At the top level: under [oci] (where this test once put it) it is an unknown key there.
+    error = load_error(tmp_path, edited(with_files(), "[source]", "files = []\n\n[source]"))
     assert "key `files`: is missing or empty" in str(error)
 
 
@@ -399,3 +400,170 @@ def test_an_oci_header_with_a_comment_is_still_found(tmp_path):
     path = write(tmp_path, "tiny", edited(GGUF_LOCAL, "[oci]\n", "[oci]  # mirror target\n"))
     record_mirror(load_model(path), "10.0.0.5:5000", NEW_DIGEST)
     assert load_model(path).digest == NEW_DIGEST
+
+
+# Stricter checks: unknown keys, whole-value pins, gates that cannot fail, safe paths.
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "suggestion"),
+    [
+        ('eval_set = "evals', 'eval_sett = "evals', "eval_sett", "eval_set"),
+        ("[oci]", "[gate]\nttft_p95_ms = 1\n\n[oci]", "gate", "gates"),
+        ('path = "/srv/weights/tiny"', 'paht = "/srv/weights/tiny"', "source.paht", "path"),
+        ("size = 1000", "size = 1000\nsah256 = 'x'", "files[0].sah256", "sha256"),
+        ('repository = "models/tiny"', 'repository = "models/tiny"\ndigets = "x"', "oci.digets",
+         "digest"),
+        ("[oci]", "[gates]\nttft_p95 = 1\n\n[oci]", "gates.ttft_p95", "ttft_p95_ms"),
+        ("[oci]", "[gates.cpu]\nerror_rate = 0.1\n\n[oci]", "gates.cpu.error_rate",
+         "error_rate_max"),
+        ("[oci]", "[gates.cpuu]\nttft_p95_ms = 1\n\n[oci]", "gates.cpuu", "cpu"),
+        ('format = "gguf"', 'format = "ggu"', "format", "gguf"),
+        ('kind = "local"', 'kind = "locale"', "source.kind", "local"),
+        ('min_hardware = "cpu"', 'min_hardware = "l40"', "min_hardware", "l40s"),
+        ('runtimes = ["llama.cpp"]', 'runtimes = ["llamacpp"]', "runtimes", "llama.cpp"),
+    ],
+    ids=["top-level", "gate-for-gates", "source", "files", "oci", "gates", "gates-class",
+         "gates-unknown-class", "format", "source-kind", "min-hardware", "runtime"],
+)  # fmt: skip
+def test_an_unknown_or_misspelt_key_is_refused_with_the_nearest_one(
+    tmp_path, old, new, key, suggestion
+):
+    error = load_error(tmp_path, edited(GGUF_LOCAL, old, new))
+    assert error.key == key
+    assert f"did you mean `{suggestion}`?" in str(error)
+    assert str(tmp_path / "tiny.toml") in str(error)
+
+
+def test_an_unknown_key_with_no_near_match_lists_the_known_ones(tmp_path):
+    error = load_error(tmp_path, edited(GGUF_LOCAL, 'kind = "local"', 'kind = "local"\nzzz = 1'))
+    assert error.key == "source.zzz"
+    assert "is not a key of a local [source]" in str(error) and "did you mean" not in str(error)
+    assert "a local [source] takes kind, path" in str(error)
+
+
+def test_a_key_of_the_other_source_kind_is_refused(tmp_path):
+    text = edited(
+        SAFETENSORS_HF, f'revision = "{REVISION}"', f'revision = "{REVISION}"\npath = "x"'
+    )
+    error = load_error(tmp_path, text, name="small-st")
+    assert error.key == "source.path" and "is not a key of a huggingface [source]" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ('name = "tiny"', 'name = "tiny\\n"', "name"),
+        (f'sha256 = "{SHA_A}"', f'sha256 = "{SHA_A}\\n"', "files[0].sha256"),
+        ('repository = "models/tiny"', 'repository = "models/tiny\\n"', "oci.repository"),
+        ('repository = "models/tiny"', f'repository = "models/tiny"\ndigest = "{DIGEST}\\n"',
+         "oci.digest"),
+        ('repository = "models/tiny"', 'repository = "models/tiny"\nregistry = "r:5000\\n"',
+         "oci.registry"),
+        ('license = "apache-2.0"', 'license = "apache-2.0\\n"', "license"),
+        ('path = "/srv/weights/tiny"', 'path = "/srv/weights/tiny\\n"', "source.path"),
+    ],
+    ids=["name", "sha256", "repository", "digest", "registry", "license", "source-path"],
+)  # fmt: skip
+def test_a_pinned_value_with_a_trailing_newline_is_refused(tmp_path, old, new, key):
+    error = load_error(tmp_path, edited(GGUF_LOCAL, old, new))
+    assert error.key == key and "is not valid" in str(error)
+
+
+@pytest.mark.parametrize("field", ["revision", "repo"])
+def test_a_hugging_face_pin_with_a_trailing_newline_is_refused(tmp_path, field):
+    text = (
+        hugging_face(revision=REVISION + "\\n")
+        if field == "revision"
+        else hugging_face(repo="example-org/Small\\n")
+    )
+    error = load_error(tmp_path, text, name="small-st")
+    assert error.key == f"source.{field}" and "is not valid" in str(error)
+
+
+@pytest.mark.parametrize(
+    "repo", ["owner/..", "owner/a..b", "ówner/name", "-owner/name"], ids=["dotdot-name",
+    "double-dot", "non-ascii", "leading-dash"]
+)  # fmt: skip
+def test_a_hugging_face_repo_is_ascii_and_never_dot_dot(tmp_path, repo):
+    error = load_error(tmp_path, hugging_face(repo=repo), name="small-st")
+    assert error.key == "source.repo"
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [('"a\\nb.gguf"', "control character"), ('"a\\tb.gguf"', "control character"),
+     ('"a\\u0000b.gguf"', "control character"), ('".llmhost-manifest.json"', "reserved"),
+     ('"weights/./a.gguf"', "'.' segment")],
+    ids=["newline", "tab", "nul", "manifest-name", "inner-dot"],
+)  # fmt: skip
+def test_file_paths_the_puller_would_refuse_are_refused_here(tmp_path, path, reason):
+    error = load_error(tmp_path, with_files(GOOD_FILE, (path, "1", f'"{SHA_B}"')))
+    assert error.key == "files[1].path" and reason in str(error)
+
+
+def test_a_path_used_as_a_file_and_a_directory_is_refused(tmp_path):
+    error = load_error(
+        tmp_path, with_files(('"w"', "1", f'"{SHA_A}"'), ('"w/a.gguf"', "1", f'"{SHA_B}"'))
+    )
+    assert error.key == "files" and "'w' both as a file and as a directory" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("limit", "value"),
+    [("ttft_p95_ms", "-1"), ("ttft_p95_ms", "0"), ("e2e_p99_ms", "inf"), ("e2e_p99_ms", "nan"),
+     ("error_rate_max", "0"), ("error_rate_max", "1"), ("error_rate_max", "1.5"),
+     ("min_tokens_per_s", "0"), ("eval_tolerance", "1"), ("eval_tolerance", "-0.1"),
+     ("eval_min_score", "0"), ("eval_min_score", "1.01"), ("ttft_p95_ms", "true"),
+     ("ttft_p95_ms", '"800"')],
+)  # fmt: skip
+def test_a_gate_limit_outside_its_meaningful_range_is_refused(tmp_path, limit, value):
+    for table in ("gates", "gates.cpu"):
+        text = edited(GGUF_LOCAL, "[oci]", f"[{table}]\n{limit} = {value}\n\n[oci]")
+        error = load_error(tmp_path, text)
+        assert error.key == f"{table}.{limit}"
+        assert "is not a gate limit" in str(error)
+
+
+def test_gate_limits_at_the_edges_of_their_ranges_load():
+    from llmhost.catalog import GATE_LIMITS, gate_limit_values
+
+    table = {"ttft_p95_ms": 0.001, "error_rate_max": 0.999, "eval_tolerance": 0,
+             "eval_min_score": 1, "min_tokens_per_s": 0.1, "e2e_p99_ms": 60000}  # fmt: skip
+    assert gate_limit_values(table, "gate_limits") == (
+        {k: float(v) for k, v in table.items()},
+        None,
+    )
+    assert set(table) == set(GATE_LIMITS)
+    assert (
+        gate_limit_values({"error_rate_max": 1}, "gate_limits")[1] == "gate_limits.error_rate_max"
+    )
+
+
+def test_a_table_inside_a_class_gates_table_is_refused(tmp_path):
+    text = edited(GGUF_LOCAL, "[oci]", "[gates.cpu.more]\nttft_p95_ms = 1\n\n[oci]")
+    error = load_error(tmp_path, text)
+    assert error.key == "gates.cpu.more"
+
+
+def test_bad_toml_names_the_line_and_column(tmp_path):
+    error = load_error(tmp_path, GGUF_LOCAL + "name = \n")
+    assert f"{tmp_path / 'tiny.toml'}:{GGUF_LOCAL.count(chr(10)) + 1}:8: is not valid TOML" in str(
+        error
+    )
+
+
+def test_a_model_file_that_is_not_utf8_names_the_line(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_bytes(GGUF_LOCAL.replace("apache-2.0", "apache\xe9").encode("latin-1"))
+    with pytest.raises(ConfigError) as raised:
+        load_model(path)
+    assert raised.value.key == "(file)"
+    assert f"{path}:4: is not UTF-8" in str(raised.value)  # licence: line 4
+
+
+@pytest.mark.parametrize("name", ["../tiny", "Tiny", "tiny\n", ""])
+def test_find_refuses_a_name_that_is_not_a_model_name(tmp_path, name):
+    write(tmp_path, "tiny", GGUF_LOCAL)
+    with pytest.raises(ConfigError, match="is not a model name"):
+        find(name, tmp_path)

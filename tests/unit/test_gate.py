@@ -91,6 +91,120 @@ def test_an_empty_missing_or_duplicated_eval_set_is_refused(tmp_path: Path):
         evalset.load_eval_set(write_eval_set(tmp_path, [EVAL_LINES[0], EVAL_LINES[0]]))
 
 
+def test_every_problem_of_an_eval_set_is_listed_with_its_line(tmp_path: Path):
+    path = tmp_path / "evals" / "bad.jsonl"
+    path.parent.mkdir()
+    lines = [
+        json.dumps(EVAL_LINES[0]).encode(),
+        b'{"id": "a", "promt": "p", "check": {"exact": "x"}}',
+        b'{"id": "b", "prompt": "p", "check": {"regexp": "x"}}',
+        b'{"id": "c", "prompt": "caf\xe9", "check": {"exact": "x"}}',
+        b"",
+        json.dumps(EVAL_LINES[0]).encode(),
+    ]
+    path.write_bytes(b"\n".join(lines))
+    problems = [str(p) for p in evalset.eval_set_problems(path)]
+    assert len(problems) == 4
+    assert f"{path}:2: `promt` is not a key of an eval line (did you mean `prompt`?)" in problems[0]
+    assert f"{path}:3: " in problems[1] and "did you mean `regex`?" in problems[1]
+    assert f"{path}:4: is not UTF-8 (byte 0xe9 at column 27)" in problems[2]
+    assert f"{path}:6: uses id 'exact' twice (first on line 1)" in problems[3]
+    with pytest.raises(ConfigError, match=f"{path}:2: "):
+        evalset.load_eval_set(path)
+    assert evalset.eval_set_problems(write_eval_set(tmp_path, EVAL_LINES)) == []
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ('{"id": "a", "id": "b", "prompt": "p", "check": {"exact": "x"}}', "'id' appears twice"),
+        ('{"id": "a", "prompt": "p", "max_tokens": NaN, "check": {"exact": "x"}}', "NaN"),
+        ({"id": "a", "prompt": "p", "check": {"contains": ""}}, "cannot fail"),
+        ({"id": "a", "prompt": "p", "check": {"regex": ".*"}}, "matches any answer"),
+        ({"id": "a", "prompt": "p", "check": {"regex": r"\s*"}}, "matches any answer"),
+        ({"id": "a", "prompt": "p", "check": {"regex": "[[:digit:]]+"}}, "nested set"),
+        ({"id": "a", "prompt": "p", "check": {"regex": "a{2,1}"}}, "does not compile"),
+        ({"id": "a", "prompt": "p", "check": {"regex": 5}}, "needs a string"),
+        ({"id": "a", "prompt": "   ", "check": {"exact": "x"}}, "`prompt` is missing"),
+        ({"id": "a", "prompt": "p", "check": {"json_schema": {"$ref": "#/$defs/x"}}},
+         "does not resolve"),
+        ({"id": "a", "prompt": "p", "check": {"json_schema": {"$ref": "https://x.test/s.json"}}},
+         "does not resolve"),
+        ({"id": "a", "prompt": "p", "check": {"json_schema": {"$ref": "#nowhere"}}},
+         "does not resolve"),
+        ({"id": "a", "prompt": "p", "check": {"json_schema": "object"}}, "schema is invalid"),
+    ],
+    ids=["duplicate-key", "nan", "empty-contains", "dot-star", "optional-space", "posix-class",
+         "bad-repeat", "regex-number", "blank-prompt", "missing-pointer", "remote-ref",
+         "missing-anchor", "schema-string"],
+)  # fmt: skip
+def test_an_eval_check_that_cannot_work_or_cannot_fail_is_refused(tmp_path: Path, line, problem):
+    path = write_eval_set(tmp_path, [EVAL_LINES[0], line])
+    (found,) = evalset.eval_set_problems(path)
+    assert f"{path}:2: " in str(found) and problem in str(found)
+
+
+def test_local_schema_references_and_a_line_separator_inside_a_string_are_fine(tmp_path: Path):
+    schema = {"$defs": {"n": {"type": "integer"}, "a": {"$anchor": "num", "type": "number"}},
+              "properties": {"x": {"$ref": "#/$defs/n"}, "y": {"$ref": "#num"}}}  # fmt: skip
+    line = {"id": "j", "prompt": "p\u2028q", "check": {"json_schema": schema}}
+    path = tmp_path / "evals" / "ok.jsonl"
+    path.parent.mkdir()
+    path.write_text(json.dumps(line, ensure_ascii=False) + "\n")
+    loaded = evalset.load_eval_set(path)
+    assert loaded.items[0].prompt == "p\u2028q"
+    assert evalset.passes(loaded.items[0], '{"x": 1, "y": 2.5}')
+    assert not evalset.passes(loaded.items[0], '{"x": 1.5}')
+
+
+# Patterns the validation accepts, and answers: the timed search must agree with `re` itself.
+REGEX_CASES = [
+    (r"^\s*\d+", [" 42 apples", "forty", "\n7"]),
+    (r"(?i)paris\b", ["PARIS.", "Parisian", "in paris"]),
+    (r"^yes$", ["yes", "yes\n", "yes\n\n", "yess"]),
+    (r"\bcolou?r\b", ["colour", "color", "colr"]),
+    (r"[^\x00-\x7f]", ["é", "e"]),
+    (r"(\w+)\s\1", ["the the", "the then"]),
+    (r"\d{3}-\d{4}", ["555-1234", "55-1234", "\u0665\u0665\u0665-\u0661\u0662\u0663\u0664"]),
+    (r"(?s)a.b", ["a\nb", "ab"]),
+    (r"(?m)^b", ["a\nb", "ab"]),
+]
+
+
+@pytest.mark.parametrize(("pattern", "answers"), REGEX_CASES)
+def test_the_timed_regex_search_gives_the_answers_of_re(pattern, answers):
+    import re
+
+    for answer in answers:
+        expected = re.search(pattern, answer) is not None
+        assert evalset.regex_search(pattern, answer, 10) is expected, (pattern, answer)
+
+
+def test_a_catastrophic_regex_fails_its_check_instead_of_hanging(tmp_path: Path):
+    import time
+
+    item = evalset.EvalItem("slow", "p", 4, "regex", r"^(a+)+$")
+    started = time.monotonic()
+    reason = evalset.check_answer(item, "a" * 40 + "b", regex_timeout_s=0.5)
+    assert reason == "regex search timed out after 0.5 s"
+    assert time.monotonic() - started < 5
+    loaded = evalset.EvalSet(tmp_path / "x.jsonl", (item,), "0" * 64)
+    score, (result,) = evalset.score(loaded, {"slow": "a" * 5})
+    assert score == 1.0 and result["passed"] and "reason" not in result
+
+
+def test_a_failed_check_says_why(tmp_path: Path):
+    loaded = evalset.load_eval_set(write_eval_set(tmp_path, EVAL_LINES))
+    _, results = evalset.score(loaded, {"exact": "no", "json": "{"})
+    reasons = {r["id"]: r.get("reason") for r in results}
+    assert reasons == {
+        "exact": "the answer is not the expected text",
+        "regex": "no answer",
+        "contains": "no answer",
+        "json": "the answer is not JSON",
+    }
+
+
 # -- golden sets, drift and the eval's verdict -------------------------------------------------
 
 

@@ -122,6 +122,11 @@ def test_vllm_and_offload_are_refused_on_a_class_without_gpus(tmp_path):
     cpu = GPU_CLASS.replace("gpu_count = 2", "gpu_count = 0").replace(
         'runtime = "vllm"', 'runtime = "llama.cpp"'
     )
+    for gpu_only in ('gpu_model = "G"\n', "gpu_memory_gib = 24\n", 'driver_branch = "550"\n',
+                     'cuda_version = "12.4"\n'):  # fmt: skip
+        with pytest.raises(ConfigError, match="is set on a class without GPUs"):
+            load_classes(write(tmp_path, cpu))
+        cpu = cpu.replace(gpu_only, "")
     with pytest.raises(ConfigError, match="vLLM settings on a class without GPUs"):
         load_classes(write(tmp_path, cpu))
     without_vllm = cpu[: cpu.index("[g.vllm]")]
@@ -142,3 +147,90 @@ def test_shipped_classes_pick_runtimes_their_hardware_can_run():
     assert classes["cpu"].runtime == "llama.cpp" and classes["cpu"].vllm is None
     assert classes["h100-sxm-x8"].vllm and classes["h100-sxm-x8"].vllm.tensor_parallel_size == 8
     assert all(c.driver_branch and c.cuda_version for c in classes.values() if c.has_gpu)
+
+
+# Stricter checks: every key known, pins matched whole, the file and line named.
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "suggestion"),
+    [
+        ('description = "one GPU"', 'descripton = "one GPU"', "g.descripton", "description"),
+        ("gpu_count = 2", "gpu_count = 2\ngpus = 2", "g.gpus", None),
+        ("threads = 4", "thread = 4", "g.llama_cpp.thread", "threads"),
+        ("batch = 512", "batch = 512\nn_gpu_layer = 1", "g.llama_cpp.n_gpu_layer", "n_gpu_layers"),
+        ("max_num_seqs = 8", "max_num_seq = 8", "g.vllm.max_num_seq", "max_num_seqs"),
+        ('kv_cache_dtype = "auto"', 'kv_cache_type = "fp8"', "g.vllm.kv_cache_type",
+         "kv_cache_dtype"),
+    ],
+    ids=["class", "class-no-match", "llama_cpp", "llama_cpp-added", "vllm", "vllm-default"],
+)  # fmt: skip
+def test_an_unknown_key_in_any_table_is_refused_with_the_nearest_one(
+    tmp_path, old, new, key, suggestion
+):
+    assert old in GPU_CLASS
+    with pytest.raises(ConfigError) as raised:
+        load_classes(write(tmp_path, GPU_CLASS.replace(old, new)))
+    assert raised.value.key == key
+    assert str(tmp_path / "hardware.toml") in str(raised.value)
+    table = "[" + key.rsplit(".", 1)[0] + "]"
+    assert f"is not a key of {table}" in str(raised.value)
+    if suggestion:
+        assert f"did you mean `{suggestion}`?" in str(raised.value)
+    else:
+        assert "did you mean" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ('driver_branch = "550"', 'driver_branch = "550\\n"', "g.driver_branch"),
+        ('driver_branch = "550"', 'driver_branch = "latest"', "g.driver_branch"),
+        ('cuda_version = "12.4"', 'cuda_version = "12.4\\n"', "g.cuda_version"),
+        ('cuda_version = "12.4"', 'cuda_version = "12"', "g.cuda_version"),
+        ('gpu_model = "G"', 'gpu_model = "G\\n"', "g.gpu_model"),
+        ('description = "one GPU"', 'description = "one\\nGPU"', "g.description"),
+        ('["-DGGML_CUDA=ON"]', '["-DGGML_CUDA=ON\\n"]', "g.llama_cpp.build_flags"),
+        ('["-DGGML_CUDA=ON"]', '["-DGGML_CUDA=ON -DX=1"]', "g.llama_cpp.build_flags"),
+        ("gpu_memory_gib = 24", "gpu_memory_gib = true", "g.gpu_memory_gib"),
+    ],
+    ids=["driver-newline", "driver-word", "cuda-newline", "cuda-major-only", "gpu-model-newline",
+         "description-newline", "flag-newline", "two-flags-in-one", "memory-bool"],
+)  # fmt: skip
+def test_a_pin_is_matched_whole(tmp_path, old, new, key):
+    assert old in GPU_CLASS
+    with pytest.raises(ConfigError) as raised:
+        load_classes(write(tmp_path, GPU_CLASS.replace(old, new)))
+    assert raised.value.key == key
+
+
+@pytest.mark.parametrize("name", ["G", '"g h"', '"g\\n"', '"../g"'])
+def test_a_class_name_is_lower_case_letters_digits_and_dots(tmp_path, name):
+    text = GPU_CLASS.replace("[g]", f"[{name}]").replace("[g.", f"[{name}.")
+    with pytest.raises(ConfigError, match=r"class name .* is not valid"):
+        load_classes(write(tmp_path, text))
+
+
+def test_bad_toml_names_the_line_and_column(tmp_path):
+    path = write(tmp_path, GPU_CLASS.replace("threads = 4", "threads = = 4"))
+    line = GPU_CLASS.splitlines().index("threads = 4") + 1
+    with pytest.raises(ConfigError) as raised:
+        load_classes(path)
+    assert raised.value.key == "hardware"
+    assert f"{path}:{line}:11: is not valid TOML" in str(raised.value)
+
+
+def test_a_matrix_that_is_not_utf8_or_empty_is_refused(tmp_path):
+    path = tmp_path / "hardware.toml"
+    path.write_bytes(GPU_CLASS.replace("one GPU", "one GPU \xe9").encode("latin-1"))
+    with pytest.raises(ConfigError, match=rf"{path}:2: is not UTF-8"):
+        load_classes(path)
+    with pytest.raises(ConfigError, match="declares no hardware class"):
+        load_classes(write(tmp_path, "# nothing\n"))
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_classes(write(tmp_path, "a = " + "[" * 5000 + "]" * 5000))
+
+
+def test_the_matrix_file_can_be_named_by_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMHOST_HARDWARE_FILE", str(write(tmp_path, GPU_CLASS)))
+    assert list(load_classes()) == ["g"]

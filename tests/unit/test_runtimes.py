@@ -114,3 +114,95 @@ def test_the_resolver_runs_for_the_hosts_python_and_platform(tmp_path: Path):
     assert "--only-binary=:all:" in command and "--dry-run" in command
     assert command[command.index("--python-version") + 1] == "3.11"
     assert "manylinux_2_28_x86_64" in command
+
+
+# Stricter checks: every key known, pins matched whole, paths kept inside.
+
+SHIPPED = (Path(__file__).resolve().parents[2] / "inventories" / "runtimes.toml").read_text()
+
+
+def sources_error(tmp_path: Path, old: str, new: str) -> ConfigError:
+    assert old in SHIPPED, old
+    path = tmp_path / "runtimes.toml"
+    path.write_text(SHIPPED.replace(old, new, 1))
+    with pytest.raises(ConfigError) as raised:
+        load_sources(path)
+    return raised.value
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "suggestion"),
+    [
+        ("source_sha256 =", "source_sha265 =", "llama_cpp.source_sha265", "source_sha256"),
+        ("lock =", "lokc =", "vllm.lokc", "lock"),
+        ("\n[vllm]\n", "\n[vlm]\n", "vlm", "vllm"),
+        ("\n[llama_cpp]\n", "\n[llama_cpp]\nbuild_flags = []\n", "llama_cpp.build_flags", None),
+    ],
+    ids=["llama_cpp", "vllm", "top-level", "no-near-match"],
+)
+def test_an_unknown_key_in_the_sources_is_refused_with_the_nearest_one(
+    tmp_path, old, new, key, suggestion
+):
+    error = sources_error(tmp_path, old, new)
+    assert error.key == key and "is not a key of" in str(error)
+    assert str(tmp_path / "runtimes.toml") in str(error)
+    if suggestion:
+        assert f"did you mean `{suggestion}`?" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ('a2e"', 'a2e\\n"', "llama_cpp.source_sha256"),
+        ('.tar.gz"', '.tar.gz\\n"', "llama_cpp.source_url"),
+        ('url = "https://', 'url = "http://', "llama_cpp.source_url"),
+        ('/vendor/llama.cpp"', '/vendor/llama.cpp\\n"', "llama_cpp.source_subdir"),
+        ('subdir = "', 'subdir = "../', "llama_cpp.source_subdir"),
+        ('subdir = "', 'subdir = "/', "llama_cpp.source_subdir"),
+        ('llama-cpp"', 'llama-cpp\\n"', "llama_cpp.repository"),
+        ('version = "0.10.1.1"', 'version = "0.10.1.1\\n"', "vllm.version"),
+        ('version = "0.10.1.1"', 'version = "latest"', "vllm.version"),
+        ('lock = "inventories', 'lock = "/etc/inventories', "vllm.lock"),
+        ('lock = "inventories', 'lock = "../inventories', "vllm.lock"),
+        ('.1.1.txt"', '.1.1.txt\\n"', "vllm.lock"),
+        ('.1.1.txt"', '.1.1.tar"', "vllm.lock"),
+    ],
+    ids=["sha256-newline", "url-newline", "url-http", "subdir-newline", "subdir-dotdot",
+         "subdir-absolute", "repository-newline", "version-newline", "version-word",
+         "lock-absolute", "lock-dotdot", "lock-newline", "lock-not-txt"],
+)  # fmt: skip
+def test_a_source_pin_is_matched_whole_and_stays_inside(tmp_path, old, new, key):
+    assert sources_error(tmp_path, old, new).key == key
+
+
+def test_a_recorded_build_that_is_broken_is_refused_naming_the_key(tmp_path: Path):
+    path = tmp_path / "builds.toml"
+    entry = f'{{ path = "llama-server", size = 1, sha256 = "{"a" * 64}" }}'
+    good = f'[cpu]\ndigest = "sha256:{"1" * 64}"\nfiles = [{entry}]\n'
+    assert load_builds(path.parent / "none.toml") == {}
+    for old, new, key in [
+        ("size = 1", 'size = "1"', "cpu.files[0].size"),
+        ("path = ", "paht = ", "cpu.files[0].paht"),
+        ('"llama-server"', '"../llama-server"', "cpu.files[0].path"),
+        (f'{"a" * 64}"', f'{"a" * 64}\\n"', "cpu.files[0].sha256"),
+        ("digest =", "digets =", "cpu.digets"),
+    ]:
+        path.write_text(good.replace(old, new))
+        with pytest.raises(ConfigError) as raised:
+            load_builds(path)
+        assert raised.value.key == key, (old, new)
+    path.write_text(good)
+    assert load_builds(path)["cpu"].files[0].path == "llama-server"
+
+
+def test_a_sources_table_that_is_missing_or_not_a_table_is_refused(tmp_path: Path):
+    path = tmp_path / "runtimes.toml"
+    without_vllm = SHIPPED[: SHIPPED.index("\n[vllm]\n")]
+    for text, problem in [
+        (without_vllm, "is missing"),
+        ("vllm = 1\n" + without_vllm, "not a table"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(ConfigError) as raised:
+            load_sources(path)
+        assert raised.value.key == "vllm" and problem in str(raised.value)
