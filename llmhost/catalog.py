@@ -22,7 +22,7 @@ from llmhost.errors import ConfigError
 from llmhost.hardware import ONE_LINE, load_classes
 from llmhost.onhost.layout import MANIFEST_FILE
 from llmhost.paths import MODELS, REPO_ROOT
-from llmhost.tomlfile import did_you_mean, first_unknown_key, read_toml
+from llmhost.textfiles import did_you_mean, first_unknown_key, read_toml
 
 FORMATS = ("gguf", "safetensors")
 RUNTIMES = ("llama.cpp", "vllm")

@@ -34,7 +34,7 @@ from urllib.parse import unquote
 import jsonschema
 
 from llmhost.errors import ConfigError
-from llmhost.tomlfile import did_you_mean, first_unknown_key
+from llmhost.textfiles import did_you_mean, first_unknown_key
 
 CHECK_KINDS = ("exact", "regex", "contains", "json_schema")
 ITEM_KEYS = ("id", "prompt", "max_tokens", "check")

@@ -18,7 +18,7 @@ from typing import Any
 
 from llmhost.errors import ConfigError
 from llmhost.paths import HARDWARE_CATALOG
-from llmhost.tomlfile import first_unknown_key, read_toml
+from llmhost.textfiles import first_unknown_key, read_toml
 
 RUNTIMES = ("llama.cpp", "vllm")
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")

@@ -32,7 +32,7 @@ from llmhost.catalog import DIGEST, OCI_REPOSITORY, SHA256, ModelFile
 from llmhost.errors import ConfigError
 from llmhost.hardware import HardwareClass
 from llmhost.paths import INVENTORIES, REPO_ROOT
-from llmhost.tomlfile import first_unknown_key, read_toml
+from llmhost.textfiles import first_unknown_key, read_toml
 
 LLAMA_CPP_BINARIES = ("llama-server", "llama-bench")
 BUILD_INFO = "build.json"

@@ -27,6 +27,7 @@ from llmhost.errors import ConfigError
 from llmhost.paths import REPO_ROOT
 from llmhost.pki import CertificateAuthority
 from llmhost.settings import from_data, setting
+from llmhost.textfiles import read_utf8
 
 REGISTRY_USER = "llmhost"
 API_KEYS_FILE = "api-keys.json"
@@ -230,28 +231,9 @@ ABSENT = _Absent()
 
 def _read_json(path: Path, key: str) -> Any:
     """The parsed file (objects as `_JsonObject`), or ``ABSENT`` when there is none."""
-    try:
-        if path.is_dir():
-            raise ConfigError(
-                f"{path} is a directory", key=key, fix=f"move it away; {path.name} is a JSON file"
-            )
-        raw = path.read_bytes()
-    except FileNotFoundError:
+    text = read_utf8(path, key, fix="save it as UTF-8 JSON")
+    if text is None:
         return ABSENT
-    except OSError as error:
-        raise ConfigError(
-            f"{path} cannot be read ({error.strerror})",
-            key=key,
-            fix="run as the user who owns the secrets directory, or fix the file's owner",
-        ) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ConfigError(
-            f"{path} is not UTF-8 (byte {error.start + 1} is not valid)",
-            key=key,
-            fix="save it as UTF-8 JSON",
-        ) from None
     try:
         return json.loads(text, object_pairs_hook=_JsonObject)
     except json.JSONDecodeError as error:

@@ -1,8 +1,8 @@
-"""Checked-in TOML files (the hardware matrix, model files, runtime pins), read strictly.
+"""The control machine's own files (TOML pins and catalogs, JSON secrets), read strictly.
 
-A file that cannot be read, is not UTF-8 or is not TOML fails as a ConfigError naming
-the file and the line, never a traceback; every table's keys are checked, so a misspelt
-key never falls back to a default unnoticed.
+A file that cannot be read, is not UTF-8 or does not parse fails as a ConfigError naming
+the file and the line, never a traceback (and never quoting the file: secrets live in
+some); every table's keys are checked, so a misspelt key never falls back to a default.
 """
 
 from __future__ import annotations
@@ -17,28 +17,36 @@ from typing import Any
 from llmhost.errors import ConfigError
 
 
-def read_toml(path: Path, key: str) -> dict[str, Any]:
-    """The TOML document in ``path``; a file that cannot be read, is not UTF-8 or is not
-    TOML fails as a ConfigError naming the file and the line (never a traceback)."""
+def read_utf8(path: Path, key: str, *, fix: str = "save the file as UTF-8") -> str | None:
+    """The file's text; None when there is no such file. Unreadable or not UTF-8: refused."""
     try:
+        if path.is_dir():
+            raise ConfigError(f"{path} is a directory, not a file", key=key, fix="move it away")
         raw = path.read_bytes()
-    except FileNotFoundError as error:
-        raise ConfigError(f"{path} does not exist", key=key, fix=f"restore {path.name}") from error
+    except FileNotFoundError:
+        return None
     except OSError as error:
         raise ConfigError(
             f"{path} cannot be read ({error.strerror or error})",
             key=key,
-            fix="give the path of a readable file",
+            fix="run as the user who owns it, or fix its owner and mode",
         ) from error
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as error:
         line = raw.count(b"\n", 0, error.start) + 1
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
         raise ConfigError(
-            f"{path}:{line}: is not UTF-8 (byte {raw[error.start]:#04x})",
-            key=key,
-            fix="save the file as UTF-8",
+            f"{path}:{line}: is not UTF-8 (at column {column})", key=key, fix=fix
         ) from error
+
+
+def read_toml(path: Path, key: str) -> dict[str, Any]:
+    """The TOML document in ``path``; a file that cannot be read, is not UTF-8 or is not
+    TOML fails as a ConfigError naming the file and the line (never a traceback)."""
+    text = read_utf8(path, key)
+    if text is None:
+        raise ConfigError(f"{path} does not exist", key=key, fix=f"restore {path.name}")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
