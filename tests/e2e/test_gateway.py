@@ -290,6 +290,8 @@ def test_a_rollout_stops_at_the_first_failed_batch_and_leaves_the_rest_untouched
     }
     path = write_inventory(tmp_path / "inventory.py", testbed, hosts, **edits)
     rolled = cli("deploy", path, "--batch-size", "1", "-y")
+    # The canary's broken colour stays failed (never active); clear it for the tests after.
+    testbed.ssh(canary, "systemctl reset-failed 'llmhost-runtime@*'", check=False)
     assert rolled.returncode == 1, rolled.stderr[-3000:]
     assert f"batch 1 failed; rollout stopped. Not touched: {rest.name}" in rolled.stderr
     assert "is not ready" in rolled.stderr
