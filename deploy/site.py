@@ -14,6 +14,7 @@ from roles.gate import gate
 from roles.gateway import gateway
 from roles.gateway.cutover import cutover
 from roles.model import model
+from roles.monitoring import monitoring
 from roles.registry import registry
 from roles.runtime import runtime
 
@@ -21,6 +22,8 @@ base()
 
 if "registry" in host.groups:
     registry()
+
+monitoring()
 
 if host.data.get("model_name"):
     gateway()

@@ -17,7 +17,13 @@ inventories/secrets*.py (ignored by git) or your secret store.
     llmhost deploy inventories/example_uk_eu.py    # converge
 """
 
-_key = {"ssh_user": "deploy", "_sudo": True, "ssh_key": "~/.ssh/llmhost_deploy"}
+_key = {
+    "ssh_user": "deploy",
+    "_sudo": True,
+    "ssh_key": "~/.ssh/llmhost_deploy",
+    # The monitoring hosts are reached by name, so the exporters' firewall needs their network.
+    "monitoring_scrape_from": ["10.20.30.0/24"],
+}
 
 serving = [
     ("gpu-lon-1.internal.example", {**_key, "region": "gb-lon1", "hardware": "l40s"}),

@@ -23,3 +23,5 @@ if not _hosts:
 testbed = [(host.name, _testbed.inventory_data(host)) for host in _hosts]
 # The first host keeps the primary model registry, the second its disaster-recovery copy.
 registry = testbed[:2]
+# The first also runs Prometheus and Alertmanager, watching every host.
+monitoring = testbed[:1]

@@ -15,6 +15,8 @@ TOOLS = {
     "pull": "llmhost.onhost.pull.cli",
     "runtimectl": "llmhost.onhost.runtimectl",
     "soak": "llmhost.onhost.soak",
+    "audit-exporter": "llmhost.onhost.auditexporter",
+    "gpu-exporter": "llmhost.onhost.gpuexporter",
 }
 USAGE = f"usage: onhost.pyz {{{','.join(TOOLS)}}} [ARGS...]  (TOOL --help for each)"
 

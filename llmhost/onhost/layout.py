@@ -24,10 +24,16 @@ MANIFEST_FILE = ".llmhost-manifest.json"
 COLOURS = ("blue", "green")
 RUNTIME_UNIT = "llmhost-runtime@{}.service"  # .format(colour)
 ROLLBACK_WINDOW_UNIT = "llmhost-rollback-window-{}"  # .format(colour): the deferred stop
+# node exporter's textfile collector reads *.prom here; runtimectl writes the state's
+# metrics (active colour, releases, gate verdicts) as llmhost-state.prom.
+NODE_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+STATE_METRICS_FILE = f"{NODE_TEXTFILE_DIR}/llmhost-state.prom"
 GATEWAY_DIR = "/etc/nginx/llmhost"  # root-only: the API keys live here
 # The gateway's upstream include: which colour nginx sends to. Written by the gateway
 # role once, then only by `runtimectl cutover` / `rollback`.
 GATEWAY_UPSTREAM = f"{GATEWAY_DIR}/upstream.conf"
+# One JSON line per request (nginx), which the audit exporter turns into metrics.
+GATEWAY_AUDIT_LOG = "/var/log/nginx/llmhost-audit.log"
 
 
 def empty_state() -> dict[str, Any]:

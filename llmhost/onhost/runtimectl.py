@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -187,6 +188,65 @@ def write_state(path: Path, state: dict[str, Any]) -> None:
         os.fsync(temporary.fileno())
     os.chmod(temporary.name, 0o644)
     os.replace(temporary.name, path)
+    if path == STATE_FILE:
+        write_state_metrics(Path(layout.STATE_METRICS_FILE), state)
+
+
+def _label(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def state_metrics(state: dict[str, Any]) -> str:
+    """The state as Prometheus text: which colour serves, what each runs, its gate verdict.
+
+    Alerts join on these (``active colour not serving``), and dashboards mark cutovers.
+    """
+    colours = state.get("colours") or {}
+    lines = [
+        "# HELP llmhost_colour_active Whether the gateway sends to this colour.",
+        "# TYPE llmhost_colour_active gauge",
+        *(
+            f'llmhost_colour_active{{colour="{c}"}} {int(state.get("active") == c)}'
+            for c in COLOURS
+        ),
+        "# HELP llmhost_release_info The release a colour runs (1 while it is recorded).",
+        "# TYPE llmhost_release_info gauge",
+    ]
+    gates = []
+    for colour in COLOURS:
+        release = colours.get(colour) or {}
+        if not release.get("id"):
+            continue
+        labels = f'colour="{colour}",release="{_label(release["id"])}"'
+        model = _label(release.get("model", ""))
+        lines.append(f'llmhost_release_info{{{labels},model="{model}"}} 1')
+        if isinstance(release.get("gate"), dict):
+            passed = int(bool(release["gate"].get("passed")))
+            gates.append(f"llmhost_gate_passed{{{labels}}} {passed}")
+    lines += [
+        "# HELP llmhost_gate_passed Whether the colour's release passed its gate.",
+        "# TYPE llmhost_gate_passed gauge",
+        *gates,
+    ]
+    last = state.get("last_gate") or {}
+    if isinstance(last.get("eval_score"), int | float):
+        lines += [
+            "# HELP llmhost_gate_eval_score The eval score of the last gated release.",
+            "# TYPE llmhost_gate_eval_score gauge",
+            f'llmhost_gate_eval_score{{release="{_label(last.get("release"))}"}} '
+            f"{float(last['eval_score'])}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_state_metrics(path: Path, state: dict[str, Any]) -> None:
+    """Replace the textfile atomically, where node exporter reads it (nothing when absent)."""
+    if not path.parent.is_dir():
+        return  # no node exporter on this host (yet): the next state change writes it
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(state_metrics(state))
+    os.chmod(temporary, 0o644)
+    os.replace(temporary, path)
 
 
 @contextlib.contextmanager
@@ -335,6 +395,57 @@ def cancel_stop(colour: str) -> None:
     _run(["systemctl", "stop", f"{ROLLBACK_WINDOW_UNIT.format(colour)}.timer"])
 
 
+# The alert groups a watching Prometheus must have loaded (templates/monitoring/rules.yml.j2).
+ALERT_GROUPS = ("llmhost-hosts", "llmhost-runtime", "llmhost-gateway")
+
+
+def _prometheus(url: str, path: str, timeout: float) -> Any:
+    with urllib.request.urlopen(f"{url.rstrip('/')}{path}", timeout=timeout) as response:
+        answer = json.loads(response.read())
+    if answer.get("status") != "success":
+        raise ValueError(f"{answer.get('errorType')}: {answer.get('error')}")
+    return answer["data"]
+
+
+def watched_by(url: str, host: str, timeout: float = 5.0) -> str | None:
+    """Why Prometheus at ``url`` does not watch ``host``; None when it does.
+
+    Watched: its node exporter was scraped successfully (``up == 1``) and the alert
+    rules are loaded. A release must not take traffic where nobody would see it fail.
+    """
+    query = urllib.parse.quote(f'up{{job="node",host="{host}"}}')
+    try:
+        results = _prometheus(url, f"/api/v1/query?query={query}", timeout)["result"]
+        groups = {
+            g["name"] for g in _prometheus(url, "/api/v1/rules?type=alert", timeout)["groups"]
+        }
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"{url}: {error}"
+    if not any(r.get("value", [None, "0"])[1] == "1" for r in results):
+        return f"{url} has no successful scrape of {host}'s node exporter"
+    missing = sorted(set(ALERT_GROUPS) - groups)
+    if missing:
+        return f"{url} has not loaded the alert rules ({', '.join(missing)} missing)"
+    return None
+
+
+def wait_watched(urls: Sequence[str], host: str, deadline_s: float) -> None:
+    """Until one of ``urls`` watches ``host`` (a first scrape can take an interval); else raise."""
+    start = time.monotonic()
+    while True:
+        reasons = [why for url in urls if (why := watched_by(url, host)) is not None]
+        if len(reasons) < len(urls):
+            return
+        if time.monotonic() - start >= deadline_s:
+            raise RuntimeError(
+                f"no monitoring host watches {host} ({'; '.join(reasons)}): a release takes no "
+                "traffic where nobody would see it fail. Fix: converge the monitoring hosts "
+                "(their Prometheus must reach this host's exporters and load the alert rules); "
+                "nothing was switched"
+            )
+        time.sleep(2.0)
+
+
 def cutover(
     *,
     to: str,
@@ -346,10 +457,17 @@ def cutover(
     rollback_window: int,
     reason: str,
     require_gate: bool = False,
+    watched: tuple[Sequence[str], str, float] | None = None,
 ) -> str:
-    """Readiness, switch, record; returns what happened. Raises NotReady or RuntimeError."""
+    """Readiness, switch, record; returns what happened. Raises NotReady or RuntimeError.
+
+    ``watched``: (Prometheus URLs, this host's inventory name, seconds to wait) that must
+    watch this host first.
+    """
     if require_gate and not gate_passed(read_state(state_path), to):
         raise RuntimeError(f"the release on {to} has not passed its gate; nothing was switched")
+    if watched is not None:
+        wait_watched(*watched)
     wait_ready(f"http://127.0.0.1:{port}", model, ready_timeout)
     cancel_stop(to)  # the colour about to serve must not have a stop pending
     before = colour_in(upstream.read_text()) if upstream.exists() else None
@@ -455,6 +573,14 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--require-gate", action="store_true", help="refuse an ungated release"
             )
+            sub.add_argument(
+                "--watched-by",
+                action="append",
+                metavar="URL",
+                help="a monitoring host's Prometheus that must watch this host first (repeat)",
+            )
+            sub.add_argument("--host", help="this host's inventory name, as Prometheus labels it")
+            sub.add_argument("--watched-timeout", type=float, default=90.0)
     status = commands.add_parser("status", help="this host's colours, releases and health")
     status.add_argument("--ports", default="blue=8001,green=8002")
     status.add_argument("--upstream", type=Path, default=Path(layout.GATEWAY_UPSTREAM))
@@ -472,6 +598,7 @@ def _parser() -> argparse.ArgumentParser:
     gate_rec.add_argument("--state", type=Path, default=STATE_FILE)
     gate_rec.add_argument("--colour", choices=COLOURS, required=True)
     gate_rec.add_argument("--verdict", type=Path, required=True, help="JSON: release, passed…")
+    commands.add_parser("state-metrics", help="write the state's metrics for node exporter")
     gate_chk = commands.add_parser("gate-check", help="fail unless the release passed its gate")
     gate_chk.add_argument("--state", type=Path, default=STATE_FILE)
     gate_chk.add_argument("--colour", choices=COLOURS, required=True)
@@ -529,6 +656,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.command in ("cutover", "rollback"):
         return switch_command(args)
+    if args.command == "state-metrics":
+        write_state_metrics(Path(layout.STATE_METRICS_FILE), read_state(STATE_FILE))
+        return EXIT_OK
     if args.command == "generate":
         return generate_command(base, args)
     if args.command in ("gate-record", "gate-check"):
@@ -641,6 +771,9 @@ def switch_command(args: argparse.Namespace) -> int:
                 rollback_window=args.rollback_window,
                 reason=args.command,
                 require_gate=getattr(args, "require_gate", False),
+                watched=(args.watched_by, args.host, args.watched_timeout)
+                if getattr(args, "watched_by", None)
+                else None,
             )
         )
         return EXIT_OK

@@ -21,10 +21,21 @@ def ports_in_use(host: str, data: Any, groups: Collection[str]) -> dict[str, int
     # Imported here: each role's package imports this module while it initialises.
     from roles.base.defaults import BaseSettings
     from roles.gateway.defaults import GatewaySettings
+    from roles.monitoring import runs_gpu_exporter
+    from roles.monitoring.defaults import MonitoringSettings
     from roles.registry.defaults import RegistrySettings
     from roles.runtime.defaults import RuntimeSettings
 
-    ports = {"base_ssh_port": from_data(BaseSettings, data, host).base_ssh_port}
+    monitoring = from_data(MonitoringSettings, data, host)
+    ports = {
+        "base_ssh_port": from_data(BaseSettings, data, host).base_ssh_port,
+        "monitoring_node_exporter_port": monitoring.monitoring_node_exporter_port,
+    }
+    if runs_gpu_exporter(data, host):
+        ports["monitoring_gpu_exporter_port"] = monitoring.monitoring_gpu_exporter_port
+    if "monitoring" in groups:
+        ports["monitoring_prometheus_port"] = monitoring.monitoring_prometheus_port
+        ports["monitoring_alertmanager_port"] = monitoring.monitoring_alertmanager_port
     if "registry" in groups:
         ports["registry_port"] = from_data(RegistrySettings, data, host).registry_port
     if data.get("model_name"):
@@ -38,6 +49,7 @@ def ports_in_use(host: str, data: Any, groups: Collection[str]) -> dict[str, int
                 host=host,
             )
         ports |= {f"runtime_ports.{colour}": colours[colour] for colour in COLOURS}
+        ports["monitoring_audit_exporter_port"] = monitoring.monitoring_audit_exporter_port
     return ports
 
 

@@ -36,6 +36,7 @@ from roles._common.checks import check_at_least, check_hostname, check_networks,
 from roles._common.facts import HostState
 from roles._common.operations import firewall_rules, reload_firewall, secret_upload_options
 from roles._common.ports import check_host_ports
+from roles._common.scrapers import scrape_sources
 from roles.gateway.defaults import AUDIT_LOG, KEYS, SITE, TLS_CERT, TLS_KEY, GatewaySettings
 from roles.runtime.defaults import RuntimeSettings
 
@@ -182,6 +183,10 @@ def configure(settings: GatewaySettings, keys: dict[str, str]) -> list[Operation
             max_body_kb=settings.gateway_max_body_kb,
             read_timeout=settings.gateway_read_timeout_s,
             audit_log=AUDIT_LOG,
+            runtime_ports=sorted(
+                from_data(RuntimeSettings, host.data, host.name).runtime_ports.items()
+            ),
+            metrics_allow=scrape_sources(host.name, host.data),
         )
     )
     rules = firewall_rules(

@@ -27,6 +27,7 @@ from llmhost.onhost.layout import GATEWAY_UPSTREAM
 from llmhost.onhost.runtimectl import colour_in
 from llmhost.settings import from_data
 from roles._common.onhost import runtimectl
+from roles._common.scrapers import cutover_wait_s, watchers
 from roles.gate import preflight as gate_plan
 from roles.gateway.defaults import GatewaySettings
 
@@ -58,6 +59,20 @@ def cutover() -> None:
                 "--rollback-window",
                 str(settings.gateway_rollback_window_s),
                 *(["--require-gate"] if gated else []),
+                *watched_arguments(),
             )
         ],
     )
+
+
+def watched_arguments() -> list[str]:
+    """Each monitoring host's Prometheus must watch this host before it takes new traffic.
+
+    An inventory without monitoring hosts cuts over unwatched (`llmhost check` warns).
+    """
+    urls = watchers()
+    if not urls:
+        return []
+    wait = str(cutover_wait_s(host.name, host.data))
+    watched = (part for url in urls for part in ("--watched-by", url))
+    return [*watched, "--host", host.name, "--watched-timeout", wait]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmhost.onhost.layout import GATEWAY_DIR
+from llmhost.onhost.layout import GATEWAY_AUDIT_LOG, GATEWAY_DIR
 from llmhost.settings import setting
 
 SITE = "/etc/nginx/sites-enabled/llmhost-gateway.conf"
+AUDIT_LOG = GATEWAY_AUDIT_LOG
 KEYS = f"{GATEWAY_DIR}/api-keys.conf"
 TLS_CERT = f"{GATEWAY_DIR}/tls.crt"
 TLS_KEY = f"{GATEWAY_DIR}/tls.key"
-AUDIT_LOG = "/var/log/nginx/llmhost-audit.log"
 
 
 @dataclass(frozen=True)

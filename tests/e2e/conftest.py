@@ -85,7 +85,8 @@ def write_inventory(path, testbed: Testbed, hosts: list[TestbedHost], **edits) -
     """An inventory file of the testbed hosts, with per-host data edits.
 
     ``edits`` maps a host name to {key: value}; a value of None removes the key.
-    The first two hosts form the `registry` group, as in inventories/testbed.py.
+    The first two hosts form the `registry` group and the first is the `monitoring` host,
+    as in inventories/testbed.py.
     """
     entries = []
     for host in hosts:
@@ -96,7 +97,7 @@ def write_inventory(path, testbed: Testbed, hosts: list[TestbedHost], **edits) -
             else:
                 data[key] = value
         entries.append((host.name, data))
-    path.write_text(f"testbed = {entries!r}\nregistry = testbed[:2]\n")
+    path.write_text(f"testbed = {entries!r}\nregistry = testbed[:2]\nmonitoring = testbed[:1]\n")
     return str(path)
 
 

@@ -36,8 +36,22 @@ def site_conf(**overrides: object) -> str:
         max_body_kb=1024,
         read_timeout=600,
         audit_log="/var/log/nginx/a.log",
+        runtime_ports=[("blue", 8001), ("green", 8002)],
+        metrics_allow=["10.231.1.2/32"],
     )
     return render("gateway/llmhost-gateway.conf.j2", **{**values, **overrides})
+
+
+def test_engine_metrics_are_proxied_per_colour_for_the_scrapers_only():
+    text = site_conf()
+    for colour, port in (("blue", 8001), ("green", 8002)):
+        block = text.split(f"location = /metrics/{colour} {{", 1)[1].split("}", 1)[0]
+        assert "allow 10.231.1.2/32;" in block and "deny all;" in block
+        assert f"proxy_pass http://127.0.0.1:{port}/metrics;" in block
+        assert "access_log off;" in block
+    nobody = site_conf(metrics_allow=[])
+    block = nobody.split("location = /metrics/blue {", 1)[1].split("}", 1)[0]
+    assert "allow" not in block and "deny all;" in block
 
 
 def test_the_server_block_checks_keys_limits_sizes_and_streams():
@@ -118,6 +132,16 @@ def test_cutover_switches_to_the_colour_the_runtime_stages():
     command = planned[name][0]
     assert "cutover --to green --ports blue=8001,green=8002" in command
     assert "--rollback-window 3600" in command
+
+
+def test_with_monitoring_hosts_a_cutover_first_asks_their_prometheus_to_watch_this_host():
+    state = runtime_tests.active_state("blue", "old")
+    facts = {"HostState": state, "FileContents": upstream_text("blue", 8001).splitlines()}
+    data = host_data(ssh_hostname="10.0.0.9")
+    (command,) = next(iter(plan(cutover, data, facts=facts, groups=["monitoring"]).values()))
+    assert "--watched-by http://10.0.0.9:9090 --host host1" in command
+    (unwatched,) = next(iter(plan(cutover, data, facts=facts).values()))
+    assert "--watched-by" not in unwatched
 
 
 def test_cutover_does_nothing_when_the_gateway_already_sends_to_the_active_release():

@@ -1,0 +1,63 @@
+"""Who may scrape a host's metrics: the exporters' firewall and the gateway's engine metrics."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from pyinfra import inventory
+
+from llmhost.errors import ConfigError
+from llmhost.settings import from_data
+
+
+def address_of(name: str, data: Any) -> str:
+    """Where the control machine (and so the other hosts) reach host ``name``."""
+    return str(data.get("ssh_hostname") or name)
+
+
+def scrape_sources(host: str, data: Any) -> list[str]:
+    """Networks allowed to scrape: `monitoring_scrape_from`, else each monitoring host's address.
+
+    Empty when the inventory has no monitoring host: then nothing from outside may. A
+    monitoring host scraping itself needs no rule (its own traffic arrives on loopback).
+    """
+    from roles.monitoring.defaults import MonitoringSettings  # its package imports this one
+
+    configured = from_data(MonitoringSettings, data, host).monitoring_scrape_from
+    if configured:
+        return list(configured)
+    found = []
+    for member in inventory.get_group("monitoring", []):
+        if member.name == host:
+            continue
+        address = address_of(member.name, member.data)
+        try:
+            found.append(str(ipaddress.ip_network(address)))
+        except ValueError:
+            raise ConfigError(
+                f"monitoring host {member.name} is reached at {address!r}, not an IP address, "
+                "so the firewall cannot admit it by address",
+                key="monitoring_scrape_from",
+                fix="list the monitoring hosts' networks (CIDR) in monitoring_scrape_from",
+                host=host,
+            ) from None
+    return found
+
+
+def watchers() -> list[str]:
+    """The Prometheus URL of each monitoring host: they must watch a host before its cutover."""
+    from roles.monitoring.defaults import MonitoringSettings
+
+    urls = []
+    for member in inventory.get_group("monitoring", []):
+        address = address_of(member.name, member.data)
+        port = from_data(MonitoringSettings, member.data, member.name).monitoring_prometheus_port
+        urls.append(f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}")
+    return urls
+
+
+def cutover_wait_s(host: str, data: Any) -> int:
+    from roles.monitoring.defaults import MonitoringSettings
+
+    return from_data(MonitoringSettings, data, host).monitoring_cutover_wait_s

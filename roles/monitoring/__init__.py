@@ -1,0 +1,474 @@
+"""Role monitoring: exporters on every host; Prometheus and Alertmanager on `monitoring` hosts.
+
+preflight  settings and ports; the addresses allowed to scrape (the `monitoring` hosts'
+           unless `monitoring_scrape_from` names networks)
+install    Debian's node exporter everywhere; the GPU exporter (NVML, dcgm-exporter's
+           names) where the class has GPUs or the setting says; on serving hosts the
+           audit-log exporter (the gateway's requests per identity, colour and status);
+           on `monitoring` hosts Debian's Prometheus and Alertmanager
+configure  drop-ins over the vendor units (flags, hardening), our own unit for each
+           llmhost exporter, the firewall (exporter ports for the scrapers only); on
+           `monitoring` hosts the targets (one file_sd file per exporter, from the
+           inventory), the alert rules (checked with `promtool check rules` before they
+           replace the installed ones) and Alertmanager's receiver
+service    every exporter running; Prometheus and Alertmanager reloaded when a file changed
+
+It runs after base and before the gateway in deploy/site.py, so a host's monitoring
+works before the host takes traffic.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from io import StringIO
+from typing import Any
+
+from pyinfra import host, inventory
+from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.files import File
+from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from llmhost.errors import ConfigError
+from llmhost.hardware import check_hardware, load_classes
+from llmhost.onhost.layout import (
+    COLOURS,
+    GATEWAY_AUDIT_LOG,
+    LLMHOST_CA,
+    NODE_TEXTFILE_DIR,
+    ONHOST_APP,
+    STATE_FILE,
+    STATE_METRICS_FILE,
+)
+from llmhost.render import put_template, render
+from llmhost.settings import from_data
+from roles._common.checks import check_at_least, check_networks, check_url
+from roles._common.onhost import install_onhost_tools, runtimectl
+from roles._common.operations import (
+    FIREWALL_RULES_DIR,
+    firewall_rules,
+    reload_firewall,
+    secret_upload_options,
+)
+from roles._common.ports import check_host_ports
+from roles._common.scrapers import address_of, scrape_sources
+from roles.monitoring.defaults import (
+    ALERTMANAGER_STORAGE,
+    ALERTMANAGER_UNIT,
+    FILE_SD_DIR,
+    GPU_EXPORTER_UNIT,
+    NODE_EXPORTER_UNIT,
+    PROMETHEUS_DIR,
+    PROMETHEUS_STORAGE,
+    PROMETHEUS_UNIT,
+    RULES_FILE,
+    MonitoringSettings,
+)
+from roles.monitoring.operations import rules_installed
+
+EXPORTER_FIREWALL = "40-monitoring-exporters"
+UI_FIREWALL = "41-monitoring-ui"
+AUDIT_EXPORTER_UNIT = "llmhost-audit-exporter.service"
+# The systemd units whose state node exporter reports (alerts on failed runtimes).
+WATCHED_UNITS = "(llmhost-.+|nginx|docker-registry|prometheus.*|chrony|ssh)[.]service"
+
+
+@dataclass(frozen=True)
+class Plan:
+    settings: MonitoringSettings
+    gpu_exporter: bool
+    audit_exporter: bool
+    scrape_from: list[str]
+
+
+@deploy("llmhost monitoring")
+def monitoring() -> None:
+    plan = check()
+    exporters(plan)
+    if "monitoring" in host.groups:
+        server_side(plan.settings)
+
+
+# -- preflight ---------------------------------------------------------------------------
+
+
+def check() -> Plan:
+    """Settings, ports and who may scrape, with no host contacted."""
+    settings = from_data(MonitoringSettings, host.data, host.name)
+    check_host_ports(host.name, host.data, host.groups)
+    check_at_least(host.name, settings, ("monitoring_scrape_interval_s",), 1)
+    check_networks(host.name, "monitoring_scrape_from", settings.monitoring_scrape_from)
+    check_networks(host.name, "monitoring_ui_allow_from", settings.monitoring_ui_allow_from)
+    if settings.monitoring_alert_webhook is not None:
+        check_url(host.name, "monitoring_alert_webhook", settings.monitoring_alert_webhook)
+    if not settings.monitoring_retention[:-1].isdigit() or settings.monitoring_retention[
+        -1:
+    ] not in ("h", "d", "w", "y"):
+        raise ConfigError(
+            f"{settings.monitoring_retention!r} is not a duration",
+            key="monitoring_retention",
+            fix="give a number and a unit: 36h, 15d, 8w, 1y",
+            host=host.name,
+        )
+    return Plan(
+        settings,
+        gpu_exporter=runs_gpu_exporter(host.data, host.name),
+        audit_exporter=bool(host.data.get("model_name")),
+        scrape_from=scrape_sources(host.name, host.data),
+    )
+
+
+def warnings() -> list[str]:
+    """An inventory without monitoring hosts: allowed (a test box), and said."""
+    if inventory.get_group("monitoring", []):
+        return []
+    return [
+        f"host {host.name}: the inventory has no `monitoring` host, so nothing watches it "
+        "(its exporters answer on the host itself only)"
+    ]
+
+
+def runs_gpu_exporter(data: Any, name: str) -> bool:
+    """The setting, else whether the host's class has GPUs."""
+    chosen = from_data(MonitoringSettings, data, name).monitoring_gpu_exporter
+    if chosen is not None:
+        return chosen
+    return check_hardware(data.get("hardware"), load_classes(), name).has_gpu
+
+
+def target(name: str, data: Any, port: int) -> str:
+    address = address_of(name, data)
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+# -- every host: the exporters -------------------------------------------------------------
+
+
+def exporters(plan: Plan) -> None:
+    settings = plan.settings
+    apt.packages(
+        name="Install node exporter",
+        packages=["prometheus-node-exporter"],
+        extra_install_args="--no-install-recommends",
+    )
+    files.directory(
+        name=f"{NODE_TEXTFILE_DIR}: textfile metrics", path=NODE_TEXTFILE_DIR, mode="0755"
+    )
+    units = [
+        put_template(
+            name="node exporter: flags (textfile, systemd) and hardening",
+            path="monitoring/node-exporter.conf.j2",
+            dest=dropin(NODE_EXPORTER_UNIT),
+            mode="0644",
+            port=settings.monitoring_node_exporter_port,
+            textfile_dir=NODE_TEXTFILE_DIR,
+            units=WATCHED_UNITS,
+        )
+    ]
+    if plan.gpu_exporter or plan.audit_exporter:
+        install_onhost_tools()
+    units.append(
+        own_unit(
+            GPU_EXPORTER_UNIT,
+            "monitoring/gpu-exporter.service.j2",
+            plan.gpu_exporter,
+            port=settings.monitoring_gpu_exporter_port,
+        )
+    )
+    units.append(
+        own_unit(
+            AUDIT_EXPORTER_UNIT,
+            "monitoring/audit-exporter.service.j2",
+            plan.audit_exporter,
+            port=settings.monitoring_audit_exporter_port,
+            log=GATEWAY_AUDIT_LOG,
+        )
+    )
+    systemd.daemon_reload(name="systemd: load changed monitoring units", _if=any_changed(*units))
+    running = [(NODE_EXPORTER_UNIT, units[0])]
+    running += [(GPU_EXPORTER_UNIT, units[1])] if plan.gpu_exporter else []
+    running += [(AUDIT_EXPORTER_UNIT, units[2])] if plan.audit_exporter else []
+    for unit, changed in running:
+        systemd.service(
+            name=f"{unit}: running and enabled",
+            service=unit,
+            running=True,
+            enabled=True,
+            restarted=changed.will_change,
+        )
+    state_metrics()
+    exporter_firewall(plan)
+
+
+def dropin(unit: str) -> str:
+    """Our drop-in over a vendor unit (its directory made first: files never make theirs)."""
+    directory = f"/etc/systemd/system/{unit}.d"
+    files.directory(name=f"{directory}: drop-ins", path=directory, mode="0755")
+    return f"{directory}/llmhost.conf"
+
+
+def own_unit(unit: str, template: str, wanted: bool, **variables: Any) -> OperationMeta:
+    """Our unit for an llmhost exporter: written when wanted, else stopped and removed."""
+    path = f"/etc/systemd/system/{unit}"
+    if wanted:
+        return put_template(
+            name=f"{unit} (hardened)", path=template, dest=path, mode="0644", app=ONHOST_APP,
+            **variables,
+        )  # fmt: skip
+    systemd.service(name=f"{unit}: not running here", service=unit, running=False, enabled=False)
+    return files.file(name=f"{unit}: not installed here", path=path, present=False)
+
+
+def state_metrics() -> None:
+    """The state file's metrics, written once where the node exporter is new on a serving host.
+
+    After that runtimectl rewrites them at every change of the state.
+    """
+    if host.get_fact(File, path=STATE_FILE) and not host.get_fact(File, path=STATE_METRICS_FILE):
+        install_onhost_tools()
+        server.shell(
+            name=f"{STATE_METRICS_FILE}: the state's metrics",
+            commands=[runtimectl("state-metrics")],
+        )
+
+
+def exporter_firewall(plan: Plan) -> None:
+    settings = plan.settings
+    ports = [settings.monitoring_node_exporter_port]
+    ports += [settings.monitoring_gpu_exporter_port] if plan.gpu_exporter else []
+    ports += [settings.monitoring_audit_exporter_port] if plan.audit_exporter else []
+    if plan.scrape_from:
+        rules = firewall_rules(
+            role="monitoring",
+            purpose="exporters, for the monitoring hosts",
+            name=EXPORTER_FIREWALL,
+            ports=ports,
+            sources=plan.scrape_from,
+        )
+    else:  # no monitoring host: the exporters answer on the host itself only
+        rules = files.file(
+            name="Firewall: exporters closed (the inventory has no monitoring host)",
+            path=f"{FIREWALL_RULES_DIR}/{EXPORTER_FIREWALL}.nft",
+            present=False,
+        )
+    reload_firewall(rules)
+
+
+# -- monitoring hosts: Prometheus and Alertmanager ---------------------------------------------
+
+
+def server_side(settings: MonitoringSettings) -> None:
+    apt.packages(
+        name="Install Prometheus and Alertmanager",
+        packages=["prometheus", "prometheus-alertmanager"],
+        extra_install_args="--no-install-recommends",
+    )
+    files.directory(name=f"{FILE_SD_DIR}: scrape targets", path=FILE_SD_DIR, mode="0755")
+    files.directory(
+        name="Prometheus rules directory", path=RULES_FILE.rsplit("/", 1)[0], mode="0755"
+    )
+    prometheus_changed = [
+        put_template(
+            name="Prometheus: flags (config, retention, port)",
+            path="monitoring/prometheus.conf.j2",
+            dest=dropin(PROMETHEUS_UNIT),
+            mode="0644",
+            config=f"{PROMETHEUS_DIR}/prometheus.yml",
+            storage=PROMETHEUS_STORAGE,
+            retention=settings.monitoring_retention,
+            port=settings.monitoring_prometheus_port,
+        ),
+    ]
+    alertmanager_changed = [
+        put_template(
+            name="Alertmanager: flags (no cluster port) and hardening",
+            path="monitoring/alertmanager.conf.j2",
+            dest=dropin(ALERTMANAGER_UNIT),
+            mode="0644",
+            config=f"{PROMETHEUS_DIR}/alertmanager.yml",
+            storage=ALERTMANAGER_STORAGE,
+            port=settings.monitoring_alertmanager_port,
+        )
+    ]
+    systemd.daemon_reload(
+        name="systemd: load changed Prometheus drop-ins",
+        _if=any_changed(*prometheus_changed, *alertmanager_changed),
+    )
+    reloaded = [
+        put_template(
+            name="Prometheus: scrape configuration",
+            path="monitoring/prometheus.yml.j2",
+            dest=f"{PROMETHEUS_DIR}/prometheus.yml",
+            mode="0644",
+            host=host.name,
+            interval=settings.monitoring_scrape_interval_s,
+            port=settings.monitoring_prometheus_port,
+            alertmanager_port=settings.monitoring_alertmanager_port,
+            rules_file=RULES_FILE,
+            file_sd_dir=FILE_SD_DIR,
+            ca_file=LLMHOST_CA,
+            jobs=[{"name": name, "https": name == "runtime"} for name in TARGET_JOBS],
+        ),
+        *scrape_targets(),
+        rules_installed(
+            name=f"Alert rules {RULES_FILE} (promtool check rules first)",
+            content=alert_rules(),
+            dest=RULES_FILE,
+        ),
+    ]
+    receiver = put_template(
+        **secret_upload_options(),
+        name="Alertmanager: receiver",
+        path="monitoring/alertmanager.yml.j2",
+        dest=f"{PROMETHEUS_DIR}/alertmanager.yml",
+        mode="0640",
+        group="prometheus",
+        webhook=settings.monitoring_alert_webhook,  # may carry a token: 0640, never --diff
+    )
+    service(PROMETHEUS_UNIT, prometheus_changed, reloaded)
+    service(ALERTMANAGER_UNIT, alertmanager_changed, [receiver])
+    ui_firewall(settings)
+
+
+TARGET_JOBS = ("node", "gpu", "gateway", "runtime")
+
+
+def scrape_targets() -> list[OperationMeta]:
+    """One file_sd file per exporter, listing every inventory host that runs it."""
+    groups: dict[str, list[dict[str, Any]]] = {job: [] for job in TARGET_JOBS}
+    for member in inventory:
+        for job, entry in member_targets(member.name, member.data):
+            groups[job].append(entry)
+    return [
+        files.put(
+            name=f"Prometheus targets: {job} ({len(entries)})",
+            src=StringIO(json.dumps(entries, indent=2, sort_keys=True) + "\n"),
+            dest=f"{FILE_SD_DIR}/{job}.json",
+            mode="0644",
+            create_remote_dir=False,
+        )
+        for job, entries in groups.items()
+    ]
+
+
+def member_targets(name: str, data: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(job, file_sd entry) for each exporter host ``name`` runs."""
+    from roles._common.ports import ports_in_use  # every port a host uses, by key
+
+    settings = from_data(MonitoringSettings, data, name)
+    labels = {
+        "host": name,
+        "region": str(data.get("region")),
+        "hardware": str(data.get("hardware")),
+    }
+    found = [("node", entry(target(name, data, settings.monitoring_node_exporter_port), labels))]
+    if runs_gpu_exporter(data, name):
+        port = settings.monitoring_gpu_exporter_port
+        found.append(("gpu", entry(target(name, data, port), labels)))
+    if data.get("model_name"):
+        port = settings.monitoring_audit_exporter_port
+        found.append(("gateway", entry(target(name, data, port), labels)))
+        gateway = target(name, data, ports_in_use(name, data, ())["gateway_port"])
+        for colour in COLOURS:
+            path = {"colour": colour, "__metrics_path__": f"/metrics/{colour}"}
+            found.append(("runtime", entry(gateway, {**labels, **path})))
+    return found
+
+
+def entry(address: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"targets": [address], "labels": labels}
+
+
+def alert_rules() -> str:
+    """The rules, with each serving model's time-to-first-token SLO (its `ttft_p95_ms`)."""
+    return render(
+        "monitoring/rules.yml.j2",
+        ttft_slos=ttft_slos(),
+        error_ratio=0.05,
+        limited_ratio=0.10,
+        gpu_memory_ratio=0.95,
+        gpu_temperature_c=85,
+    )
+
+
+def ttft_slos() -> list[dict[str, Any]]:
+    from llmhost.catalog import find
+
+    slos = []
+    for member in inventory:
+        model = member.data.get("model_name")
+        if not model:
+            continue
+        classes = load_classes()
+        hardware = check_hardware(member.data.get("hardware"), classes, member.name)
+        limit = find(model).gate_limits(hardware.name).get("ttft_p95_ms")
+        if limit:
+            slos.append({"host": member.name, "model": model, "seconds": limit / 1000})
+    return slos
+
+
+def service(unit: str, restart: list[OperationMeta], reload: list[OperationMeta]) -> None:
+    systemd.service(
+        name=f"{unit}: running and enabled",
+        service=unit,
+        running=True,
+        enabled=True,
+        restarted=any(op.will_change for op in restart),
+    )
+    systemd.service(
+        name=f"{unit}: reloaded for changed configuration",
+        service=unit,
+        reloaded=True,
+        _if=any_changed(*reload),
+    )
+
+
+def ui_firewall(settings: MonitoringSettings) -> None:
+    """Prometheus for `monitoring_ui_allow_from`, and for the serving hosts: before a cutover
+    each asks it whether it is watched. Alertmanager only for the first."""
+    path = f"{FIREWALL_RULES_DIR}/{UI_FIREWALL}.nft"
+    ui, serving = settings.monitoring_ui_allow_from, serving_networks()
+    changed = []
+    if ui:
+        changed.append(
+            firewall_rules(
+                role="monitoring",
+                purpose="Prometheus and Alertmanager",
+                name=UI_FIREWALL,
+                ports=[settings.monitoring_prometheus_port, settings.monitoring_alertmanager_port],
+                sources=ui,
+            )
+        )
+    else:
+        changed.append(files.file(name="Firewall: Prometheus UI closed", path=path, present=False))
+    serving_path = f"{FIREWALL_RULES_DIR}/{UI_FIREWALL}-serving.nft"
+    if serving:
+        changed.append(
+            firewall_rules(
+                role="monitoring",
+                purpose="Prometheus, for the serving hosts' cutover check",
+                name=f"{UI_FIREWALL}-serving",
+                ports=[settings.monitoring_prometheus_port],
+                sources=serving,
+            )
+        )
+    else:
+        changed.append(
+            files.file(name="Firewall: no serving host asks", path=serving_path, present=False)
+        )
+    reload_firewall(*changed)
+
+
+def serving_networks() -> list[str]:
+    """The serving hosts' addresses, where they are IP addresses (others: `..._ui_allow_from`)."""
+    found = []
+    for member in inventory:
+        if member.data.get("model_name"):
+            try:
+                found.append(str(ipaddress.ip_network(address_of(member.name, member.data))))
+            except ValueError:
+                continue
+    return found

@@ -1,0 +1,59 @@
+"""Public settings of the monitoring role: exporters on every host, Prometheus on `monitoring`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmhost.settings import setting
+
+NODE_EXPORTER_UNIT = "prometheus-node-exporter.service"
+PROMETHEUS_UNIT = "prometheus.service"
+ALERTMANAGER_UNIT = "prometheus-alertmanager.service"
+GPU_EXPORTER_UNIT = "llmhost-gpu-exporter.service"
+PROMETHEUS_DIR = "/etc/prometheus"
+FILE_SD_DIR = f"{PROMETHEUS_DIR}/file_sd"  # one JSON file of targets per exporter
+RULES_FILE = f"{PROMETHEUS_DIR}/rules/llmhost.yml"
+PROMETHEUS_STORAGE = "/var/lib/prometheus/metrics2"  # Debian's default
+ALERTMANAGER_STORAGE = "/var/lib/prometheus/alertmanager"
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    monitoring_node_exporter_port: int = setting(
+        9100, "Port of node exporter (textfile and systemd collectors) on every host"
+    )
+    monitoring_gpu_exporter: bool | None = setting(
+        None, "Run the GPU exporter (dcgm-exporter's metric names); unset: on GPU classes only"
+    )
+    monitoring_gpu_exporter_port: int = setting(9400, "Port of the GPU exporter")
+    monitoring_audit_exporter_port: int = setting(
+        9114, "Port of the gateway's audit-log exporter, on serving hosts"
+    )
+    monitoring_scrape_from: list[str] = setting(
+        [],
+        "Networks (CIDR) allowed to scrape the exporters; empty: the `monitoring` hosts' "
+        "addresses (which must then be IP addresses)",
+    )
+    monitoring_prometheus_port: int = setting(9090, "Port of Prometheus on `monitoring` hosts")
+    monitoring_alertmanager_port: int = setting(
+        9093, "Port of Alertmanager on `monitoring` hosts (its cluster port stays closed)"
+    )
+    monitoring_ui_allow_from: list[str] = setting(
+        [],
+        "Networks (CIDR) allowed to reach Prometheus and Alertmanager; empty: nobody but the "
+        "host itself (reach them through an SSH tunnel)",
+    )
+    monitoring_retention: str = setting(
+        "15d", "How long Prometheus keeps samples (`--storage.tsdb.retention.time`, e.g. 30d)"
+    )
+    monitoring_scrape_interval_s: int = setting(15, "Seconds between scrapes of every target")
+    monitoring_cutover_wait_s: int = setting(
+        90,
+        "Seconds a cutover waits for a monitoring host's Prometheus to have scraped this host "
+        "and loaded the alert rules; it refuses to switch after that",
+    )
+    monitoring_alert_webhook: str | None = setting(
+        None,
+        "URL Alertmanager posts alerts to (a webhook receiver: your pager's or chat's); "
+        "unset: alerts are only shown in Alertmanager and Prometheus",
+    )
