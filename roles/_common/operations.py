@@ -58,6 +58,18 @@ def firewall_rules(
     )
 
 
+def firewall_only_from(
+    role: str, purpose: str, name: str, ports: Sequence[int], sources: Sequence[str], closed: str
+) -> OperationMeta:
+    """Allow ``ports`` from ``sources`` alone; with no source, from nobody: the rule file is
+    removed (``closed`` says why, as the operation's name). Unlike ``firewall_rules``, where
+    no source means anywhere."""
+    if sources:
+        return firewall_rules(role, purpose, name, ports, sources)
+    path = f"{FIREWALL_RULES_DIR}/{name}.nft"
+    return files.file(name=f"Firewall: {closed}", path=path, present=False)
+
+
 def reload_firewall(*changed: OperationMeta) -> None:
     """Reload the llmhost table when any of ``changed`` wrote something.
 
@@ -66,7 +78,10 @@ def reload_firewall(*changed: OperationMeta) -> None:
     """
     server.shell(
         name="Firewall: apply changed rules",
-        commands=[f"systemctl try-reload-or-restart {FIREWALL_UNIT}"],
+        commands=[
+            f"systemctl try-reload-or-restart {FIREWALL_UNIT} "
+            f"|| {{ journalctl -u {FIREWALL_UNIT} -n 20 --no-pager >&2; exit 1; }}"
+        ],
         _if=any_changed(*changed),
     )
 

@@ -48,8 +48,7 @@ from llmhost.settings import from_data
 from roles._common.checks import check_at_least, check_networks, check_url
 from roles._common.onhost import install_onhost_tools, runtimectl
 from roles._common.operations import (
-    FIREWALL_RULES_DIR,
-    firewall_rules,
+    firewall_only_from,
     reload_firewall,
     secret_upload_options,
 )
@@ -240,20 +239,14 @@ def exporter_firewall(plan: Plan) -> None:
     ports = [settings.monitoring_node_exporter_port]
     ports += [settings.monitoring_gpu_exporter_port] if plan.gpu_exporter else []
     ports += [settings.monitoring_audit_exporter_port] if plan.audit_exporter else []
-    if plan.scrape_from:
-        rules = firewall_rules(
-            role="monitoring",
-            purpose="exporters, for the monitoring hosts",
-            name=EXPORTER_FIREWALL,
-            ports=ports,
-            sources=plan.scrape_from,
-        )
-    else:  # no monitoring host: the exporters answer on the host itself only
-        rules = files.file(
-            name="Firewall: exporters closed (the inventory has no monitoring host)",
-            path=f"{FIREWALL_RULES_DIR}/{EXPORTER_FIREWALL}.nft",
-            present=False,
-        )
+    rules = firewall_only_from(
+        "monitoring",
+        "exporters, for the monitoring hosts",
+        EXPORTER_FIREWALL,
+        ports,
+        plan.scrape_from,
+        closed="exporters closed (the inventory has no monitoring host)",
+    )
     reload_firewall(rules)
 
 
@@ -429,37 +422,27 @@ def service(unit: str, restart: list[OperationMeta], reload: list[OperationMeta]
 def ui_firewall(settings: MonitoringSettings) -> None:
     """Prometheus for `monitoring_ui_allow_from`, and for the serving hosts: before a cutover
     each asks it whether it is watched. Alertmanager only for the first."""
-    path = f"{FIREWALL_RULES_DIR}/{UI_FIREWALL}.nft"
-    ui, serving = settings.monitoring_ui_allow_from, serving_networks()
-    changed = []
-    if ui:
-        changed.append(
-            firewall_rules(
-                role="monitoring",
-                purpose="Prometheus and Alertmanager",
-                name=UI_FIREWALL,
-                ports=[settings.monitoring_prometheus_port, settings.monitoring_alertmanager_port],
-                sources=ui,
-            )
-        )
-    else:
-        changed.append(files.file(name="Firewall: Prometheus UI closed", path=path, present=False))
-    serving_path = f"{FIREWALL_RULES_DIR}/{UI_FIREWALL}-serving.nft"
-    if serving:
-        changed.append(
-            firewall_rules(
-                role="monitoring",
-                purpose="Prometheus, for the serving hosts' cutover check",
-                name=f"{UI_FIREWALL}-serving",
-                ports=[settings.monitoring_prometheus_port],
-                sources=serving,
-            )
-        )
-    else:
-        changed.append(
-            files.file(name="Firewall: no serving host asks", path=serving_path, present=False)
-        )
-    reload_firewall(*changed)
+    prometheus, alertmanager = (
+        settings.monitoring_prometheus_port,
+        settings.monitoring_alertmanager_port,
+    )
+    ui = firewall_only_from(
+        "monitoring",
+        "Prometheus and Alertmanager",
+        UI_FIREWALL,
+        [prometheus, alertmanager],
+        settings.monitoring_ui_allow_from,
+        closed="Prometheus UI closed",
+    )
+    serving = firewall_only_from(
+        "monitoring",
+        "Prometheus, for the serving hosts' cutover check",
+        f"{UI_FIREWALL}-serving",
+        [prometheus],
+        serving_networks(),
+        closed="no serving host asks",
+    )
+    reload_firewall(ui, serving)
 
 
 def serving_networks() -> list[str]:

@@ -95,7 +95,12 @@ def test_the_rules_are_loaded_and_the_state_is_exported(testbed, hosts, watched)
     monitor, serving = hosts
     groups = {g["name"] for g in prometheus(testbed, monitor, "/api/v1/rules")["groups"]}
     assert {"llmhost-hosts", "llmhost-runtime", "llmhost-gateway", "llmhost-gpu"} <= groups
-    active = query(testbed, monitor, f'llmhost_colour_active{{host="{serving.name}"}} == 1')
+    # Written at the deploy's last state change: seen at the next scrape.
+    active = wait_for(
+        lambda: query(testbed, monitor, f'llmhost_colour_active{{host="{serving.name}"}} == 1'),
+        60,
+        "the state's metrics",
+    )
     assert [r["metric"]["colour"] for r in active] == ["blue"]
 
 
