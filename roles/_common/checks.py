@@ -91,6 +91,12 @@ def check_hostname(host: str, key: str, value: str) -> None:
         )
 
 
+def join_host_port(address: str, port: int) -> str:
+    """``address:port``, an IPv6 address in brackets (as in URLs and Prometheus targets)."""
+    bare = address.strip("[]")
+    return f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
+
+
 def split_host_port(text: str) -> tuple[str, int] | None:
     """``host:port`` or ``[v6]:port`` -> (host, port); None when it is neither."""
     bracketed = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})", text)

@@ -9,6 +9,7 @@ from pyinfra import inventory
 
 from llmhost.errors import ConfigError
 from llmhost.settings import from_data
+from roles._common.checks import join_host_port
 
 
 def address_of(name: str, data: Any) -> str:
@@ -53,7 +54,7 @@ def watchers() -> list[str]:
     for member in inventory.get_group("monitoring", []):
         address = address_of(member.name, member.data)
         port = from_data(MonitoringSettings, member.data, member.name).monitoring_prometheus_port
-        urls.append(f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}")
+        urls.append(f"http://{join_host_port(address, port)}")
     return urls
 
 

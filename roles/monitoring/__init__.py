@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from dataclasses import dataclass
 from io import StringIO
 from typing import Any
@@ -45,7 +46,7 @@ from llmhost.onhost.layout import (
 )
 from llmhost.render import put_template, render
 from llmhost.settings import from_data
-from roles._common.checks import check_at_least, check_networks, check_url
+from roles._common.checks import check_at_least, check_networks, check_url, join_host_port
 from roles._common.onhost import install_onhost_tools, runtimectl
 from roles._common.operations import (
     firewall_only_from,
@@ -103,9 +104,7 @@ def check() -> Plan:
     check_networks(host.name, "monitoring_ui_allow_from", settings.monitoring_ui_allow_from)
     if settings.monitoring_alert_webhook is not None:
         check_url(host.name, "monitoring_alert_webhook", settings.monitoring_alert_webhook)
-    if not settings.monitoring_retention[:-1].isdigit() or settings.monitoring_retention[
-        -1:
-    ] not in ("h", "d", "w", "y"):
+    if not re.fullmatch(r"[1-9][0-9]*[hdwy]", settings.monitoring_retention):
         raise ConfigError(
             f"{settings.monitoring_retention!r} is not a duration",
             key="monitoring_retention",
@@ -139,8 +138,7 @@ def runs_gpu_exporter(data: Any, name: str) -> bool:
 
 
 def target(name: str, data: Any, port: int) -> str:
-    address = address_of(name, data)
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    return join_host_port(address_of(name, data), port)
 
 
 # -- every host: the exporters -------------------------------------------------------------

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmhost.settings import from_data, setting
+from roles._common.checks import join_host_port
 
 REGISTRY_USER = "docker-registry"
 # Not under /etc/llmhost (root:llmhost 0750), which the registry user cannot enter.
@@ -42,6 +43,4 @@ def endpoint(name: str, data: Any) -> str:
     """
     settings = from_data(RegistrySettings, data, name)
     address = settings.registry_address or data.get("ssh_hostname") or name
-    if ":" in address:  # an IPv6 address: bracketed in host:port, and so in URLs
-        address = f"[{address.strip('[]')}]"
-    return f"{address}:{settings.registry_port}"
+    return join_host_port(address, settings.registry_port)

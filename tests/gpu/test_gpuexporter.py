@@ -12,7 +12,6 @@ tests/unit/test_gpuexporter.py.
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from roles._common import onhost
+from tests.gpu.support import gpu_missing
 
 pytestmark = pytest.mark.gpu
 
@@ -34,13 +34,7 @@ _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
 def gpu_present() -> str | None:
-    """Why the test cannot run here, or None."""
-    if shutil.which("nvidia-smi") is None:
-        return "no NVIDIA GPU here (nvidia-smi not found): the exporter's NVML readings not checked"
-    listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
-    if listed.returncode != 0 or "GPU" not in listed.stdout:
-        return f"nvidia-smi finds no GPU ({listed.stderr.strip()}): NVML readings not checked"
-    return None
+    return gpu_missing("the exporter's NVML readings not checked")
 
 
 def smi(query: str) -> list[dict[str, str]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from llmhost.catalog import model_toml
 from llmhost.hardware import load_classes
 from llmhost.onhost import runtimectl
 from llmhost.runtimes import load_sources
+from tests.gpu.support import gpu_missing
 
 pytestmark = pytest.mark.gpu
 
@@ -29,13 +29,7 @@ WORDS = ["hello", "world", "the", "a", "model", "serves", "tokens", "fast", "on"
 
 
 def gpu_present() -> str | None:
-    """Why the test cannot run here, or None."""
-    if shutil.which("nvidia-smi") is None:
-        return "no NVIDIA GPU here (nvidia-smi not found): vLLM serving not exercised"
-    listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
-    if listed.returncode != 0 or "GPU" not in listed.stdout:
-        return f"nvidia-smi finds no GPU ({listed.stderr.strip()}): vLLM serving not exercised"
-    return None
+    return gpu_missing("vLLM serving not exercised")
 
 
 def vllm_venv(tmp_path: Path) -> Path:
