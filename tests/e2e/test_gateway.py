@@ -294,6 +294,6 @@ def test_a_rollout_stops_at_the_first_failed_batch_and_leaves_the_rest_untouched
     testbed.ssh(canary, "systemctl reset-failed 'llmhost-runtime@*'", check=False)
     assert rolled.returncode == 1, rolled.stderr[-3000:]
     assert f"batch 1 failed; rollout stopped. Not touched: {rest.name}" in rolled.stderr
-    assert "is not ready" in rolled.stderr
+    assert "is not ready" in rolled.stderr, rolled.stderr[-6000:]
     after = testbed.ssh(rest, f"cat {STATE_FILE} 2>/dev/null || echo none", check=False)
     assert after == before
