@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from llmhost.messages import run_relayed
 from llmhost.paths import REPO_ROOT
 
 SITE = "deploy/site.py"
@@ -103,19 +104,19 @@ def run(
     data: dict[str, str] | None = None,
     stream_stderr: bool = False,
 ) -> RunResult:
-    """Run a deploy with ``--json``; stderr (pyinfra's human output) is kept or streamed."""
-    completed = subprocess.run(
-        pyinfra_argv(inventory, deploy, limit=limit, dry=dry, json_output=True, data=data),
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=None if stream_stderr else subprocess.PIPE,
-        text=True,
-    )
+    """Run a deploy with ``--json``; stderr (pyinfra's human output) is kept, and streamed
+    to ours as it comes when asked (as JSON lines under ``--log-format json``)."""
+    argv = pyinfra_argv(inventory, deploy, limit=limit, dry=dry, json_output=True, data=data)
+    if stream_stderr:
+        code, stdout, stderr = run_relayed(argv, "pyinfra", cwd=REPO_ROOT)
+    else:
+        done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+        code, stdout, stderr = done.returncode, done.stdout, done.stderr
     try:
-        report = json.loads(completed.stdout) if completed.stdout.strip() else None
+        report = json.loads(stdout) if stdout.strip() else None
     except json.JSONDecodeError:
         report = None
-    return RunResult(completed.returncode, completed.stdout, completed.stderr or "", report)
+    return RunResult(code, stdout, stderr, report)
 
 
 # -- rolling rollouts -----------------------------------------------------------------------

@@ -12,13 +12,24 @@ import click
 from llmhost import __version__
 from llmhost.cli import config, deploy, keys, models, runtimes, soak, testbed
 from llmhost.cli.errors import LlmhostError, LlmhostFailure, LlmhostGroup
+from llmhost.messages import FORMATS, use_format
 
 __all__ = ["LlmhostError", "LlmhostFailure", "main"]
 
 
 @click.group(cls=LlmhostGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="llmhost")
-def main() -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(FORMATS),
+    default="text",
+    envvar="LLMHOST_LOG_FORMAT",
+    show_default=True,
+    help="What goes to stderr: lines for a person, or one JSON object per line "
+    "(time, level, message, and host/key/fix where known; pyinfra's output too). "
+    "stdout keeps each command's result. [env: LLMHOST_LOG_FORMAT]",
+)
+def main(log_format: str) -> None:
     """Provision UK/EU machines into a production LLM endpoint, idempotently, with pyinfra.
 
     \b
@@ -31,6 +42,7 @@ def main() -> None:
     Try the whole path on a throwaway local host:
       llmhost demo
     """
+    use_format(log_format)
 
 
 COMMANDS: tuple[click.Command, ...] = (

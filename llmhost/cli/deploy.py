@@ -16,6 +16,7 @@ import click
 
 from llmhost import converge
 from llmhost.cli.errors import LlmhostError, LlmhostFailure
+from llmhost.messages import error, say, warn
 from llmhost.paths import REPO_ROOT
 
 limit_option = click.option(
@@ -35,7 +36,7 @@ def _site_check(inventory: str, limit: tuple[str, ...]) -> tuple[list[str], list
     names = [host.name for host in loaded.hosts]
     found = check_site(loaded.inventory, loaded.state, names)
     for warning in found.warnings:
-        click.secho(f"warning: {warning}", err=True, fg="yellow")
+        warn(warning)
     return names, [str(problem) for problem in found.problems]
 
 
@@ -44,7 +45,7 @@ def _checked_hosts(inventory: str, limit: tuple[str, ...]) -> list[str]:
     names, problems = _site_check(inventory, limit)
     if problems:
         for problem in problems[:-1]:
-            click.secho(f"error: {problem}", err=True, fg="red")
+            error(problem)
         raise LlmhostError(f"{problems[-1]}\n{_count(problems)}: nothing was deployed")
     return names
 
@@ -69,9 +70,9 @@ def check(inventory: str, limit: tuple[str, ...]) -> None:
     """
     names, problems = _site_check(inventory, limit)
     for problem in problems:
-        click.secho(f"error: {problem}", err=True, fg="red")
+        error(problem)
     if problems:
-        click.echo(f"{_count(problems)} in {len(names)} host(s)", err=True)
+        say(f"{_count(problems)} in {len(names)} host(s)")
         sys.exit(1)
     click.echo(f"ok: {len(names)} host(s) valid: {', '.join(names)}")
 
@@ -132,7 +133,7 @@ def _roll_out(
     """Show the batches, ask once (unless ``yes``), then roll out with progress on stderr."""
     batches = converge.rollout_batches(names, batch_size, canary)
     plan = "; ".join(f"{n}: {', '.join(b)}" for n, b in enumerate(batches, 1))
-    click.echo(f"rollout in {len(batches)} batch(es): {plan}", err=True)
+    say(f"rollout in {len(batches)} batch(es): {plan}")
     if not yes:
         click.confirm("Apply, batch by batch?", abort=True, err=True)
     try:
@@ -144,9 +145,9 @@ def _roll_out(
 def _echo_batch(progress: converge.BatchProgress) -> None:
     head = f"batch {progress.number}/{progress.total}"
     if progress.result is None:
-        click.echo(f"{head}: {', '.join(progress.hosts)}", err=True)
+        say(f"{head}: {', '.join(progress.hosts)}")
     else:
-        click.echo(f"{head}: done ({progress.result.changes} changes)", err=True)
+        say(f"{head}: done ({progress.result.changes} changes)")
 
 
 @click.command()
@@ -161,7 +162,7 @@ def rollback(inventory: str, hosts: tuple[str, ...]) -> None:
     completion. A host whose previous colour cannot serve keeps its active colour.
     """
     names = _checked_hosts(inventory, hosts)
-    click.echo(f"rollback: {', '.join(names)}", err=True)
+    say(f"rollback: {', '.join(names)}")
     result = converge.run(
         os.path.abspath(inventory),
         str(REPO_ROOT / "deploy" / "rollback.py"),
@@ -252,30 +253,29 @@ def demo(count: int, tear_down: bool) -> None:
     inventory = "inventories/testbed.py"
     try:
         hosts = testbed.up(count)
-        click.echo(f"testbed: {', '.join(f'{h.name} ({h.address})' for h in hosts)}", err=True)
+        say(f"testbed: {', '.join(f'{h.name} ({h.address})' for h in hosts)}")
         _converge(inventory)
         catalog = demo_catalog(testbed)
         os.environ["LLMHOST_MODELS_DIR"] = str(catalog)
         digest = mirror_demo_model(testbed, catalog)
-        click.echo(f"mirrored: {DEMO_MODEL} as {digest}", err=True)
+        say(f"mirrored: {DEMO_MODEL} as {digest}")
         os.environ["LLMHOST_RUNTIME_BUILDS"] = str(testbed.root / "runtime-builds.toml")
         build = publish_demo_runtime(testbed)
-        click.echo(f"llama.cpp for class cpu: {build}", err=True)
+        say(f"llama.cpp for class cpu: {build}")
         demo_key(testbed)
         _converge_twice(inventory, {"model_name": DEMO_MODEL})
         for host in hosts:
-            click.echo(f"{host.name}: {ask_demo_model(testbed, host)}", err=True)
+            say(f"{host.name}: {ask_demo_model(testbed, host)}")
     except DemoFailed as error:
         raise LlmhostFailure(str(error)) from error
     finally:
         if tear_down:
             testbed.down()
-            click.echo("testbed removed", err=True)
+            say("testbed removed")
     if not tear_down:
-        click.echo(
+        say(
             f"hosts stay up: `llmhost testbed ssh {hosts[0].name}`; "
             "`llmhost testbed down` removes them",
-            err=True,
         )
 
 
@@ -283,7 +283,7 @@ def _converge(inventory: str, data: dict[str, str] | None = None) -> None:
     from llmhost.demo import converge_hosts
 
     changes = converge_hosts(inventory, data)
-    click.echo(f"converged: {changes} operation(s) changed", err=True)
+    say(f"converged: {changes} operation(s) changed")
 
 
 def _converge_twice(inventory: str, data: dict[str, str] | None = None) -> None:
@@ -292,4 +292,4 @@ def _converge_twice(inventory: str, data: dict[str, str] | None = None) -> None:
 
     _converge(inventory, data)
     require_idempotent(inventory, data)
-    click.echo("idempotent: second converge changed 0 operations", err=True)
+    say("idempotent: second converge changed 0 operations")

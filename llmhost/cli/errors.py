@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from llmhost.errors import ActionableError
+from llmhost.messages import error
 
 # Registry and transfer failures (oras-py and requests raise their own types, and oras-py
 # may even sys.exit): reported with the registry named, never as a traceback.
@@ -26,8 +27,12 @@ class LlmhostError(click.ClickException):
 
     exit_code = 2
 
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.fields = fields  # host, key, fix: separate fields under --log-format json
+
     def show(self, file: object = None) -> None:
-        click.secho(f"error: {self.message}", err=True, fg="red")
+        error(self.message, **self.fields)
 
 
 class LlmhostFailure(LlmhostError):
@@ -42,8 +47,9 @@ class LlmhostGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ActionableError as error:
-            raise LlmhostError(str(error)) from error
+        except ActionableError as problem:
+            fields = {name: getattr(problem, name, None) for name in ("host", "key", "fix")}
+            raise LlmhostError(str(problem), **fields) from problem
 
 
 def transfer_failure(where: str, error: BaseException) -> LlmhostFailure:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from llmhost.cli.options import inventory_option, secrets_option
+from llmhost.messages import say
 from llmhost.secrets import secrets_directory
 
 
@@ -45,9 +46,7 @@ def keys_add(identity: str, inventory: str | None, secrets_dir: Path | None, rot
     key = add_api_key(directory, identity, rotate)
     click.echo(key)
     done = "rotated" if rotate else "created"
-    click.echo(
-        f"{identity}: key {done} in {directory / 'api-keys.json'}; converge to apply", err=True
-    )
+    say(f"{identity}: key {done} in {directory / 'api-keys.json'}; converge to apply")
 
 
 @keys.command("list")
@@ -66,4 +65,4 @@ def keys_list(inventory: str | None, secrets_dir: Path | None) -> None:
     for name in names:
         click.echo(name)
     if not names:
-        click.echo(f"no API keys in {directory}; llmhost keys add IDENTITY adds one", err=True)
+        say(f"no API keys in {directory}; llmhost keys add IDENTITY adds one")

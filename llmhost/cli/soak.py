@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from llmhost.cli.errors import LlmhostError
+from llmhost.messages import json_lines, say
 
 if TYPE_CHECKING:
     from llmhost.soakrun import SoakProgress
@@ -50,7 +51,12 @@ def _prompt_mix(prompts: str | None) -> list[str]:
 
 
 def _echo_progress(progress: SoakProgress) -> None:
-    """One line on stderr, rewritten in place, ended when the load is done."""
+    """One line on stderr, rewritten in place, ended when the load is done (JSON: one line,
+    at the end)."""
+    if json_lines():
+        if progress.finished:
+            say("soak: load done", done=progress.done, failed=progress.failed)
+        return
     click.echo(
         f"\rsoak: {progress.done} done, {progress.failed} failed",
         err=True,
@@ -168,7 +174,7 @@ def soak(
         raise LlmhostError(str(error)) from error
     if out:
         write_reports(out, outcome.document, outcome.samples)
-        click.echo(f"reports: {out / 'result.json'}, {out / 'report.html'}", err=True)
+        say(f"reports: {out / 'result.json'}, {out / 'report.html'}")
     click.echo(json.dumps(outcome.document, indent=2, sort_keys=True))
     if not outcome.passed:
         sys.exit(1)

@@ -19,9 +19,14 @@ Why the audit log, and not nginx's ``stub_status`` (and its exporter) or an ngin
 
 What it cannot do, honestly:
 
-- No tokens. The log has no request or response bodies (and must not), so tokens per
-  second, prompt and completion tokens are the engine's own metrics (``vllm:*``,
-  ``llamacpp:*``), scraped per colour. The bytes counters here are wire bytes.
+- Tokens are what the engine says it used: the gateway's usage.js reads the answer's
+  OpenAI ``usage`` object as it passes (the log never holds a body) and the line carries
+  ``prompt_tokens`` and ``completion_tokens``. A stream that did not ask for usage
+  (``stream_options.include_usage``) has none, and neither does an answer cut off before
+  its end: those successful answers are counted in
+  ``llmhost_gateway_answers_without_usage_total``, so a dashboard can say how much of the
+  traffic its token figures cover. Tokens per second are the engine's own metrics
+  (``vllm:*``, ``llamacpp:*``), scraped per colour. The bytes counters are wire bytes.
 - A request is counted when its line is written, which is when it *ends*: a two-minute
   streamed completion shows up after two minutes. In-flight requests and open
   connections are not seen (the engine's metrics count what it is working on).
@@ -122,6 +127,8 @@ class Request:
     timestamp: float
     first_byte: float | None  # the last attempt's upstream_header_time, if it got headers
     retried: bool  # nginx sent it again (a dead pooled connection): "502, 200"
+    prompt_tokens: int | None = None  # from the answer's usage; None: it reported none
+    completion_tokens: int | None = None
 
 
 class Malformed(ValueError):
@@ -151,6 +158,16 @@ def _text(record: dict[str, Any], key: str, *, optional: bool = False) -> str | 
     if not isinstance(value, str):
         raise Malformed(f"{key} is not a string")
     return value
+
+
+def _tokens(record: dict[str, Any], key: str) -> int | None:
+    """A token count as usage.js logs it: digits, or "" (absent from older lines too)."""
+    value = _text(record, key, optional=True)
+    if not value:
+        return None
+    if not value.isascii() or not value.isdigit():
+        raise Malformed(f"{key} is not a whole number")
+    return int(value)
 
 
 def upstream_values(value: str | None) -> list[str]:
@@ -202,6 +219,8 @@ def parse_line(line: bytes) -> Request:
         first_byte=last_seconds(header_time),
         # Only commas: attempts within one upstream group; " : " is an internal redirect.
         retried=any(len(group.split(",")) > 1 for group in (upstream_status or "").split(":")),
+        prompt_tokens=_tokens(record, "prompt_tokens"),
+        completion_tokens=_tokens(record, "completion_tokens"),
     )
 
 
@@ -265,6 +284,8 @@ class Metrics:
         self.request_bytes: dict[Key, int] = {}
         self.response_bytes: dict[Key, int] = {}
         self.retries: dict[Key, int] = {}
+        self.tokens: dict[Key, int] = {}
+        self.without_usage: dict[Key, int] = {}
         self.last_request: dict[Key, float] = {}
         self.lines_read = 0
         self.lines_skipped = 0
@@ -318,12 +339,23 @@ class Metrics:
         self.response_bytes[pair] = self.response_bytes.get(pair, 0) + request.response_bytes
         # Zero from a colour's first request on, so rate() sees the first retry.
         self.retries[(colour,)] = self.retries.get((colour,), 0) + int(request.retried)
+        self._add_tokens(pair, request)
         if request.first_byte is not None:
             hist = self.first_bytes.setdefault((colour,), Histogram(FIRST_BYTE_BUCKETS))
             hist.observe(request.first_byte)
         # Lines from a rotated file may come after newer ones: never go back.
         previous = self.last_request.get((colour,), 0.0)
         self.last_request[(colour,)] = max(previous, request.timestamp)
+
+    def _add_tokens(self, pair: tuple[str, str], request: Request) -> None:
+        counts = (("prompt", request.prompt_tokens), ("completion", request.completion_tokens))
+        for kind, tokens in counts:
+            if tokens is not None:
+                self.tokens[(*pair, kind)] = self.tokens.get((*pair, kind), 0) + tokens
+        if 200 <= request.status < 300:
+            missing = request.prompt_tokens is None and request.completion_tokens is None
+            colour = (pair[1],)
+            self.without_usage[colour] = self.without_usage.get(colour, 0) + int(missing)
 
     def reopened(self, cause: str) -> None:
         with self._lock:
@@ -380,6 +412,22 @@ class Metrics:
                 'pooled connection (upstream_status like "502, 200").',
                 ("colour",),
                 self.retries,
+            )
+            family.scalar(
+                "llmhost_gateway_tokens_total",
+                "counter",
+                "Tokens the engine reported in its answers' usage, by identity, colour and "
+                "kind (prompt, completion).",
+                ("identity", "colour", "kind"),
+                self.tokens,
+            )
+            family.scalar(
+                "llmhost_gateway_answers_without_usage_total",
+                "counter",
+                "Successful answers that reported no usage (a stream without "
+                "include_usage, an answer cut off): their tokens are not counted.",
+                ("colour",),
+                self.without_usage,
             )
             family.scalar(
                 "llmhost_gateway_last_request_timestamp_seconds",

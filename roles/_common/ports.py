@@ -37,7 +37,9 @@ def ports_in_use(host: str, data: Any, groups: Collection[str]) -> dict[str, int
         ports["monitoring_prometheus_port"] = monitoring.monitoring_prometheus_port
         ports["monitoring_alertmanager_port"] = monitoring.monitoring_alertmanager_port
     if "registry" in groups:
-        ports["registry_port"] = from_data(RegistrySettings, data, host).registry_port
+        registry = from_data(RegistrySettings, data, host)
+        ports["registry_port"] = registry.registry_port
+        ports["registry_metrics_port"] = registry.registry_metrics_port
     if data.get("model_name"):
         ports["gateway_port"] = from_data(GatewaySettings, data, host).gateway_port
         colours = from_data(RuntimeSettings, data, host).runtime_ports

@@ -2,15 +2,16 @@
 
 preflight  settings, ports that collide with the runtime's or the registry's, at least
            one API key for this host
-install    Debian's nginx, without its default site
+install    Debian's nginx and its njs module, without the default site
 configure  the API keys (root-only), TLS from the llmhost CA or the operator, the upstream
            include (created once, then owned by cutover), our server block, the firewall
 service    nginx checked (`nginx -t`) and reloaded gracefully when a file changed
 
 Requests need `Authorization: Bearer <key>`: 401 without a valid key, 429 above the
 identity's rate, 413 above the body limit. Each request leaves one JSON line in
-/var/log/nginx/llmhost-audit.log with identity, request id, colour, status, bytes and
-times; never the key, never the prompt.
+/var/log/nginx/llmhost-audit.log with identity, request id, colour, status, bytes,
+times and the answer's token counts (read by usage.js from the engine's `usage` as the
+answer passes); never the key, never the prompt.
 """
 
 from __future__ import annotations
@@ -37,7 +38,16 @@ from roles._common.facts import HostState
 from roles._common.operations import firewall_rules, reload_firewall, secret_upload_options
 from roles._common.ports import check_host_ports
 from roles._common.scrapers import scrape_sources
-from roles.gateway.defaults import AUDIT_LOG, KEYS, SITE, TLS_CERT, TLS_KEY, GatewaySettings
+from roles.gateway.defaults import (
+    AUDIT_LOG,
+    KEYS,
+    PACKAGES,
+    SITE,
+    TLS_CERT,
+    TLS_KEY,
+    USAGE_SCRIPT,
+    GatewaySettings,
+)
 from roles.runtime.defaults import RuntimeSettings
 
 
@@ -113,7 +123,7 @@ def admitted_keys(settings: GatewaySettings) -> dict[str, str]:
 
 
 def install() -> None:
-    installed = apt.packages(name="Install nginx", packages=["nginx"])
+    installed = apt.packages(name="Install nginx and its njs module", packages=PACKAGES)
     default_site = "/etc/nginx/sites-enabled/default"
     # The package enables its default site (port 80) as it installs, after facts were read.
     server.shell(
@@ -171,6 +181,14 @@ def configure(settings: GatewaySettings, keys: dict[str, str]) -> list[Operation
     initial_upstream()
     changed.append(
         put_template(
+            name="Gateway: usage.js (token counts for the audit line)",
+            path="gateway/usage.js.j2",
+            dest=USAGE_SCRIPT,
+            mode="0644",
+        )
+    )
+    changed.append(
+        put_template(
             name="Gateway: server block (keys, limits, audit log, streaming)",
             path="gateway/llmhost-gateway.conf.j2",
             dest=SITE,
@@ -183,6 +201,7 @@ def configure(settings: GatewaySettings, keys: dict[str, str]) -> list[Operation
             max_body_kb=settings.gateway_max_body_kb,
             read_timeout=settings.gateway_read_timeout_s,
             audit_log=AUDIT_LOG,
+            usage_script=USAGE_SCRIPT,
             runtime_ports=sorted(
                 from_data(RuntimeSettings, host.data, host.name).runtime_ports.items()
             ),

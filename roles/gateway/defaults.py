@@ -12,6 +12,8 @@ AUDIT_LOG = GATEWAY_AUDIT_LOG
 KEYS = f"{GATEWAY_DIR}/api-keys.conf"
 TLS_CERT = f"{GATEWAY_DIR}/tls.crt"
 TLS_KEY = f"{GATEWAY_DIR}/tls.key"
+USAGE_SCRIPT = f"{GATEWAY_DIR}/usage.js"  # njs: the answer's token counts for the audit line
+PACKAGES = ["nginx", "libnginx-mod-http-js"]  # Debian's nginx and its njs module
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from io import StringIO
 from typing import Any
@@ -324,14 +325,14 @@ def server_side(settings: MonitoringSettings) -> None:
     ui_firewall(settings)
 
 
-TARGET_JOBS = ("node", "gpu", "gateway", "runtime")
+TARGET_JOBS = ("node", "gpu", "gateway", "runtime", "registry")
 
 
 def scrape_targets() -> list[OperationMeta]:
     """One file_sd file per exporter, listing every inventory host that runs it."""
     groups: dict[str, list[dict[str, Any]]] = {job: [] for job in TARGET_JOBS}
     for member in inventory:
-        for job, entry in member_targets(member.name, member.data):
+        for job, entry in member_targets(member.name, member.data, member.groups):
             groups[job].append(entry)
     return [
         files.put(
@@ -345,8 +346,10 @@ def scrape_targets() -> list[OperationMeta]:
     ]
 
 
-def member_targets(name: str, data: Any) -> list[tuple[str, dict[str, Any]]]:
-    """(job, file_sd entry) for each exporter host ``name`` runs."""
+def member_targets(
+    name: str, data: Any, groups: Collection[str] = ()
+) -> list[tuple[str, dict[str, Any]]]:
+    """(job, file_sd entry) for each exporter host ``name`` runs (``groups``: its groups)."""
     from roles._common.ports import ports_in_use  # every port a host uses, by key
 
     settings = from_data(MonitoringSettings, data, name)
@@ -366,6 +369,9 @@ def member_targets(name: str, data: Any) -> list[tuple[str, dict[str, Any]]]:
         for colour in COLOURS:
             path = {"colour": colour, "__metrics_path__": f"/metrics/{colour}"}
             found.append(("runtime", entry(gateway, {**labels, **path})))
+    if "registry" in groups:
+        port = ports_in_use(name, data, groups)["registry_metrics_port"]
+        found.append(("registry", entry(target(name, data, port), labels)))
     return found
 
 

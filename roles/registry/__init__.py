@@ -33,12 +33,14 @@ from llmhost.secrets import (
 from llmhost.settings import from_data
 from roles._common.checks import check_hostname, check_networks
 from roles._common.operations import (
+    firewall_only_from,
     firewall_rules,
     reload_firewall,
     secret_upload_options,
     wait_for_port,
 )
 from roles._common.ports import check_host_ports
+from roles._common.scrapers import scrape_sources
 from roles.registry.defaults import (
     CONFIG_DIR,
     GC_UNIT,
@@ -149,6 +151,7 @@ def configure(settings: RegistrySettings) -> list[OperationMeta]:
             mode="0640",
             storage=settings.registry_storage_path,
             port=settings.registry_port,
+            metrics_port=settings.registry_metrics_port,
             config_dir=CONFIG_DIR,
             http_secret=credentials.http_secret,
         )
@@ -161,7 +164,15 @@ def configure(settings: RegistrySettings) -> list[OperationMeta]:
         ports=[settings.registry_port],
         sources=settings.registry_allow_from,
     )
-    reload_firewall(rules)
+    metrics = firewall_only_from(
+        role="registry",
+        purpose="registry metrics, for the monitoring hosts",
+        name="21-registry-metrics",
+        ports=[settings.registry_metrics_port],
+        sources=scrape_sources(host.name, host.data),
+        closed="registry metrics closed (no monitoring host)",
+    )
+    reload_firewall(rules, metrics)
     return changed
 
 

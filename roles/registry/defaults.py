@@ -26,6 +26,11 @@ class RegistrySettings:
         "Name or address clients use for this registry (and its certificate); "
         "unset means the host's `ssh_hostname`, else its inventory name",
     )
+    registry_metrics_port: int = setting(
+        5001,
+        "Port of the registry's own metrics (`/metrics`, plain HTTP, on its debug server); "
+        "open to the monitoring hosts alone",
+    )
     registry_allow_from: list[str] = setting(
         [], "Source networks (CIDR) allowed to reach the registry; empty means from anywhere"
     )

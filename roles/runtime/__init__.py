@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from io import StringIO
 from shlex import quote
 from typing import Any
 
@@ -30,6 +31,7 @@ from pyinfra.operations import apt, files, server, systemd
 from llmhost.catalog import Model
 from llmhost.errors import ConfigError
 from llmhost.hardware import RUNTIMES, HardwareClass, check_hardware, load_classes
+from llmhost.onhost.jsonlog import vllm_logging_config
 from llmhost.onhost.layout import (
     COLOURS,
     CONFIG_DIR,
@@ -56,6 +58,7 @@ from roles.runtime.defaults import (
     RUNTIME_USER,
     UNIT_PATH,
     VLLM_DIR,
+    VLLM_LOGGING_CONFIG,
     RuntimeSettings,
     env_file,
     llama_cpp_binary,
@@ -274,6 +277,13 @@ def install_vllm() -> None:
         name=f"vLLM {pin.version} lock (every distribution hashed)",
         src=str(pin.lock),
         dest=lock,
+        mode="0644",
+        create_remote_dir=False,
+    )
+    files.put(
+        name="vLLM: its log records as JSON lines (logging config)",
+        src=StringIO(vllm_logging_config()),
+        dest=VLLM_LOGGING_CONFIG,
         mode="0644",
         create_remote_dir=False,
     )

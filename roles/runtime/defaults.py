@@ -14,6 +14,7 @@ RESTART_SERVICE = "llmhost-runtime-restart@.service"
 RESTART_TIMER = "llmhost-runtime-restart@.timer"
 LLAMA_CPP_DIR = "/opt/llmhost/llama.cpp"
 VLLM_DIR = "/opt/llmhost/vllm"
+VLLM_LOGGING_CONFIG = f"{VLLM_DIR}/logging.json"  # vLLM's log records as JSON lines
 RUNTIME_ARTIFACTS = f"{STATE_DIR}/runtimes"
 
 

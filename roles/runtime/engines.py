@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from llmhost.catalog import Model
 from llmhost.errors import ConfigError
 from llmhost.hardware import HardwareClass
+from llmhost.onhost.layout import ONHOST_APP
 from roles.model.defaults import model_directory
-from roles.runtime.defaults import vllm_venv
+from roles.runtime.defaults import VLLM_LOGGING_CONFIG, vllm_venv
 
 # What each engine can load, by the catalog's weight format.
 ENGINE_FORMATS = {"llama.cpp": ("gguf",), "vllm": ("safetensors", "gguf")}
@@ -27,6 +28,12 @@ OFFLINE_ENVIRONMENT = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
+}
+# vLLM's log records as JSON lines, like llama-server's --log-jsonl: its dictConfig file
+# names the formatter in the host-side archive (llmhost/onhost/jsonlog.py).
+VLLM_JSON_LOGGING = {
+    "VLLM_LOGGING_CONFIG_PATH": VLLM_LOGGING_CONFIG,
+    "PYTHONPATH": ONHOST_APP,
 }
 
 
@@ -127,6 +134,7 @@ def llama_cpp_release(
         str(settings.n_gpu_layers),
         "--metrics",
         "--no-webui",
+        "--log-jsonl",  # one JSON object per line in the journal
         *extra,
     )
     return Release(
@@ -180,5 +188,5 @@ def vllm_release(
         model=model.name,
         model_digest=model.digest,
         served_model_name=served_name,
-        environment=tuple(sorted(OFFLINE_ENVIRONMENT.items())),
+        environment=tuple(sorted({**OFFLINE_ENVIRONMENT, **VLLM_JSON_LOGGING}.items())),
     )

@@ -205,7 +205,43 @@ def test_exact_metric_lines_after_three_requests(log: Path):
         "status",
         "le",
         "cause",
+        "kind",
     }
+
+
+def test_tokens_are_counted_per_identity_colour_and_kind_from_the_usage_fields(log: Path):
+    append(
+        log,
+        line(prompt_tokens="12", completion_tokens="30"),
+        line(prompt_tokens="8", completion_tokens="2"),
+        line(colour="green", prompt_tokens="5", completion_tokens="0"),
+        line(prompt_tokens="", completion_tokens=""),  # a stream without include_usage
+        COMPLETION + "\n",  # a line from before the fields existed
+        line(UNAUTHORIZED, prompt_tokens="", completion_tokens=""),  # not an answer
+    )
+    metrics = Metrics()
+    Tailer(str(log), metrics, from_start=True).poll()
+    text = metrics.render()
+    for expected in [
+        'llmhost_gateway_tokens_total{identity="alice",colour="blue",kind="prompt"} 20',
+        'llmhost_gateway_tokens_total{identity="alice",colour="blue",kind="completion"} 32',
+        'llmhost_gateway_tokens_total{identity="alice",colour="green",kind="prompt"} 5',
+        'llmhost_gateway_tokens_total{identity="alice",colour="green",kind="completion"} 0',
+        'llmhost_gateway_answers_without_usage_total{colour="blue"} 2',
+        'llmhost_gateway_answers_without_usage_total{colour="green"} 0',
+        "# TYPE llmhost_gateway_tokens_total counter",
+        "llmhost_gateway_audit_lines_skipped_total 0",
+    ]:
+        assert expected + "\n" in text, expected
+    assert 'identity="",colour="blue",kind=' not in text  # the 401 reported no tokens
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "12a", "١٢", 12])
+def test_a_token_count_that_is_not_digits_makes_the_line_malformed(log: Path, value: Any):
+    append(log, line(prompt_tokens=value, completion_tokens="3"))
+    metrics = Metrics()
+    Tailer(str(log), metrics, from_start=True).poll()
+    assert "llmhost_gateway_audit_lines_skipped_total 1\n" in metrics.render()
 
 
 def test_histogram_buckets_are_cumulative_with_the_right_sum_and_count(log: Path):

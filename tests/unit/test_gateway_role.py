@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,39 @@ def site_conf(**overrides: object) -> str:
         audit_log="/var/log/nginx/a.log",
         runtime_ports=[("blue", 8001), ("green", 8002)],
         metrics_allow=["10.231.1.2/32"],
+        usage_script="/etc/nginx/llmhost/usage.js",
     )
     return render("gateway/llmhost-gateway.conf.j2", **{**values, **overrides})
+
+
+def test_answers_pass_through_the_usage_counter_and_their_tokens_reach_the_audit_line():
+    conf = site_conf()
+    assert "js_import llmhost_usage from /etc/nginx/llmhost/usage.js;" in conf
+    for variable in ("llmhost_prompt_tokens", "llmhost_completion_tokens", "llmhost_usage_tail"):
+        assert f"js_var ${variable};" in conf
+    proxied = conf.split("location / {", 1)[1].split("\n    }", 1)[0]
+    assert "js_body_filter llmhost_usage.count;" in proxied
+    assert "js_body_filter" not in conf.split("location / {", 1)[0], "only engine answers"
+    audit = conf.split("log_format llmhost_audit", 1)[1].split(";", 1)[0]
+    assert '"prompt_tokens":"$llmhost_prompt_tokens"' in audit
+    assert '"completion_tokens":"$llmhost_completion_tokens"' in audit
+    # The same lines go to the file and to the journal.
+    assert "access_log /var/log/nginx/a.log llmhost_audit;" in conf
+    assert "access_log syslog:server=unix:/dev/log,tag=llmhost_gateway,nohostname" in conf
+
+
+def test_the_usage_script_finds_the_last_usage_and_ignores_escaped_quotes():
+    script = render("gateway/usage.js.j2")
+    assert script.startswith("// managed by llmhost")
+    # The script's own patterns, applied the way its loop does (last match wins).
+    pattern = re.search(r"var PROMPT = /(.*)/g;", script)
+    assert pattern
+    regex = re.compile(pattern[1])
+    answer = (
+        '{"text":"say \\"prompt_tokens\\": 99","usage":{"prompt_tokens":12,"completion_tokens":3}}'
+    )
+    assert [m[1] for m in regex.finditer(answer)] == ["12"]
+    assert "r.sendBuffer(data, flags);" in script, "every chunk is passed on unchanged"
 
 
 def test_engine_metrics_are_proxied_per_colour_for_the_scrapers_only():

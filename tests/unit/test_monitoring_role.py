@@ -128,6 +128,11 @@ def test_targets_list_each_exporter_a_host_runs_with_its_labels():
     )
     v6 = member_targets("v6", {**CPU, "ssh_hostname": "2001:db8::7"})
     assert v6[0][1]["targets"] == ["[2001:db8::7]:9100"]
+    registry = member_targets("reg", {**CPU, "ssh_hostname": "10.0.0.9"}, ["registry"])
+    assert [(job, e["targets"]) for job, e in registry] == [
+        ("node", ["10.0.0.9:9100"]),
+        ("registry", ["10.0.0.9:5001"]),
+    ]
 
 
 @pytest.mark.parametrize(

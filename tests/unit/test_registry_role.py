@@ -228,6 +228,7 @@ def registry_config(**overrides) -> dict:
         "port": 5000,
         "config_dir": CONFIG_DIR,
         "http_secret": "not-so-secret",
+        "metrics_port": 5001,
         **overrides,
     }
     return yaml.safe_load(render("registry/config.yml.j2", **variables))
@@ -241,6 +242,22 @@ def test_config_serves_tls_from_the_config_dir():
         "certificate": f"{CONFIG_DIR}/tls.crt",
         "key": f"{CONFIG_DIR}/tls.key",
     }
+
+
+def test_config_serves_its_metrics_on_the_debug_port():
+    assert registry_config(metrics_port=5077)["http"]["debug"] == {
+        "addr": ":5077",
+        "prometheus": {"enabled": True, "path": "/metrics"},
+    }
+
+
+def test_the_metrics_port_is_open_to_the_monitoring_hosts_only():
+    closed = plan(registry, HOST)
+    assert "Firewall: registry metrics closed (no monitoring host)" in closed
+    watched = plan(registry, {**HOST, "monitoring_scrape_from": ["10.9.0.0/24"]})
+    assert uploads(
+        watched, "Firewall: allow TCP 5001 (registry metrics, for the monitoring hosts)"
+    ) == ["/etc/llmhost/firewall.d/21-registry-metrics.nft"]
 
 
 def test_config_requires_htpasswd_auth():

@@ -133,6 +133,7 @@ def test_llama_server_arguments_come_from_the_hardware_class():
     assert pairs["--host"] == "127.0.0.1"
     assert line[-4:] == ["--temp", "0", "--port", "8002"]
     assert "--metrics" in line
+    assert "--log-jsonl" in line, "JSON lines in the journal"
     assert release.id != the_release().id, "a changed argument is a new release"
 
 
@@ -159,6 +160,7 @@ def test_the_unit_is_hardened_and_drains_before_it_stops(gpu, jit):
     assert ("DeviceAllow=char-nvidia-frontend rw" in text) is gpu
     assert ("MemoryDenyWriteExecute=yes" in text) is not jit
     assert "ReadWritePaths" not in text, "the engine writes only its CacheDirectory"
+    assert "\nSyslogIdentifier=llmhost-runtime-%i\nLogExtraFields=LLMHOST_COLOUR=%i\n" in text
 
 
 def test_vllm_installs_from_the_hashed_lock_and_serves_with_the_class_settings(catalog):
@@ -180,6 +182,10 @@ def test_vllm_installs_from_the_hashed_lock_and_serves_with_the_class_settings(c
     assert line[line.index("--max-model-len") + 1] == str(l40s.vllm.max_model_len)
     assert release.executable == f"/opt/llmhost/vllm/{pin.version}/bin/vllm"
     assert ("HF_HUB_OFFLINE", "1") in release.environment
+    # Its log records as JSON lines: the config file, and the formatter from the archive.
+    assert ("VLLM_LOGGING_CONFIG_PATH", "/opt/llmhost/vllm/logging.json") in release.environment
+    assert ("PYTHONPATH", ONHOST_APP) in release.environment
+    assert "vLLM: its log records as JSON lines (logging config)" in planned
 
 
 def test_every_shipped_gpu_class_plans_a_vllm_unit(catalog):
