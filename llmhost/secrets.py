@@ -1,9 +1,10 @@
 """Secrets llmhost makes and keeps on the control machine, outside the repository.
 
 ``secrets_dir`` (default ``inventories/secrets``, ignored by git) holds the CA,
-the registry credentials and the gateway's API keys. Values are generated once and then reused, so a
-second converge uploads identical files. Nothing here ever goes into argv or a
-log: roles upload secrets with ``files.put`` from memory, mode 0600/0640.
+the registry credentials, the gateway's API keys and Grafana's admin password.
+Values are generated once and then reused, so a second converge uploads
+identical files. Nothing here ever goes into argv or a log: roles upload secrets
+with ``files.put`` from memory, mode 0600/0640.
 
 Every file is checked whole before anything uses it, so a hand edit gone wrong
 is refused on the control machine, before any host is touched. The messages
@@ -32,6 +33,7 @@ from llmhost.textfiles import read_utf8
 REGISTRY_USER = "llmhost"
 API_KEYS_FILE = "api-keys.json"
 REGISTRY_FILE = "registry.json"
+GRAFANA_FILE = "grafana.json"
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,9 @@ REGISTRY_FIELDS = {
     "username": IDENTITY,
     "password": Rule(URL_SAFE, (16, 72), "16-72 characters of A-Z a-z 0-9 _ -"),
     "http_secret": Rule(URL_SAFE, (32, 128), "32-128 characters of A-Z a-z 0-9 _ -"),
+}
+GRAFANA_FIELDS = {
+    "admin_password": Rule(URL_SAFE, (16, 128), "16-128 characters of A-Z a-z 0-9 _ -")
 }
 
 
@@ -400,26 +405,35 @@ def _checked_registry(path: Path, document: Any) -> RegistryCredentials:
         f"correct it, or delete {path} so that the next deploy makes new credentials "
         "(and converges them to the registries and every host that pulls)"
     )
+    return RegistryCredentials(
+        **_checked_fields(path, document, REGISTRY_FILE, REGISTRY_FIELDS, regenerate)
+    )
+
+
+def _checked_fields(
+    path: Path, document: Any, file_key: str, fields: dict[str, Rule], regenerate: str
+) -> dict[str, str]:
+    """A JSON object of exactly ``fields``, each a string its rule admits, each once."""
     if not isinstance(document, _JsonObject):
         raise ConfigError(
             f"{path} holds {_json_type(document)}, not a JSON object",
-            key=REGISTRY_FILE,
-            fix=f"it should be one object of {', '.join(REGISTRY_FIELDS)}: {regenerate}",
+            key=file_key,
+            fix=f"it should be one object of {', '.join(fields)}: {regenerate}",
         )
     values: dict[str, str] = {}
     for name, value in document:
-        if name not in REGISTRY_FIELDS:
+        if name not in fields:
             shown = name if IDENTITY.matches(name) and len(name) < 32 else "(not shown)"
             raise ConfigError(
                 f"{path} has a field llmhost does not know: {shown}",
-                key=f"{REGISTRY_FILE}: {shown}",
-                fix=f"keep only {', '.join(REGISTRY_FIELDS)}: {regenerate}",
+                key=f"{file_key}: {shown}",
+                fix=f"keep only {', '.join(fields)}: {regenerate}",
             )
         if name in values:
             raise ConfigError(
-                f"{name} is in {path} twice", key=f"{REGISTRY_FILE}: {name}", fix=regenerate
+                f"{name} is in {path} twice", key=f"{file_key}: {name}", fix=regenerate
             )
-        rule = REGISTRY_FIELDS[name]
+        rule = fields[name]
         if not isinstance(value, str):
             problem = f"is {_json_type(value)}, not a string"
         elif not rule.matches(value):
@@ -427,14 +441,37 @@ def _checked_registry(path: Path, document: Any) -> RegistryCredentials:
         else:
             values[name] = value
             continue
-        raise ConfigError(
-            f"{name} in {path} {problem}", key=f"{REGISTRY_FILE}: {name}", fix=regenerate
-        )
-    missing = [name for name in REGISTRY_FIELDS if name not in values]
+        raise ConfigError(f"{name} in {path} {problem}", key=f"{file_key}: {name}", fix=regenerate)
+    missing = [name for name in fields if name not in values]
     if missing:
         raise ConfigError(
             f"{path} has no {', '.join(missing)}",
-            key=f"{REGISTRY_FILE}: {missing[0]}",
+            key=f"{file_key}: {missing[0]}",
             fix=regenerate,
         )
-    return RegistryCredentials(**values)
+    return values
+
+
+# Grafana's admin password
+
+
+def grafana_admin_password(directory: Path) -> str:
+    """The password of Grafana's `admin` on the monitoring hosts, generated on first use.
+
+    Kept here like the registry's credentials, so every monitoring host (and a rebuilt
+    one) gets the same password, and it never has to be typed into an inventory.
+    """
+    path = directory / GRAFANA_FILE
+    document = _read_json(path, GRAFANA_FILE) if _is_directory(directory) else ABSENT
+    if document is ABSENT:
+        _make_directory(directory)
+        values = {"admin_password": secrets.token_urlsafe(24)}
+        _write_private(path, json.dumps(values, indent=2) + "\n", GRAFANA_FILE)
+        return values["admin_password"]
+    regenerate = (
+        f"correct it, or delete {path} so that the next deploy makes a new password "
+        "(and sets it on every monitoring host's Grafana)"
+    )
+    values = _checked_fields(path, document, GRAFANA_FILE, GRAFANA_FIELDS, regenerate)
+    _check_private(path, GRAFANA_FILE)
+    return values["admin_password"]

@@ -36,6 +36,8 @@ def ports_in_use(host: str, data: Any, groups: Collection[str]) -> dict[str, int
     if "monitoring" in groups:
         ports["monitoring_prometheus_port"] = monitoring.monitoring_prometheus_port
         ports["monitoring_alertmanager_port"] = monitoring.monitoring_alertmanager_port
+        if monitoring.monitoring_grafana:
+            ports["monitoring_grafana_port"] = monitoring.monitoring_grafana_port
     if "registry" in groups:
         registry = from_data(RegistrySettings, data, host)
         ports["registry_port"] = registry.registry_port

@@ -1,4 +1,5 @@
-"""Role monitoring: exporters on every host; Prometheus and Alertmanager on `monitoring` hosts.
+"""Role monitoring: exporters on every host; Prometheus, Alertmanager and Grafana (grafana.py)
+on `monitoring` hosts.
 
 preflight  settings and ports; the addresses allowed to scrape (the `monitoring` hosts'
            unless `monitoring_scrape_from` names networks)
@@ -68,6 +69,7 @@ from roles.monitoring.defaults import (
     RULES_FILE,
     MonitoringSettings,
 )
+from roles.monitoring.grafana import check_grafana, grafana
 from roles.monitoring.operations import rules_installed
 
 EXPORTER_FIREWALL = "40-monitoring-exporters"
@@ -112,6 +114,8 @@ def check() -> Plan:
             fix="give a number and a unit: 36h, 15d, 8w, 1y",
             host=host.name,
         )
+    if "monitoring" in host.groups:
+        check_grafana(host.name, settings)
     return Plan(
         settings,
         gpu_exporter=runs_gpu_exporter(host.data, host.name),
@@ -323,6 +327,7 @@ def server_side(settings: MonitoringSettings) -> None:
     service(PROMETHEUS_UNIT, prometheus_changed, reloaded)
     service(ALERTMANAGER_UNIT, alertmanager_changed, [receiver])
     ui_firewall(settings)
+    grafana(settings)
 
 
 TARGET_JOBS = ("node", "gpu", "gateway", "runtime", "registry")

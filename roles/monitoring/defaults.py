@@ -1,4 +1,5 @@
-"""Public settings of the monitoring role: exporters on every host, Prometheus on `monitoring`."""
+"""Public settings of the monitoring role: exporters on every host; Prometheus, Alertmanager and
+Grafana on `monitoring`."""
 
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ class MonitoringSettings:
     )
     monitoring_ui_allow_from: list[str] = setting(
         [],
-        "Networks (CIDR) allowed to reach Prometheus and Alertmanager; empty: nobody but the "
-        "host itself (reach them through an SSH tunnel)",
+        "Networks (CIDR) allowed to reach Prometheus, Alertmanager and Grafana; empty: nobody "
+        "but the host itself (reach them through an SSH tunnel)",
     )
     monitoring_retention: str = setting(
         "15d", "How long Prometheus keeps samples (`--storage.tsdb.retention.time`, e.g. 30d)"
@@ -56,4 +57,22 @@ class MonitoringSettings:
         None,
         "URL Alertmanager posts alerts to (a webhook receiver: your pager's or chat's); "
         "unset: alerts are only shown in Alertmanager and Prometheus",
+    )
+    monitoring_grafana: bool = setting(
+        True,
+        "Grafana on `monitoring` hosts, from Grafana's signed APT repository, with llmhost's "
+        "dashboards; false: not installed (where it was, it is stopped and its port closed)",
+    )
+    monitoring_grafana_version: str = setting(
+        "13.2.3",
+        "Exact version of the `grafana` package, pinned with APT preferences "
+        "(`apt-cache policy grafana` lists the repository's)",
+    )
+    monitoring_grafana_port: int = setting(
+        3000, "Port of Grafana on `monitoring` hosts, open to `monitoring_ui_allow_from` only"
+    )
+    monitoring_grafana_apt_mirror: str | None = setting(
+        None,
+        "URL of an internal mirror of https://apt.grafana.com (its gpg.key and `stable main`), "
+        "for hosts without egress; its key is still checked against Grafana's fingerprint",
     )

@@ -225,6 +225,8 @@ class Testbed:
             "base_http_proxy": f"http://{host.gateway}:{PROXY_PORT}",
             "base_ntp_servers": [host.gateway],
             "secrets_dir": str(self.root / "secrets"),
+            # The egress proxy forwards to EGRESS_ALLOWED alone: apt.grafana.com is not there.
+            "monitoring_grafana": False,
         }
 
     # -- hosts -------------------------------------------------------------
