@@ -55,6 +55,7 @@ from roles._common.operations import (
 )
 from roles._common.ports import check_host_ports
 from roles._common.scrapers import address_of, scrape_sources
+from roles.monitoring import evaldrift
 from roles.monitoring.defaults import (
     ALERTMANAGER_STORAGE,
     ALERTMANAGER_UNIT,
@@ -88,6 +89,7 @@ class Plan:
 def monitoring() -> None:
     plan = check()
     exporters(plan)
+    evaldrift.eval_drift(plan.settings)  # serving hosts: the production eval's timer
     if "monitoring" in host.groups:
         server_side(plan.settings)
 
@@ -111,6 +113,7 @@ def check() -> Plan:
             fix="give a number and a unit: 36h, 15d, 8w, 1y",
             host=host.name,
         )
+    evaldrift.check(settings)
     return Plan(
         settings,
         gpu_exporter=runs_gpu_exporter(host.data, host.name),
