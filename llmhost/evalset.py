@@ -11,6 +11,11 @@ a time limit), `contains`, and `json_schema` (the answer parses as JSON and vali
 The score is the share of checks passed. `llmhost models validate` checks every line
 (`eval_set_problems`), so a bad eval set is refused before any deploy, not in the gate.
 
+The checks themselves are `llmhost.onhost.evalcheck`, the code the production eval runs
+on hosts, so the gate and production judge an answer alike. A JSON schema that uses a
+keyword outside that module's subset of JSON Schema is judged here with `jsonschema`;
+hosts that run the production eval refuse such a schema (`production_problems`).
+
 Answers are generated at temperature 0, so one release (the same model digest, engine
 build and arguments) must give the same tokens every time. The answers of each
 release that passes its gate are recorded as its *golden set* under
@@ -23,8 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import subprocess
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,23 +37,17 @@ from urllib.parse import unquote
 import jsonschema
 
 from llmhost.errors import ConfigError
+from llmhost.onhost import evalcheck
+from llmhost.onhost.evalcheck import CHECK_KINDS as CHECK_KINDS
+from llmhost.onhost.evalcheck import REGEX_TIMEOUT_S as REGEX_TIMEOUT_S
+from llmhost.onhost.evalcheck import RegexSearchError as RegexSearchError
+from llmhost.onhost.evalcheck import regex_search as regex_search
 from llmhost.textfiles import did_you_mean, first_unknown_key
 
-CHECK_KINDS = ("exact", "regex", "contains", "json_schema")
 ITEM_KEYS = ("id", "prompt", "max_tokens", "check")
 DEFAULT_MAX_TOKENS = 32
-# A regex check gets this long to search one answer. Python's `re` cannot be interrupted,
-# so the search runs in a child interpreter that is killed when its time is up: a
-# catastrophic pattern (`^(a+)+$` on "aaa...b") fails its check instead of hanging the
-# control machine in the middle of a deploy.
-REGEX_TIMEOUT_S = 2.0
 # Answers a regex that cannot fail would match: the empty one and one of each kind of text.
 _PROBES = ("", " ", "\n", "x", "X", "0", "#", "\x00", "é")
-_SEARCH = (
-    "import json, re, sys\n"
-    "pattern, text = json.load(sys.stdin)\n"
-    "sys.stdout.write('1' if re.search(pattern, text) else '0')\n"
-)
 
 
 @dataclass(frozen=True)
@@ -60,6 +57,7 @@ class EvalItem:
     max_tokens: int
     kind: str
     expected: Any  # the text, pattern or schema the check uses
+    line: int = 0  # where it is in its file (0: not read from one)
 
     @property
     def fingerprint(self) -> str:
@@ -185,7 +183,7 @@ def _item(path: Path, number: int, line: str) -> EvalItem:
         )
     kind, expected = next(iter(check.items()))
     _check_expected(kind, expected, fail)
-    return EvalItem(identity, prompt, max_tokens, kind, expected)
+    return EvalItem(identity, prompt, max_tokens, kind, expected, number)
 
 
 def _check_expected(kind: str, expected: Any, fail: Any) -> None:
@@ -278,45 +276,14 @@ def _points_inside(schema: Any, pointer: str) -> bool:
     return True
 
 
-class RegexSearchError(Exception):
-    """A regex search that gave no answer: it ran past its time limit, or its child failed."""
-
-
-def regex_search(pattern: str, text: str, timeout_s: float) -> bool:
-    """``re.search(pattern, text)`` with a time limit: the very `re` of this interpreter,
-    run in a child so that it can be killed when the limit passes (RegexSearchError)."""
-    try:
-        done = subprocess.run(
-            [sys.executable, "-I", "-S", "-c", _SEARCH],
-            input=json.dumps([pattern, text]),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as error:
-        raise RegexSearchError(f"regex search timed out after {timeout_s:g} s") from error
-    except OSError as error:
-        raise RegexSearchError(f"regex search could not start: {error}") from error
-    if done.returncode != 0 or done.stdout not in ("0", "1"):
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RegexSearchError(f"regex search failed: {last}")
-    return done.stdout == "1"
-
-
 def check_answer(item: EvalItem, answer: str, regex_timeout_s: float | None = None) -> str | None:
-    """None when ``answer`` passes the item's check, else why it fails."""
-    if item.kind == "exact":
-        ok = answer.strip() == str(item.expected).strip()
-        return None if ok else "the answer is not the expected text"
-    if item.kind == "contains":
-        return None if str(item.expected) in answer else "the answer does not contain the text"
-    if item.kind == "regex":
-        try:
-            found = regex_search(str(item.expected), answer, regex_timeout_s or REGEX_TIMEOUT_S)
-        except RegexSearchError as error:
-            return str(error)
-        return None if found else "the pattern is not found in the answer"
+    """None when ``answer`` passes the item's check, else why it fails.
+
+    The production eval's checks (``evalcheck``), but for a JSON schema outside their
+    subset, which `jsonschema` judges (such a schema never reaches a host's eval).
+    """
+    if item.kind != "json_schema" or evalcheck.unsupported_keyword(item.expected) is None:
+        return evalcheck.check_answer(item.kind, item.expected, answer, regex_timeout_s)
     try:
         jsonschema.validate(json.loads(answer), item.expected)
     except (ValueError, RecursionError):
@@ -326,6 +293,31 @@ def check_answer(item: EvalItem, answer: str, regex_timeout_s: float | None = No
     except Exception as error:  # a schema validation refuses (a bad $ref...): a guard only
         return f"the schema cannot be applied: {type(error).__name__}: {error}"
     return None
+
+
+def production_problems(eval_set: EvalSet) -> list[ConfigError]:
+    """The items the production eval on a host could not judge as the gate does: a JSON
+    schema with a keyword outside the host-side subset (``evalcheck.SUPPORTED_KEYWORDS``)."""
+    problems = []
+    for item in eval_set.items:
+        if item.kind != "json_schema":
+            continue
+        found = evalcheck.unsupported_keyword(item.expected)
+        if found is None:
+            continue
+        keyword, pointer = found
+        where = f" (in the schema at {pointer})" if pointer else ""
+        problems.append(
+            ConfigError(
+                f"{eval_set.path}:{item.line}: item {item.id!r}: the JSON schema uses "
+                f"`{keyword}`{where}, which the production eval on hosts cannot check",
+                key="eval_set",
+                fix="use only "
+                + ", ".join(sorted(evalcheck.SUPPORTED_KEYWORDS))
+                + "; or set monitoring_eval_schedule = '' for the hosts serving this model",
+            )
+        )
+    return problems
 
 
 def passes(item: EvalItem, answer: str) -> bool:

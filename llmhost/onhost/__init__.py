@@ -9,6 +9,7 @@ see ``roles._common.onhost``) and run its tools there:
     python3 /usr/local/lib/llmhost/onhost.pyz pull ...        the model puller
     python3 /usr/local/lib/llmhost/onhost.pyz runtimectl ...  readiness, drain, cutover
     python3 /usr/local/lib/llmhost/onhost.pyz soak ...        the gate's load
+    python3 /usr/local/lib/llmhost/onhost.pyz eval-drift ...  the production eval (timer)
 
 ``layout`` holds what the host side and the control side must agree on (paths,
 file names, the empty state, what "materialised" means); the roles import those

@@ -28,6 +28,16 @@ ROLLBACK_WINDOW_UNIT = "llmhost-rollback-window-{}"  # .format(colour): the defe
 # metrics (active colour, releases, gate verdicts) as llmhost-state.prom.
 NODE_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 STATE_METRICS_FILE = f"{NODE_TEXTFILE_DIR}/llmhost-state.prom"
+# Each release's gate reports on the host: result.json (the eval's answers among them),
+# report.html, and eval-items.json (the prompts the eval sent).
+GATES_DIR = f"{STATE_DIR}/gates"
+# The production eval (`onhost.pyz eval-drift`, on a timer): the model's eval set as the
+# deploy wrote it, and the directory the eval writes its metrics in (its only writable
+# place), which node exporter reads through a link in the textfile directory.
+EVAL_SET_FILE = f"{CONFIG_DIR}/eval-set.json"
+EVAL_DIR = f"{NODE_TEXTFILE_DIR}/llmhost-eval"
+EVAL_METRICS_NAME = "llmhost-eval.prom"
+EVAL_METRICS_LINK = f"{NODE_TEXTFILE_DIR}/{EVAL_METRICS_NAME}"
 GATEWAY_DIR = "/etc/nginx/llmhost"  # root-only: the API keys live here
 # The gateway's upstream include: which colour nginx sends to. Written by the gateway
 # role once, then only by `runtimectl cutover` / `rollback`.

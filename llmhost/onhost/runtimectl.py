@@ -228,15 +228,37 @@ def state_metrics(state: dict[str, Any]) -> str:
         "# TYPE llmhost_gate_passed gauge",
         *gates,
     ]
-    last = state.get("last_gate") or {}
-    if isinstance(last.get("eval_score"), int | float):
+    scores = gate_eval_scores(state)
+    if scores:
         lines += [
-            "# HELP llmhost_gate_eval_score The eval score of the last gated release.",
+            "# HELP llmhost_gate_eval_score The eval score a release got at its gate "
+            "(each colour's release, and the last gated one).",
             "# TYPE llmhost_gate_eval_score gauge",
-            f'llmhost_gate_eval_score{{release="{_label(last.get("release"))}"}} '
-            f"{float(last['eval_score'])}",
+            *(
+                f'llmhost_gate_eval_score{{release="{_label(release)}"}} {score}'
+                for release, score in sorted(scores.items())
+            ),
         ]
     return "\n".join(lines) + "\n"
+
+
+def gate_eval_scores(state: dict[str, Any]) -> dict[str, float]:
+    """Release id -> its gate's eval score: each colour's (kept with its gate since the
+    production eval compares with it), then the last gate's (all a state written before
+    that has)."""
+    found: dict[str, float] = {}
+    gates = [
+        (release.get("id"), (release.get("gate") or {}).get("eval_score"))
+        for release in ((state.get("colours") or {}).get(c) or {} for c in COLOURS)
+        if isinstance(release.get("gate"), dict)
+    ]
+    last = state.get("last_gate") or {}
+    for release, score in [*gates, (last.get("release"), last.get("eval_score"))]:
+        if isinstance(score, bool) or not isinstance(score, int | float):
+            continue
+        if isinstance(release, str):
+            found.setdefault(release, float(score))
+    return found
 
 
 def write_state_metrics(path: Path, state: dict[str, Any]) -> None:
@@ -275,7 +297,10 @@ def record_gate(state: dict[str, Any], colour: str, verdict: dict[str, Any]) -> 
             f"{colour} runs release {staged.get('id')}, not {verdict.get('release')}: "
             "the gate judged another release"
         )
-    colours[colour] = {**staged, "gate": {k: verdict.get(k) for k in ("passed", "time")}}
+    # The eval score stays with the colour's release: the production eval's alert compares
+    # with it after a later gate (of the other colour) has replaced `last_gate`.
+    kept = ("passed", "time", "eval_score")
+    colours[colour] = {**staged, "gate": {k: verdict.get(k) for k in kept}}
     history = list(state.get("history") or [])
     history.append(
         {
@@ -684,24 +709,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
+def generate(
+    base: str, model: str, items: Sequence[dict[str, Any]], timeout: float
+) -> dict[str, Any]:
+    """Each prompt in turn at temperature 0 (one at a time: batching may change the numbers).
+
+    The gate's answers and the production eval's (``evaldrift``) are asked for here, so
+    both send the engine the very same requests. Raises OSError (no answer), RuntimeError
+    (an answer other than 200), or ValueError, KeyError, IndexError (not a completion).
+    """
+    answers = {}
+    for item in items:
+        body = {
+            "model": model,
+            "prompt": item["prompt"],
+            "max_tokens": item["max_tokens"],
+            "temperature": 0,
+            "seed": 0,
+        }
+        status, raw = _post_json(f"{base}/v1/completions", body, timeout=timeout)
+        if status != 200:
+            raise RuntimeError(f"{item['id']}: HTTP {status}: {raw[:200]!r}")
+        answers[item["id"]] = json.loads(raw)["choices"][0]["text"]
+    return answers
+
+
 def generate_command(base: str, args: argparse.Namespace) -> int:
-    """Each prompt in turn (one at a time: batching may change the numbers)."""
     try:
-        items = json.loads(args.items.read_text())
-        answers = {}
-        for item in items:
-            body = {
-                "model": args.model,
-                "prompt": item["prompt"],
-                "max_tokens": item["max_tokens"],
-                "temperature": 0,
-                "seed": 0,
-            }
-            status, raw = _post_json(f"{base}/v1/completions", body, timeout=args.timeout)
-            if status != 200:
-                raise RuntimeError(f"{item['id']}: HTTP {status}: {raw[:200]!r}")
-            answers[item["id"]] = json.loads(raw)["choices"][0]["text"]
-    except (OSError, ValueError, KeyError, IndexError, RuntimeError) as error:
+        answers = generate(base, args.model, json.loads(args.items.read_text()), args.timeout)
+    except (OSError, ValueError, KeyError, IndexError, TypeError, RuntimeError) as error:
         print(f"generate on port {args.port}: {error}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(answers, sort_keys=True))

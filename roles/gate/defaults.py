@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmhost.onhost.layout import STATE_DIR
+# GATES_DIR: one directory per release on the host (result.json, report.html), which the
+# production eval reads the gate's answers from.
+from llmhost.onhost.layout import GATES_DIR as GATES_DIR
 from llmhost.settings import setting
 
-GATES_DIR = f"{STATE_DIR}/gates"  # one directory per release: result.json, report.html
 # Of the limits a model file may set (llmhost.catalog.GATE_LIMITS), those the soak judges.
 SOAK_LIMITS = ("ttft_p95_ms", "e2e_p99_ms", "error_rate_max", "min_tokens_per_s")
 # Used where neither the model nor the host sets a limit: errors must be rare, and the

@@ -57,6 +57,7 @@ from roles._common.operations import (
 )
 from roles._common.ports import check_host_ports
 from roles._common.scrapers import address_of, scrape_sources
+from roles.monitoring import evaldrift
 from roles.monitoring.defaults import (
     ALERTMANAGER_STORAGE,
     ALERTMANAGER_UNIT,
@@ -91,6 +92,7 @@ class Plan:
 def monitoring() -> None:
     plan = check()
     exporters(plan)
+    evaldrift.eval_drift(plan.settings)  # serving hosts: the production eval's timer
     if "monitoring" in host.groups:
         server_side(plan.settings)
 
@@ -116,6 +118,7 @@ def check() -> Plan:
         )
     if "monitoring" in host.groups:
         check_grafana(host.name, settings)
+    evaldrift.check(settings)
     return Plan(
         settings,
         gpu_exporter=runs_gpu_exporter(host.data, host.name),

@@ -16,6 +16,12 @@ FILE_SD_DIR = f"{PROMETHEUS_DIR}/file_sd"  # one JSON file of targets per export
 RULES_FILE = f"{PROMETHEUS_DIR}/rules/llmhost.yml"
 PROMETHEUS_STORAGE = "/var/lib/prometheus/metrics2"  # Debian's default
 ALERTMANAGER_STORAGE = "/var/lib/prometheus/alertmanager"
+# The production eval on serving hosts (roles/monitoring/evaldrift.py): a oneshot service,
+# its timer, and the user it runs as (reading state and gate reports through the
+# `llmhost` group, writing nothing but its metrics).
+EVAL_DRIFT_SERVICE = "llmhost-eval-drift.service"
+EVAL_DRIFT_TIMER = "llmhost-eval-drift.timer"
+EVAL_USER = "llmhost-eval"
 
 
 @dataclass(frozen=True)
@@ -75,4 +81,18 @@ class MonitoringSettings:
         None,
         "URL of an internal mirror of https://apt.grafana.com (its gpg.key and `stable main`), "
         "for hosts without egress; its key is still checked against Grafana's fingerprint",
+    )
+    monitoring_eval_schedule: str | None = setting(
+        "hourly",
+        "systemd OnCalendar of the production eval on serving hosts whose model has an eval "
+        "set: the active colour answers it, scored as at its gate (score, drift, for the "
+        "EvalScoreBelowGate alert); empty or unset: off",
+    )
+    monitoring_eval_tolerance: float = setting(
+        0.05,
+        "EvalScoreBelowGate fires when a production eval scores below the release's gated "
+        "eval score minus this (0..1)",
+    )
+    monitoring_eval_timeout_s: int = setting(
+        60, "Seconds the production eval waits for one answer; past it the run fails"
     )

@@ -76,6 +76,7 @@ def test_every_exporter_of_every_host_is_scraped(testbed, hosts, watched):
             ("node", monitor.name, None), ("node", serving.name, None),
             ("gpu", serving.name, None), ("gateway", serving.name, None),
             ("runtime", serving.name, "blue"),
+            ("registry", monitor.name, None), ("registry", serving.name, None),
         }  # fmt: skip
         return seen if all(seen.get(k) == "up" for k in wanted) else None
 

@@ -199,6 +199,33 @@ CASES = [
               "a: NVML unavailable (llmhost_gpu_up_reason says why)"),
     ]),
     case("GpuExporterDown", {'llmhost_gpu_up{host="a"}': "1x10"}, "7m", []),
+    # the production eval: below the release's gated score less the host's tolerance
+    case("EvalScoreBelowGate", {
+        'llmhost_eval_score{job="node",host="a",release="r1",colour="blue"}': "0.5x10",
+        'llmhost_gate_eval_score{job="node",host="a",release="r1"}': "0.75x10",
+        'llmhost_gate_eval_score{job="node",host="a",release="r0"}': "0.25x10",
+        'llmhost_eval_tolerance{job="node",host="a"}': "0.05x10",
+    }, "7m", [
+        alert("EvalScoreBelowGate", {"severity": "ticket", "job": "node", "host": "a",
+                                     "release": "r1", "colour": "blue"},
+              "a: release r1 on blue scores 0.5 on its eval set in production, below its "
+              "gate's score less the tolerance"),
+    ]),
+    case("EvalScoreBelowGate", {
+        # within the tolerance of its own gate's score (another release's is no baseline)
+        'llmhost_eval_score{job="node",host="a",release="r1",colour="blue"}': "0.72x10",
+        'llmhost_gate_eval_score{job="node",host="a",release="r1"}': "0.75x10",
+        'llmhost_gate_eval_score{job="node",host="b",release="r1"}': "1x10",
+        'llmhost_eval_tolerance{job="node",host="a"}': "0.05x10",
+        # a release whose gate recorded no eval score has nothing to fall below
+        'llmhost_eval_score{job="node",host="b",release="r9",colour="green"}': "0x10",
+        'llmhost_eval_tolerance{job="node",host="b"}': "0.05x10",
+    }, "7m", []),
+    case("EvalRunFailing", {'llmhost_eval_up{job="node",host="a"}': "0x20"}, "20m", [
+        alert("EvalRunFailing", {"severity": "ticket", "job": "node", "host": "a"},
+              "a: the production eval could not run (llmhost_eval_up_reason says why)"),
+    ]),
+    case("EvalRunFailing", {'llmhost_eval_up{job="node",host="a"}': "0x10 1x10"}, "20m", []),
 ]  # fmt: skip
 
 

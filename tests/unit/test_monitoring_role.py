@@ -12,8 +12,11 @@ from pyinfra.context import ctx_inventory
 from llmhost.errors import ConfigError
 from roles._common.scrapers import scrape_sources
 from roles.monitoring import alert_rules, member_targets, monitoring
+from tests.unit import test_runtime_role as runtime_tests
 from tests.unit.pyinfra_plan import per_argument, plan
 from tests.unit.test_model_role import host_data as serving_data
+
+catalog = runtime_tests.catalog  # a catalog with the serving hosts' model (autouse fixture)
 
 CPU = {"region": "gb-lon1", "hardware": "cpu", "ssh_hostname": "10.0.0.7"}
 DROPIN = "/etc/systemd/system/prometheus-node-exporter.service.d/llmhost.conf"

@@ -154,6 +154,48 @@ def test_a_gate_verdict_is_recorded_for_the_release_the_colour_runs(tmp_path: Pa
     assert not runtimectl.gate_passed(restaged, "green"), "a restaged colour is gated again"
 
 
+def gate_scores(state: dict) -> dict[str, float]:
+    """The llmhost_gate_eval_score samples of the state's metrics, by release."""
+    found = {}
+    for line in runtimectl.state_metrics(state).splitlines():
+        match = re.fullmatch(r'llmhost_gate_eval_score\{release="([^"]+)"\} (\S+)', line)
+        if match:
+            found[match.group(1)] = float(match.group(2))
+    return found
+
+
+def test_the_active_releases_gated_eval_score_is_exported_after_another_gate(tmp_path: Path):
+    """The production eval's alert compares with the active release's own gate score, which
+    a later gate of the idle colour (even a failed one) must not take away."""
+    path = tmp_path / "state.json"
+    record = ["gate-record", "--state", str(path), "--verdict"]
+    for colour, release in (("blue", "r1"), ("green", "r2")):
+        staged = json.dumps({"id": release})
+        runtimectl.main(["record", "--state", str(path), "--colour", colour, "--release", staged])
+    verdict = write_verdict(tmp_path, release="r1", passed=True, eval_score=0.75)
+    assert runtimectl.main([*record, verdict, "--colour", "blue"]) == 0
+    state = json.loads(path.read_text())
+    assert state["colours"]["blue"]["gate"] == {
+        "passed": True, "time": "2026-01-01T00:00:00Z", "eval_score": 0.75,
+    }  # fmt: skip
+    assert gate_scores({**state, "active": "blue"}) == {"r1": 0.75}
+    verdict = write_verdict(tmp_path, release="r2", passed=False, eval_score=0.5)
+    assert runtimectl.main([*record, verdict, "--colour", "green"]) == 0
+    state = json.loads(path.read_text())
+    assert gate_scores(state) == {"r1": 0.75, "r2": 0.5}
+
+
+def test_a_state_written_before_colours_kept_their_eval_score_exports_the_last_gates():
+    old = {
+        "active": "blue",
+        "colours": {"blue": {"id": "r1", "gate": {"passed": True, "time": "t"}}},
+        "last_gate": {"release": "r1", "passed": True, "eval_score": 0.9},
+    }
+    assert gate_scores(old) == {"r1": 0.9}
+    assert gate_scores({**old, "last_gate": {"release": "r1", "eval_score": None}}) == {}
+    assert gate_scores({**old, "last_gate": {"release": "r1", "eval_score": True}}) == {}
+
+
 def test_an_ungated_colour_upstream_sends_nowhere():
     text = runtimectl.upstream_text(None, 8001)
     assert "server 127.0.0.1:8001 down;" in text and "default none;" in text
