@@ -17,6 +17,7 @@ TOOLS = {
     "soak": "llmhost.onhost.soak",
     "audit-exporter": "llmhost.onhost.auditexporter",
     "gpu-exporter": "llmhost.onhost.gpuexporter",
+    "gpu-check": "llmhost.onhost.gpucheck",
 }
 USAGE = f"usage: onhost.pyz {{{','.join(TOOLS)}}} [ARGS...]  (TOOL --help for each)"
 
