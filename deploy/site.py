@@ -15,10 +15,12 @@ from roles.gateway import gateway
 from roles.gateway.cutover import cutover
 from roles.model import model
 from roles.monitoring import monitoring
+from roles.nvidia import nvidia
 from roles.registry import registry
 from roles.runtime import runtime
 
 base()
+nvidia()
 
 if "registry" in host.groups:
     registry()

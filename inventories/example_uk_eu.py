@@ -24,11 +24,14 @@ _key = {
     # The monitoring hosts are reached by name, so the exporters' firewall needs their network.
     "monitoring_scrape_from": ["10.20.30.0/24"],
 }
+# GPU hosts run this exact release of their class's driver branch (550): a branch alone would
+# install whatever is newest that day. Move a group to a new release to roll it out there first.
+_gpu = {**_key, "nvidia_driver_version": "550.127.08"}
 
 serving = [
-    ("gpu-lon-1.internal.example", {**_key, "region": "gb-lon1", "hardware": "l40s"}),
-    ("gpu-lon-2.internal.example", {**_key, "region": "gb-lon1", "hardware": "l40s"}),
-    ("hgx-fra-1.internal.example", {**_key, "region": "de-fra", "hardware": "h100-sxm-x8"}),
+    ("gpu-lon-1.internal.example", {**_gpu, "region": "gb-lon1", "hardware": "l40s"}),
+    ("gpu-lon-2.internal.example", {**_gpu, "region": "gb-lon1", "hardware": "l40s"}),
+    ("hgx-fra-1.internal.example", {**_gpu, "region": "de-fra", "hardware": "h100-sxm-x8"}),
 ]
 
 registry = [

@@ -18,6 +18,7 @@ TOOLS = {
     "audit-exporter": "llmhost.onhost.auditexporter",
     "gpu-exporter": "llmhost.onhost.gpuexporter",
     "eval-drift": "llmhost.onhost.evaldrift",
+    "gpu-check": "llmhost.onhost.gpucheck",
 }
 USAGE = f"usage: onhost.pyz {{{','.join(TOOLS)}}} [ARGS...]  (TOOL --help for each)"
 

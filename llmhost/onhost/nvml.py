@@ -1,9 +1,9 @@
-"""The few NVML calls the GPU exporter needs, through ``ctypes`` (standard library only).
+"""The few NVML calls llmhost's GPU tools need, through ``ctypes`` (standard library only).
 
 NVML is the C library the NVIDIA driver installs (``libnvidia-ml.so.1``); nvidia-smi,
-DCGM and pynvml all sit on it. This module binds only what ``gpuexporter`` reads,
-with the signatures of NVIDIA's ``nvml.h`` (nvidia-ml-py's ``pynvml`` is the model for
-the structures), and says what NVML said in Python terms:
+DCGM and pynvml all sit on it. This module binds only what ``gpuexporter`` and
+``gpucheck`` read, with the signatures of NVIDIA's ``nvml.h`` (nvidia-ml-py's ``pynvml``
+is the model for the structures), and says what NVML said in Python terms:
 
 - a field the device does not have (``NVML_ERROR_NOT_SUPPORTED``) reads as ``None``,
   so the exporter leaves the series out instead of exporting a sentinel;
@@ -151,6 +151,12 @@ class RemappedRows:
 
 
 @dataclass(frozen=True)
+class EccMode:
+    current: bool  # ECC is on now
+    pending: bool  # ECC will be on after the next GPU reset (a change waits for one)
+
+
+@dataclass(frozen=True)
 class XidEvent:
     device: int  # the device handle, as device_handle() returned it
     xid: int
@@ -262,6 +268,7 @@ SIGNATURES: dict[str, Sequence[Any]] = {
     "nvmlDeviceGetClockInfo": (_handle, ctypes.c_int, _uint_p),
     "nvmlDeviceGetTotalEccErrors": (_handle, ctypes.c_int, ctypes.c_int, _ull_p),
     "nvmlDeviceGetRemappedRows": (_handle, _uint_p, _uint_p, _uint_p, _uint_p),
+    "nvmlDeviceGetEccMode": (_handle, _uint_p, _uint_p),
     "nvmlEventSetCreate": (ctypes.POINTER(_handle),),
     "nvmlDeviceRegisterEvents": (_handle, ctypes.c_ulonglong, _handle),
     "nvmlEventSetWait_v2": (_handle, ctypes.POINTER(_EventData), ctypes.c_uint),
@@ -465,6 +472,14 @@ class Nvml:
             pending=bool(pending.value),
             failure=bool(failure.value),
         )
+
+    def ecc_mode(self, device: int) -> EccMode | None:
+        """ECC now and after the next reset; None on boards without ECC (GeForce)."""
+        current, pending = ctypes.c_uint(), ctypes.c_uint()
+        arguments = (device, ctypes.byref(current), ctypes.byref(pending))
+        if not self._supported("nvmlDeviceGetEccMode", *arguments):
+            return None
+        return EccMode(current=bool(current.value), pending=bool(pending.value))
 
     # -- XID events ------------------------------------------------------------------------
 

@@ -30,11 +30,12 @@ def serves_a_model(host: Any) -> bool:
 
 def stages() -> list[Stage]:
     """The roles of deploy/site.py, in its order, each with when it runs and its check."""
-    from roles import base, gate, gateway, model, monitoring, registry, runtime
+    from roles import base, gate, gateway, model, monitoring, nvidia, registry, runtime
 
     everyone: Callable[[Any], bool] = lambda host: True  # noqa: E731
     return [
         Stage("base", everyone, base.check),
+        Stage("nvidia", everyone, nvidia.check),  # a noop on classes without GPUs
         Stage("registry", lambda host: "registry" in host.groups, registry.check),
         Stage("monitoring", everyone, monitoring.check, monitoring.warnings),
         Stage("gateway", serves_a_model, gateway.check),

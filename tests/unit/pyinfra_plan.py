@@ -148,10 +148,12 @@ def plan(
     facts: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
     groups: list[str] | None = None,
+    name: str = "host1",
 ) -> dict[str, list[str]]:
     """Operation name (without the deploy's prefix) -> the commands it would run, in order.
 
     An empty list is a noop. Conditional operations (``_if``) list their commands.
+    ``name`` "@local" plans for the control machine (pyinfra's local connector).
     """
     known = {**FRESH_DEBIAN_12, **(facts or {})}
     data = {"secrets_dir": SECRETS_DIR, **data}
@@ -166,10 +168,10 @@ def plan(
     Host.get_fact = get_fact  # type: ignore[method-assign]
     try:
         inventory = Inventory(
-            ([("host1", data)], {}), **{group: (["host1"], {}) for group in groups or []}
+            ([(name, data)], {}), **{group: ([name], {}) for group in groups or []}
         )
         state = State(inventory, Config(**(config or {})))
-        host = inventory.get_host("host1")
+        host = inventory.get_host(name)
         with ctx_inventory.use(inventory):
             add_deploy(state, deploy, host=host)
         planned: dict[str, list[str]] = {}

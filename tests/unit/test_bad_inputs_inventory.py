@@ -233,10 +233,34 @@ CASES = [
     ),
     (
         "reserved-prefix",
-        'web = [("a", {"region": "gb", "hardware": "cpu", "nvidia_driver_branch": "550"})]\n',
+        'web = [("a", {"region": "gb", "hardware": "cpu", "edge_listen_port": 443})]\n',
         {},
         1,
-        "key `nvidia_driver_branch`: is not an llmhost setting",
+        "key `edge_listen_port`: is not an llmhost setting",
+    ),
+    # -- the NVIDIA driver (GPU classes) --------------------------------------------------
+    (
+        "nvidia-release-missing",
+        'web = [("a", {"region": "gb", "hardware": "l40s"})]\n',
+        {},
+        1,
+        "key `nvidia_driver_version`: is unset: class l40s pins driver branch 550",
+    ),
+    (
+        "nvidia-release-of-another-branch",
+        'web = [("a", {"region": "gb", "hardware": "l40s", '
+        '"nvidia_driver_version": "570.86.15"})]\n',
+        {},
+        1,
+        "key `nvidia_driver_version`: 570.86.15 is not a release of class l40s's driver branch 550",
+    ),
+    (
+        "nvidia-modules-unknown",
+        'web = [("a", {"region": "gb", "hardware": "l40s", "nvidia_driver_version": "550.127.08", '
+        '"nvidia_kernel_modules": "nouveau"})]\n',
+        {},
+        1,
+        "key `nvidia_kernel_modules`: 'nouveau' is not a kernel-module flavour",
     ),
     # -- ports -------------------------------------------------------------------------------
     (
