@@ -65,6 +65,7 @@ NO_DATA_HERE = {
     "llmhost_gate_eval_score": "the testbed's models have no eval set: no gate records a score",
     "node_filesystem_": "a testbed host's root is an overlay, which node exporter leaves out",
 }
+SCRAPE_INTERVAL_S = 15  # monitoring_scrape_interval_s's default, which the testbed keeps
 MIRROR_PORT = 8079
 MIRROR_DIR = "/root/llmhost-e2e-grafana-mirror"
 MIRROR_UNIT = "llmhost-e2e-grafana-mirror"
@@ -134,21 +135,47 @@ def request(testbed, host, key: str | None, stream: bool) -> int:
 
 @pytest.fixture(scope="module")
 def loaded(testbed, hosts, watched):
-    """A short load through tb2's gateway (and a few requests without a key), scraped."""
+    """A short load through tb2's gateway (and a few requests without a key), scraped.
+
+    In two halves with a scrape between them: a counter that a first request creates has
+    no earlier sample, so rate() and increase() over it only see what comes after the
+    scrape that first saw it.
+    """
     monitor, serving = hosts
     key = api_keys(testbed.root / "secrets")["tests"]
-    statuses = [request(testbed, serving, key, stream=i % 2 == 0) for i in range(24)]
-    statuses += [request(testbed, serving, None, stream=False) for _ in range(3)]
-    assert statuses.count(200) >= 10 and statuses.count(401) == 3, statuses
 
-    def scraped() -> bool:
-        answers = evaluate(testbed, monitor, [
-            f'sum(increase(llmhost_gateway_requests_total{{host="{serving.name}"}}[5m])) > 0',
-            f'sum(increase(llamacpp:tokens_predicted_total{{host="{serving.name}"}}[5m])) > 0',
-        ])  # fmt: skip
-        return all(answer["data"]["result"] for answer in answers)
+    def load(requests: int) -> list[int]:
+        statuses = [request(testbed, serving, key, stream=i % 2 == 0) for i in range(requests)]
+        return statuses + [request(testbed, serving, None, stream=False) for _ in range(2)]
 
-    wait_for(scraped, 120, "the load in Prometheus (two scrapes of the gateway and the engine)")
+    def seen(expressions: list[str]) -> bool:
+        return all(answer["data"]["result"] for answer in evaluate(testbed, monitor, expressions))
+
+    host = f'host="{serving.name}"'
+    statuses = load(8)
+    wait_for(
+        lambda: seen(
+            [
+                f"llmhost_gateway_requests_total{{{host}}}",
+                f"llamacpp:tokens_predicted_total{{{host}}}",
+            ]
+        ),
+        120,
+        "the first half of the load in Prometheus",
+    )
+    time.sleep(SCRAPE_INTERVAL_S + 1)  # the next scrape has the counters before the second half
+    statuses += load(16)
+    assert statuses.count(200) >= 10 and statuses.count(401) == 4, statuses
+    wait_for(
+        lambda: seen(
+            [
+                f"sum(increase(llmhost_gateway_requests_total{{{host}}}[5m])) > 0",
+                f"sum(increase(llamacpp:tokens_predicted_total{{{host}}}[5m])) > 0",
+            ]
+        ),
+        120,
+        "the load in Prometheus (two scrapes of the gateway and the engine)",
+    )
     return statuses
 
 
