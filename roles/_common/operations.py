@@ -1,4 +1,5 @@
-"""Operations more than one role adds: firewall drop-ins, waiting for a listener, secrets.
+"""Operations more than one role adds: firewall drop-ins, waiting for a listener, secrets,
+an APT repository's key trusted through its pinned fingerprint.
 
 Each function adds pyinfra operations for the current host; files are only
 written when their content, owner or mode differ, and services only reload
@@ -8,10 +9,12 @@ when a file they read did change.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
+from shlex import quote
 from typing import Any
 
 from pyinfra import host
+from pyinfra.api import StringCommand, operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.server import Home
 from pyinfra.operations import files, server
@@ -19,7 +22,8 @@ from pyinfra.operations.util import any_changed
 
 from llmhost.errors import ConfigError
 from llmhost.onhost.layout import CONFIG_DIR
-from llmhost.render import put_template
+from llmhost.render import put_template, render
+from roles._common.facts import FINGERPRINT, KeyringFingerprints
 
 # The base role's firewall unit loads every drop-in in this directory.
 FIREWALL_RULES_DIR = f"{CONFIG_DIR}/firewall.d"
@@ -125,3 +129,50 @@ def secret_upload_options() -> dict[str, Any]:
         _su_user=None,
     )
     return {"_temp_dir": directory}
+
+
+@operation()
+def apt_key_trusted(
+    url: str, fingerprint: str, keyring: str, owner: str, unreachable: str, rotated: str
+) -> Generator[Any, None, None]:
+    """``keyring`` holds exactly the key ``fingerprint``, exported from the key file at ``url``.
+
+    The file is downloaded with APT's own fetcher (its proxy settings, its sandbox user) to
+    a temporary directory, and its keys are listed with ``gpg --show-keys``; the pinned key
+    is imported into a throwaway GnuPG home and exported alone, and only then renamed into
+    place. A file without that key, or with it revoked or expired, fails the run with
+    nothing trusted; a file that carries other keys beside it (a bundle with retired keys)
+    gives the pinned one alone. A fingerprint, not a checksum: the published file grows
+    whenever its owner adds a key, and what APT must trust is one key, not one file.
+
+    The errors are worded by the role: ``owner`` is whose key it is ("Grafana"),
+    ``unreachable`` what to do when the file cannot be downloaded, ``rotated`` what to do
+    when it lacks the pinned key or has it revoked or expired (a mirror or proxy serving
+    another key, or the owner's rotation). Each says that nothing was trusted.
+    """
+    if host.get_fact(KeyringFingerprints, path=keyring) == [fingerprint]:
+        host.noop(f"{keyring} holds {owner}'s key {fingerprint} alone")
+        return
+    yield StringCommand(apt_key_script(url, fingerprint, keyring, owner, unreachable, rotated))
+
+
+def apt_key_script(
+    url: str, fingerprint: str, keyring: str, owner: str, unreachable: str, rotated: str
+) -> str:
+    """The shell script ``apt_key_trusted`` runs (tests run it against keys of their own)."""
+    if not FINGERPRINT.fullmatch(fingerprint):
+        raise ValueError(f"{fingerprint!r} is not a 40-digit upper-case OpenPGP fingerprint")
+    return render(
+        "_common/apt-key.sh.j2",
+        fingerprint=fingerprint,
+        **{
+            name: quote(value)
+            for name, value in {
+                "keyring": keyring,
+                "url": url,
+                "owner": owner,
+                "unreachable": unreachable,
+                "rotated": rotated,
+            }.items()
+        },
+    )

@@ -42,13 +42,13 @@ from llmhost.secrets import grafana_admin_password, secrets_directory
 from roles._common.checks import check_url, on_host
 from roles._common.facts import DirectoryEntries
 from roles._common.operations import (
+    apt_key_trusted,
     firewall_only_from,
     reload_firewall,
     secret_upload_options,
     wait_for_port,
 )
 from roles.monitoring.defaults import MonitoringSettings
-from roles.monitoring.operations import apt_key_trusted
 
 GRAFANA_UNIT = "grafana-server.service"
 REPOSITORY = "https://apt.grafana.com"

@@ -40,6 +40,7 @@ from llmhost.render import put_template
 from llmhost.settings import from_data
 from roles._common.checks import check_at_least, check_url
 from roles._common.onhost import install_onhost_tools, onhost_command
+from roles._common.operations import apt_key_trusted
 from roles.base.facts import Platform
 from roles.nvidia.defaults import (
     ARCHITECTURES,
@@ -66,7 +67,18 @@ from roles.nvidia.defaults import (
     NvidiaSettings,
 )
 from roles.nvidia.facts import DriverCheck, LoadedDriver, NvidiaPciDevices, SecureBoot, gpus
-from roles.nvidia.operations import Release, Wanted, driver_installed, rebooted, repository_key
+from roles.nvidia.operations import Release, Wanted, driver_installed, rebooted
+
+# What the repository key's errors say to do (after what failed, and that nothing was trusted).
+KEY_UNREACHABLE = (
+    "Fix: let the host reach it (the egress proxy must allow it), or set nvidia_apt_mirror "
+    "to an internal mirror of the repository."
+)
+KEY_REFUSED = (
+    "Fix: make the mirror or proxy serve NVIDIA's key unchanged; never trust another key. "
+    "If NVIDIA has rotated its key, check the new fingerprint against NVIDIA's own "
+    "announcement before changing KEY_FINGERPRINT in roles/nvidia/defaults.py."
+)
 
 
 @dataclass(frozen=True)
@@ -297,11 +309,14 @@ def repository(plan: Plan, target: Target) -> list[OperationMeta]:
         no_recommends=True,
     )
     files.directory(name=f"{KEYRINGS_DIR}: APT keyrings", path=KEYRINGS_DIR, mode="0755")
-    key = repository_key(
+    key = apt_key_trusted(
         name=f"APT: NVIDIA's repository key {KEY_FINGERPRINT}, checked before it is trusted",
         url=f"{target.repository}{KEY_FILE}",
-        dest=KEYRING,
         fingerprint=KEY_FINGERPRINT,
+        keyring=KEYRING,
+        owner="NVIDIA",
+        unreachable=KEY_UNREACHABLE,
+        rotated=KEY_REFUSED,
     )
     sources = put_template(
         name="APT: NVIDIA's CUDA repository, signed by that key alone",

@@ -1,4 +1,6 @@
-"""Facts the nvidia role decides on: GPUs on the bus, Secure Boot, the running driver, the key."""
+"""Facts the nvidia role decides on: GPUs on the bus, Secure Boot, the running driver, NVML.
+
+The repository key's fact is roles._common.facts.KeyringFingerprints."""
 
 from __future__ import annotations
 
@@ -111,32 +113,6 @@ class LoadedDriver(FactBase[str | None]):
     def process(self, output: list[str]) -> str | None:
         version = "".join(output).strip()
         return version or None
-
-
-class KeyringFingerprints(FactBase[list[str]]):
-    """The primary-key fingerprints in a keyring file; none when it is missing or unreadable.
-
-    gpg runs with a throwaway home, so reading the fact leaves nothing behind.
-    """
-
-    def requires_command(self, path: str) -> str:
-        return "gpg"
-
-    def command(self, path: str) -> str:
-        keyring = shlex.quote(path)
-        return (
-            f"test -f {keyring} || exit 0; home=$(mktemp -d) || exit 0; "
-            f'gpg --homedir "$home" --batch --show-keys --with-colons {keyring} 2>/dev/null '
-            '| awk -F: \'$1 == "pub" { getline; if ($1 == "fpr") print $10 }\'; '
-            'rm -rf "$home"'
-        )
-
-    @staticmethod
-    def default() -> list[str]:
-        return []
-
-    def process(self, output: list[str]) -> list[str]:
-        return [line.strip() for line in output if line.strip()]
 
 
 class BootId(FactBase[str]):

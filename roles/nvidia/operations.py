@@ -1,5 +1,5 @@
-"""The nvidia role's operations: a repository key trusted only once checked, the driver in
-one apt transaction, and a reboot proven by a new boot id."""
+"""The nvidia role's operations: the driver in one apt transaction, and a reboot proven by a
+new boot id. (The repository key is trusted by roles._common.operations.apt_key_trusted.)"""
 
 from __future__ import annotations
 
@@ -16,68 +16,12 @@ from pyinfra.connectors.util import clear_askpass_cache, remove_any_sudo_askpass
 from pyinfra.facts.deb import DebPackages
 
 from roles.nvidia.defaults import DRIVER_VERSION
-from roles.nvidia.facts import BootId, KeyringFingerprints
+from roles.nvidia.facts import BootId
 
-APT_HELPER = "/usr/lib/apt/apt-helper"  # apt's own downloader: it follows APT's proxy
 APT_INSTALL = (
     "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
     "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
 )
-
-
-# -- the repository key ---------------------------------------------------------------------
-
-
-def key_install_script(url: str, dest: str, fingerprint: str) -> str:
-    """Download the key to a temporary name, require exactly ``fingerprint``, then rename.
-
-    Nothing reaches ``dest`` unless the file holds one primary key with that
-    fingerprint; what is written there is gpg's export of that key alone.
-    """
-    q_url, q_dest, new = shlex.quote(url), shlex.quote(dest), shlex.quote(f"{dest}.new")
-    refused = "nothing was trusted"
-    download_failed = (
-        f"NVIDIA repository key: the download of {url} failed, so {refused}. Fix: let the "
-        "host reach it (the egress proxy must allow it), or set nvidia_apt_mirror to an "
-        "internal mirror of the repository"
-    )
-    wrong_key = (
-        f", not {fingerprint}: refused, so {refused}. Fix: make the mirror or proxy serve "
-        "NVIDIA's key unchanged; never trust another key"
-    )
-    lines = [
-        "work=$(mktemp -d) && home=$(mktemp -d) || exit 1",
-        f'trap \'rm -rf "$work" "$home"; rm -f {new}\' EXIT',
-        'chown _apt "$work" 2>/dev/null || true',  # apt's download sandbox writes there
-        f'if ! {APT_HELPER} download-file {q_url} "$work/key" >&2; then',
-        f"  echo {shlex.quote(download_failed)} >&2; exit 1",
-        "fi",
-        'found=$(gpg --homedir "$home" --batch --show-keys --with-colons "$work/key" 2>/dev/null'
-        " | awk -F: '$1 == \"pub\" { getline; if ($1 == \"fpr\") print $10 }' | tr '\\n' ' ')",
-        "found=${found% }",
-        f'if [ "$found" != {fingerprint} ]; then',
-        f"  echo 'NVIDIA repository key from '{q_url}' has fingerprint(s) '\"${{found:-none}}\""
-        f"{shlex.quote(wrong_key)} >&2",
-        "  exit 1",
-        "fi",
-        'gpg --homedir "$home" --batch --quiet --import "$work/key" 2>/dev/null',
-        f'gpg --homedir "$home" --batch --export {fingerprint} > {new}',
-        f"test -s {new} && chmod 0644 {new} && mv -f {new} {q_dest}",
-    ]
-    return "\n".join(lines)
-
-
-@operation()
-def repository_key(url: str, dest: str, fingerprint: str) -> Generator[Any, None, None]:
-    """``dest`` holds the key with ``fingerprint``, fetched from ``url`` and checked first.
-
-    Like cuda-keyring, but no key is trusted because of where it came from: a proxy or a
-    mirror that serves another key makes the deploy fail with nothing trusted.
-    """
-    if host.get_fact(KeyringFingerprints, path=dest) == [fingerprint]:
-        host.noop(f"{dest} holds key {fingerprint}")
-        return
-    yield StringCommand(key_install_script(url, dest, fingerprint))
 
 
 # -- the driver's packages --------------------------------------------------------------------

@@ -120,9 +120,10 @@ def test_the_repository_key_that_cannot_be_fetched_trusts_nothing(
         "3bf863cc.pub"
     )
     assert (
-        f"NVIDIA repository key: the download of {url} failed, so nothing was trusted"
+        f"cannot download NVIDIA's key file {url} (with APT's proxy settings); nothing was trusted"
         in result.stderr
     ), result.stderr[-3000:]
+    assert "the egress proxy must allow it" in result.stderr
     assert "set nvidia_apt_mirror" in result.stderr
     results = result.report["results"]
     assert results["failed_hosts"] == [host.name]

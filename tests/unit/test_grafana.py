@@ -1,6 +1,7 @@
 """Grafana on `monitoring` hosts: the plan for a fresh host and a converged one, the signing
-key's check (the real script, run here against keys made for the test), the mirror, Grafana
-turned off, the admin password, and the files Grafana is provisioned from."""
+key's check (the shared script, given Grafana's pin and words; tests/unit/test_apt_key.py runs
+it), the mirror, Grafana turned off, the admin password, and the files Grafana is provisioned
+from."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,9 @@ from llmhost.errors import ConfigError
 from llmhost.render import render
 from llmhost.secrets import GRAFANA_FILE, grafana_admin_password
 from llmhost.settings import from_data
+from roles._common.operations import apt_key_script
 from roles.monitoring import monitoring
 from roles.monitoring.defaults import MonitoringSettings
-from roles.monitoring.facts import KeyringFingerprints
 from roles.monitoring.grafana import (
     DASHBOARDS,
     DATASOURCE_UID,
@@ -40,7 +39,6 @@ from roles.monitoring.grafana import (
     provisioning_directories,
     provisioning_files,
 )
-from roles.monitoring.operations import apt_key_script
 from tests.unit.pyinfra_plan import SECRETS_DIR, per_argument, plan
 
 MONITOR = {"region": "gb-lon1", "hardware": "cpu", "ssh_hostname": "10.0.0.2"}
@@ -445,122 +443,15 @@ def test_the_repository_is_signed_by_its_keyring_and_the_version_pinned():
     ]
 
 
-# -- the signing key: the script the operation runs, against keys made here ------------------
-
-needs_gpg = pytest.mark.skipif(
-    shutil.which("gpg") is None or not Path("/usr/lib/apt/apt-helper").exists(),
-    reason="gpg and APT's apt-helper are needed to run the key check (Debian: gpg, apt)",
-)
+# -- the signing key: roles._common's check (tests/unit/test_apt_key.py), in Grafana's words --
 
 
-def gpg(home: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["gpg", "--homedir", str(home), "--batch", "--passphrase", "", *arguments],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-
-
-def new_key(home: Path, name: str, *extra: str, expire: str = "never") -> str:
-    gpg(
-        home,
-        *extra,
-        "--quick-gen-key",
-        f"{name} <{name}@example.invalid>",
-        "ed25519",
-        "sign",
-        expire,
-    )
-    listing = gpg(home, "--with-colons", "--list-keys", f"{name}@example.invalid").stdout
-    return next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
-
-
-@pytest.fixture(scope="module")
-def published(tmp_path_factory) -> dict[str, Any]:
-    """A key file like apt.grafana.com/gpg.key: the current key beside a revoked one and an
-    expired one, each made here (Grafana's own key cannot be: its fingerprint is pinned)."""
-    root = tmp_path_factory.mktemp("keys")
-    home = root / "gnupg"
-    home.mkdir(mode=0o700)
-    current = new_key(home, "current")
-    gpg(home, "--quick-add-key", current, "cv25519", "encr", "never")  # as Grafana's has one
-    revoked = new_key(home, "revoked")
-    revocation = (home / "openpgp-revocs.d" / f"{revoked}.rev").read_text()
-    (root / "revoke.asc").write_text(revocation.replace(":-----BEGIN", "-----BEGIN"))
-    gpg(home, "--import", str(root / "revoke.asc"))
-    expired = new_key(home, "expired", "--faked-system-time", "20200101T000000", expire="1d")
-    bundle = root / "gpg.key"
-    bundle.write_text(gpg(home, "--armor", "--export").stdout)
-    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
-    return {"root": root, "url": bundle.as_uri(), "current": current, "revoked": revoked,
-            "expired": expired}  # fmt: skip
-
-
-def trust(url: str, fingerprint: str, keyring: Path) -> subprocess.CompletedProcess[str]:
-    script = apt_key_script(url, fingerprint, str(keyring), "Grafana", UNREACHABLE, ROTATED)
-    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=120)
-
-
-def keyring_fingerprints(keyring: Path) -> list[str]:
-    listed = subprocess.run(
-        ["sh", "-c", KeyringFingerprints().command(str(keyring))],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return KeyringFingerprints().process(listed.stdout.splitlines())
-
-
-def work_directories() -> set[str]:
-    return {p.name for p in Path("/tmp").glob("llmhost-apt-key.*")}
-
-
-@needs_gpg
-def test_the_pinned_key_alone_is_trusted_of_a_file_that_carries_others(published, tmp_path):
-    keyring = tmp_path / "keyrings" / "grafana.gpg"
-    keyring.parent.mkdir()
-    before = work_directories()
-    done = trust(published["url"], published["current"], keyring)
-    assert done.returncode == 0, done.stderr
-    assert keyring_fingerprints(keyring) == [published["current"]]
-    assert keyring.stat().st_mode & 0o777 == 0o644
-    assert not (tmp_path / "keyrings" / "grafana.gpg.new").exists()
-    assert work_directories() == before
-
-
-@needs_gpg
-def test_a_key_file_without_the_pinned_key_is_refused_and_nothing_stays_trusted(
-    published, tmp_path
-):
-    keyring = tmp_path / "grafana.gpg"
-    assert trust(published["url"], published["current"], keyring).returncode == 0
-    before = work_directories()
-    refused = trust(published["url"], KEY_FINGERPRINT, keyring)  # Grafana's: not in this file
-    assert refused.returncode == 1
-    assert f"does not contain Grafana's signing key {KEY_FINGERPRINT}" in refused.stderr
-    assert published["current"] in refused.stderr and "nothing was trusted" in refused.stderr
-    assert "check the new fingerprint" in refused.stderr
-    assert not keyring.exists(), "the keyring of before is gone: nothing is trusted"
-    assert work_directories() == before
-
-
-@needs_gpg
-@pytest.mark.parametrize(("which", "said"), [("revoked", "is revoked"), ("expired", "has expired")])
-def test_a_pinned_key_that_is_revoked_or_expired_is_refused(published, tmp_path, which, said):
-    keyring = tmp_path / "grafana.gpg"
-    refused = trust(published["url"], published[which], keyring)
-    assert refused.returncode == 1, refused.stderr
-    assert f"signing key {published[which]} in {published['url']} {said}" in refused.stderr
-    assert not keyring.exists()
-
-
-@needs_gpg
-def test_a_key_file_that_cannot_be_downloaded_says_what_to_do(published, tmp_path):
-    keyring = tmp_path / "grafana.gpg"
-    missing = (published["root"] / "absent.key").as_uri()
-    refused = trust(missing, published["current"], keyring)
-    assert refused.returncode == 1
-    assert f"cannot download {missing}" in refused.stderr
-    assert "monitoring_grafana_apt_mirror" in refused.stderr and not keyring.exists()
+@pytest.mark.parametrize("mirror", [None, "http://apt-mirror.internal.example/grafana"])
+def test_the_signing_key_is_checked_by_the_shared_script_with_grafanas_pin_and_words(mirror):
+    planned = grafana_plan({"monitoring_grafana_apt_mirror": mirror} if mirror else {})
+    url = f"{mirror or 'https://apt.grafana.com'}/gpg.key"
+    (key,) = commands(planned, "Grafana's signing key")
+    assert key == apt_key_script(url, KEY_FINGERPRINT, KEYRING, "Grafana", UNREACHABLE, ROTATED)
+    assert "monitoring_grafana_apt_mirror" in UNREACHABLE and "base_http_proxy" in UNREACHABLE
+    assert "Grafana's own announcement" in ROTATED
+    assert "KEY_FINGERPRINT in roles/monitoring/grafana.py" in ROTATED

@@ -2,8 +2,8 @@
 
 Fresh installs, a host already converged (zero commands), a branch change in one apt
 transaction, fabric manager, reboots allowed, refused and on the control machine, Secure
-Boot, a host without its GPUs; and the repository key script run for real against keys
-made here, where gpg and apt-helper exist.
+Boot, a host without its GPUs; and the repository key, checked by the shared script with
+NVIDIA's pin and words (tests/unit/test_apt_key.py runs that script against keys it makes).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import pytest
 from llmhost.errors import ConfigError
 from llmhost.hardware import load_classes
 from llmhost.render import render
-from roles.nvidia import gpu_generation, kernel_headers, nvidia
+from roles._common.operations import apt_key_script
+from roles.nvidia import KEY_REFUSED, KEY_UNREACHABLE, gpu_generation, kernel_headers, nvidia
 from roles.nvidia.defaults import (
     KEY_FINGERPRINT,
     KEYRING,
@@ -35,7 +36,6 @@ from roles.nvidia.operations import (
     REBOOT_COMMAND,
     Release,
     Wanted,
-    key_install_script,
     transaction,
     wait_for_boot,
 )
@@ -130,8 +130,8 @@ def test_a_fresh_host_gets_the_repository_pins_and_driver_in_that_order(os, hard
     assert [names.index(n) for n in order] == sorted(names.index(n) for n in order)
     assert names.index(order[-1]) < names.index(install), "pins and blacklist come first"
     (key,) = commands(planned, "APT: NVIDIA's repository key")
-    assert f"download-file {REPOSITORY}/{os}/x86_64/3bf863cc.pub" in key
-    assert f'[ "$found" != {KEY_FINGERPRINT} ]' in key
+    assert f"url={REPOSITORY}/{os}/x86_64/3bf863cc.pub" in key
+    assert f"fpr={KEY_FINGERPRINT}" in key and f"keyring={KEYRING}" in key
     assert planned["initramfs: rebuilt without nouveau"] == ["update-initramfs -u -k all"]
     assert "APT: read the changed NVIDIA repository" not in planned, "the install refreshes"
 
@@ -222,7 +222,7 @@ def test_the_sources_entry_trusts_the_checked_key_alone_and_a_mirror_replaces_th
     mirror = "http://mirror.internal/nvidia-cuda/"
     planned = nvidia_plan("ubuntu2404", data={"nvidia_apt_mirror": mirror})
     (key,) = commands(planned, "APT: NVIDIA's repository key")
-    assert "download-file http://mirror.internal/nvidia-cuda/ubuntu2404/x86_64/3bf863cc.pub" in key
+    assert "url=http://mirror.internal/nvidia-cuda/ubuntu2404/x86_64/3bf863cc.pub" in key
     text = render(
         "nvidia/cuda.list.j2", url="http://mirror.internal/nvidia-cuda/ubuntu2404/x86_64/",
         keyring=KEYRING, deb_arch="amd64", mirror=True,
@@ -621,81 +621,26 @@ def test_headers_follow_the_kernel_flavour():
     assert kernel_headers("6.9.1") == ("linux-headers-6.9.1",)
 
 
-# -- the repository key, for real -------------------------------------------------------------
+# -- the repository key: roles._common's check (tests/unit/test_apt_key.py), in NVIDIA's words --
 
 
-def make_key(home: Path, name: str) -> tuple[Path, str]:
-    """A throwaway signing key, exported armored; returns (file, fingerprint)."""
-    home.mkdir(mode=0o700)
-    gpg = ["gpg", "--homedir", str(home), "--batch", "--passphrase", ""]
-    subprocess.run([*gpg, "--quick-gen-key", f"{name} <{name}@example.test>", "ed25519",
-                    "sign", "never"], check=True, capture_output=True)  # fmt: skip
-    listed = subprocess.run([*gpg, "--with-colons", "--list-keys"], capture_output=True,
-                            text=True, check=True).stdout  # fmt: skip
-    fingerprint = next(line.split(":")[9] for line in listed.splitlines() if line[:4] == "fpr:")
-    exported = home.parent / f"{name}.asc"
-    exported.write_bytes(subprocess.run([*gpg, "--armor", "--export"], capture_output=True,
-                                        check=True).stdout)  # fmt: skip
-    return exported, fingerprint
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    if not (shutil.which("gpg") and Path("/usr/lib/apt/apt-helper").exists()):
-        pytest.skip("gpg or apt's apt-helper missing: the key script is not run here")
-    root = tmp_path_factory.mktemp("keys")
-    good, good_fpr = make_key(root / "good", "good")
-    bad, _ = make_key(root / "bad", "bad")
-    both = root / "both.asc"
-    both.write_bytes(good.read_bytes() + bad.read_bytes())
-    return {"good": good, "bad": bad, "both": both, "fingerprint": good_fpr, "root": root}
-
-
-def run_key_script(url: str, dest: Path, fingerprint: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["sh", "-c", key_install_script(url, str(dest), fingerprint)],
-                          capture_output=True, text=True)  # fmt: skip
-
-
-def test_the_key_with_the_fingerprint_is_written_as_a_keyring(keys):
-    dest = keys["root"] / "keyrings" / "ok.gpg"
-    dest.parent.mkdir()
-    done = run_key_script(f"file://{keys['good']}", dest, keys["fingerprint"])
-    assert done.returncode == 0, done.stderr
-    listed = subprocess.run(
-        ["gpg", "--homedir", str(keys["root"] / "good"), "--show-keys", "--with-colons", str(dest)],
-        capture_output=True,
-        text=True,
+@pytest.mark.parametrize("os", sorted(OSES))
+def test_the_key_is_checked_by_the_shared_script_with_nvidias_pin_and_words(os):
+    (script,) = commands(nvidia_plan(os), "APT: NVIDIA's repository key")
+    url = f"{REPOSITORY}/{os}/x86_64/3bf863cc.pub"
+    assert script == apt_key_script(
+        url, KEY_FINGERPRINT, KEYRING, "NVIDIA", KEY_UNREACHABLE, KEY_REFUSED
     )
-    assert f"fpr:::::::::{keys['fingerprint']}:" in listed.stdout
-    assert oct(dest.stat().st_mode & 0o777) == "0o644"
-    assert sorted(p.name for p in dest.parent.iterdir()) == ["ok.gpg"], "no temporary left"
-
-
-@pytest.mark.parametrize("served", ["bad", "both"])
-def test_another_key_is_refused_and_nothing_is_trusted(keys, served):
-    dest = keys["root"] / f"refused-{served}" / "k.gpg"
-    dest.parent.mkdir()
-    done = run_key_script(f"file://{keys[served]}", dest, keys["fingerprint"])
-    assert done.returncode == 1
-    assert f"not {keys['fingerprint']}: refused, so nothing was trusted" in done.stderr
-    assert list(dest.parent.iterdir()) == [], "no keyring, no temporary"
-
-
-def test_a_download_that_fails_trusts_nothing(keys):
-    dest = keys["root"] / "unreachable" / "k.gpg"
-    dest.parent.mkdir()
-    done = run_key_script("http://127.0.0.1:9/3bf863cc.pub", dest, keys["fingerprint"])
-    assert done.returncode == 1
-    assert "the download of http://127.0.0.1:9/3bf863cc.pub failed, so nothing was trusted" in (
-        done.stderr
-    )
-    assert list(dest.parent.iterdir()) == []
+    # What the error says after what failed and that nothing was trusted: the fix.
+    assert "the egress proxy must allow it" in KEY_UNREACHABLE
+    assert "set nvidia_apt_mirror" in KEY_UNREACHABLE
+    assert "serve NVIDIA's key unchanged; never trust another key" in KEY_REFUSED
 
 
 def test_a_keyring_holding_another_key_is_replaced_by_the_checked_one():
     other = {"KeyringFingerprints": ["0123456789ABCDEF0123456789ABCDEF01234567"]}
     planned = nvidia_plan(facts=other)
     (script,) = commands(planned, "APT: NVIDIA's repository key")
-    assert f"mv -f {KEYRING}.new {KEYRING}" in script
+    assert f"keyring={KEYRING}" in script and 'mv -f "$keyring.new" "$keyring"' in script
     same = nvidia_plan(facts={"KeyringFingerprints": [KEY_FINGERPRINT]})
     assert commands(same, "APT: NVIDIA's repository key") == []
