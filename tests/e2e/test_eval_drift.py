@@ -206,7 +206,7 @@ def test_a_lower_score_fires_the_alert_and_a_converge_puts_the_eval_set_back(
             and a["labels"].get("host") == serving.name
             and a["state"] == "firing"
         ],
-        5 * 60 + 15 + 60,  # the rule's `for`, a scrape, and an evaluation
+        60 + 15 + 60,  # the rule's `for`, a scrape, and an evaluation
         "EvalScoreBelowGate firing",
     )
     assert firing[0]["labels"]["release"] == release
