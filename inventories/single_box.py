@@ -10,7 +10,19 @@ monitoring itself.
 
 _box = (
     "llm.internal.example",
-    {"ssh_user": "root", "ssh_key": "~/.ssh/id_ed25519", "region": "gb-lon1", "hardware": "cpu"},
+    {
+        "ssh_user": "root",
+        "ssh_key": "~/.ssh/id_ed25519",
+        "region": "gb-lon1",
+        "hardware": "cpu",
+        # Where the box's packages come from (`llmhost residency audit` lists every endpoint
+        # it calls, and check and deploy refuse one whose region nobody declared). Debian's
+        # archives are served by a CDN from its nearest nodes: declare them only if your
+        # policy accepts that, else set `base_apt_mirror`/`base_apt_security_mirror` to
+        # mirrors in your region and declare those. Time comes from the NTP pool's UK zone
+        # (the default, declared by llmhost).
+        "residency_endpoints": {"deb.debian.org": "gb", "security.debian.org": "gb"},
+    },
 )
 
 serving = [_box]

@@ -230,11 +230,17 @@ def state_metrics(state: dict[str, Any]) -> str:
     ]
     last = state.get("last_gate") or {}
     if isinstance(last.get("eval_score"), int | float):
+        release = _label(last.get("release"))
+        drift = last.get("drift")
         lines += [
             "# HELP llmhost_gate_eval_score The eval score of the last gated release.",
             "# TYPE llmhost_gate_eval_score gauge",
-            f'llmhost_gate_eval_score{{release="{_label(last.get("release"))}"}} '
-            f"{float(last['eval_score'])}",
+            f'llmhost_gate_eval_score{{release="{release}"}} {float(last["eval_score"])}',
+            "# HELP llmhost_gate_eval_drift Eval answers of the last gated release that differ "
+            "from its golden set.",
+            "# TYPE llmhost_gate_eval_drift gauge",
+            f'llmhost_gate_eval_drift{{release="{release}"}} '
+            f"{drift if isinstance(drift, int) and not isinstance(drift, bool) else 0}",
         ]
     return "\n".join(lines) + "\n"
 

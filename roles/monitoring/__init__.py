@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from io import StringIO
 from typing import Any
 
@@ -33,6 +33,7 @@ from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
+from llmhost.endpoints import ALERT_WEBHOOK, GRAFANA_REPOSITORY, MONITORING, Call
 from llmhost.errors import ConfigError
 from llmhost.hardware import check_hardware, load_classes
 from llmhost.onhost.layout import (
@@ -47,6 +48,7 @@ from llmhost.onhost.layout import (
 from llmhost.render import put_template, render
 from llmhost.settings import from_data
 from roles._common.checks import check_at_least, check_networks, check_url, join_host_port
+from roles._common.egress import through_proxy
 from roles._common.onhost import install_onhost_tools, runtimectl
 from roles._common.operations import (
     firewall_only_from,
@@ -54,7 +56,7 @@ from roles._common.operations import (
     secret_upload_options,
 )
 from roles._common.ports import check_host_ports
-from roles._common.scrapers import address_of, scrape_sources
+from roles._common.scrapers import address_of, scrape_sources, watchers
 from roles.monitoring.defaults import (
     ALERTMANAGER_STORAGE,
     ALERTMANAGER_UNIT,
@@ -117,6 +119,57 @@ def check() -> Plan:
         audit_exporter=bool(host.data.get("model_name")),
         scrape_from=scrape_sources(host.name, host.data),
     )
+
+
+def endpoints() -> list[Call]:
+    """What monitoring calls: on `monitoring` hosts every host's exporters and the alert
+    webhook; on serving hosts each monitoring host's Prometheus (the cutover asks it)."""
+    settings = from_data(MonitoringSettings, host.data, host.name)
+    calls = []
+    if "monitoring" in host.groups:
+        for member in inventory:
+            jobs = ", ".join(job for job, _ in member_targets(member.name, member.data))
+            calls.append(
+                Call(
+                    MONITORING,
+                    target(member.name, member.data, settings.monitoring_node_exporter_port),
+                    None,
+                    note=f"Prometheus scrapes {member.name} ({jobs})",
+                )
+            )
+        if settings.monitoring_alert_webhook:
+            calls.append(
+                Call(
+                    ALERT_WEBHOOK,
+                    settings.monitoring_alert_webhook,
+                    "monitoring_alert_webhook",
+                    note="Alertmanager posts alerts",
+                    secret_path=True,
+                )
+            )
+        calls += grafana_endpoints()
+    if host.data.get("model_name"):
+        calls += [
+            Call(MONITORING, url, None, note="the cutover asks whether this host is watched")
+            for url in watchers()
+        ]
+    return calls
+
+
+# -- Grafana: its APT repository, for the Grafana install that is on its way ---------------
+# Grafana comes from its vendor's APT repository (apt.grafana.com) or the operator's mirror
+# of it, `monitoring_grafana_apt_mirror`. Until that setting is one of MonitoringSettings'
+# fields nothing installs Grafana and nothing is listed; from the day it is, this entry
+# lists the repository (the setting, else the vendor's) with no change here.
+GRAFANA_APT_SETTING = "monitoring_grafana_apt_mirror"
+GRAFANA_APT_DEFAULT = "https://apt.grafana.com"
+
+
+def grafana_endpoints() -> list[Call]:
+    if GRAFANA_APT_SETTING not in {f.name for f in fields(MonitoringSettings)}:
+        return []
+    repository = host.data.get(GRAFANA_APT_SETTING) or GRAFANA_APT_DEFAULT
+    return [through_proxy(GRAFANA_REPOSITORY, repository, GRAFANA_APT_SETTING, note="Grafana")]
 
 
 def warnings() -> list[str]:
