@@ -8,7 +8,9 @@ other roles.
 
 from pyinfra import host
 
+from roles._common.site import require_residency
 from roles.model import model
 
 if host.data.get("model_name"):
+    require_residency()  # what it pulls from, among the rest, in the allowed regions
     model()

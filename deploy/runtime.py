@@ -8,7 +8,9 @@ is never touched.
 
 from pyinfra import host
 
+from roles._common.site import require_residency
 from roles.runtime import runtime
 
 if host.data.get("model_name"):
+    require_residency()  # what it pulls from, among the rest, in the allowed regions
     runtime()

@@ -23,6 +23,22 @@ _key = {
     "ssh_key": "~/.ssh/llmhost_deploy",
     # The monitoring hosts are reached by name, so the exporters' firewall needs their network.
     "monitoring_scrape_from": ["10.20.30.0/24"],
+    # Packages and time from inside the network, and where each of those endpoints is:
+    # `llmhost residency audit` lists everything the hosts will call, and check and deploy
+    # refuse an endpoint outside `residency_allowed_regions` or one whose region nobody
+    # declared. (The registries and monitoring hosts are inventory hosts: they need none.)
+    "base_apt_mirror": "http://apt.internal.example/debian",
+    "base_apt_security_mirror": "http://apt.internal.example/debian-security",
+    "base_ntp_servers": ["ntp1.internal.example", "ntp2.internal.example"],
+    # Mirrors of NVIDIA's CUDA repository and Grafana's (their keys are still checked
+    # against the vendors' fingerprints).
+    "nvidia_apt_mirror": "http://apt.internal.example/nvidia-cuda",
+    "monitoring_grafana_apt_mirror": "http://apt.internal.example/grafana",
+    "residency_endpoints": {
+        "apt.internal.example": "gb-lon1",
+        "ntp1.internal.example": "gb-lon1",
+        "ntp2.internal.example": "nl-ams",
+    },
 }
 # GPU hosts run this exact release of their class's driver branch (550): a branch alone would
 # install whatever is newest that day. Move a group to a new release to roll it out there first.

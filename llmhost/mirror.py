@@ -40,6 +40,12 @@ MODEL_ANNOTATION = "io.llmhost.model"
 # file into memory, which a 40 GB shard cannot afford.
 UPLOAD_CHUNK = 64 * 1024 * 1024
 HASH_READ = 1024 * 1024
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"  # huggingface_hub's own default
+
+
+def hub_endpoint(explicit: str | None = None) -> str:
+    """The Hugging Face hub `models mirror` downloads from: --hf-endpoint, HF_ENDPOINT, the hub."""
+    return explicit or os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,7 @@ def fetch_source(model: Model, workdir: Path, hf_endpoint: str | None = None) ->
                 revision=model.source.revision,
                 allow_patterns=[f.path for f in model.files],
                 cache_dir=workdir / "hf-cache",
-                endpoint=hf_endpoint or os.environ.get("HF_ENDPOINT"),
+                endpoint=hub_endpoint(hf_endpoint),
             )
         )
     except RevisionNotFoundError as error:

@@ -26,6 +26,9 @@ EU_MEMBER_STATES = (
 UK_EU = frozenset((*UK_REGIONS, *EU_MEMBER_STATES))
 REGION_PATTERN = re.compile(r"[a-z]{2}(-[a-z0-9]+)*")  # matched whole: fullmatch
 REGION_EXAMPLE = "gb-lon1"
+# Regions llmhost knows of its own defaults: the NTP pool's UK zone (`base_ntp_servers`) is,
+# by the pool's definition, servers in the UK.
+DEFAULT_ENDPOINTS = {".uk.pool.ntp.org": "gb"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,14 @@ class ResidencySettings:
         [*UK_REGIONS, *EU_MEMBER_STATES],
         "Regions hosts may be in: the UK (`gb`, alias `uk`) and the 27 EU member states by "
         "ISO 3166-1 code; an entry allows itself and every `entry-...` below it",
+    )
+    residency_endpoints: dict[str, str] = setting(
+        dict(DEFAULT_ENDPOINTS),
+        "Region of each endpoint the stack calls that is not an inventory host (mirrors, "
+        "proxies, NTP, registries, webhooks, hubs): a host name, an address, `.domain` "
+        "(every name below it) or a network (CIDR), mapped to its region; the default and "
+        "every part of the inventory that sets it add up. `llmhost residency audit` lists "
+        "what is called and where",
     )
 
 

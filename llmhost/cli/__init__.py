@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from llmhost import __version__
-from llmhost.cli import config, deploy, keys, models, runtimes, soak, testbed
+from llmhost.cli import config, deploy, keys, models, residency, runtimes, soak, testbed
 from llmhost.cli.errors import LlmhostError, LlmhostFailure, LlmhostGroup
 from llmhost.messages import FORMATS, use_format
 
@@ -51,6 +51,7 @@ COMMANDS: tuple[click.Command, ...] = (
     deploy.status,
     deploy.rollback,
     deploy.demo,
+    residency.residency,
     models.models,
     runtimes.runtimes,
     keys.keys,

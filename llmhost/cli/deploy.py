@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +18,9 @@ from llmhost import converge
 from llmhost.cli.errors import LlmhostError, LlmhostFailure
 from llmhost.messages import error, say, warn
 from llmhost.paths import REPO_ROOT
+
+if TYPE_CHECKING:
+    from llmhost.testing.testbed import Testbed
 
 limit_option = click.option(
     "--limit", multiple=True, help="Only hosts or groups matching this (repeatable)."
@@ -63,7 +66,8 @@ def check(inventory: str, limit: tuple[str, ...]) -> None:
     \b
     Checked: the inventory file itself (its groups, hosts listed twice, groups that
     disagree), every key (a misspelt setting is an error, with the nearest key), the
-    residency policy and each region, hardware classes, ports, endpoints, the
+    residency policy, each region and the region of every endpoint a host calls
+    (`llmhost residency audit` lists them), hardware classes, ports, endpoints, the
     models hosts serve (catalog, digests, eval sets), runtime builds, API keys and
     gate limits. One line per problem: host, key, what is wrong, the fix.
     Exit 0 valid, 1 problems found, 2 the inventory cannot be read.
@@ -220,63 +224,95 @@ def _gate_line(verdict: dict[str, Any] | None) -> str:
 
 @click.command()
 @click.option("--hosts", "count", default=1, show_default=True, help="Test hosts to converge.")
-@click.option("--down", "tear_down", is_flag=True, help="Remove the testbed afterwards.")
+@click.option(
+    "--down",
+    "tear_down",
+    is_flag=True,
+    help="Take the demo down instead: every host, namespace, link, mount and process.",
+)
 def demo(count: int, tear_down: bool) -> None:
     """Run the main job end to end on throwaway local test hosts.
 
     \b
     1. boot Debian 12 hosts (systemd-nspawn, own network namespaces);
-    2. converge deploy/site.py over SSH: base, and the registry on the first host;
+    2. converge deploy/site.py over SSH: base, the registry (first two hosts),
+       monitoring (Prometheus and Alertmanager on the first host);
     3. make a tiny llama GGUF, verify it against its catalog entry, push it to
        the registry and record its digest;
     4. build llama-server for class `cpu` from the pinned source (about five
        minutes on two cores the first time, then cached) and push it;
-    5. converge again with the hosts serving it: each pulls model and engine by
-       digest, verified while streaming, starts the blue colour and puts the
-       gateway (nginx: HTTPS, API key, limits, audit log) in front of it;
-    6. converge once more and require zero changes; ask each host's gateway for
-       a completion with the demo identity's key.
+    5. converge with the hosts serving it: each pulls model and engine by
+       digest, verified while streaming, starts the blue colour, soaks and
+       evaluates it (the gate) and cuts the gateway (nginx: HTTPS, API key,
+       limits, audit log) over to it;
+    6. converge once more and require zero changes;
+    7. ask each host's gateway for a completion with the demo identity's key.
+    Each stage is a line on stderr with the time since the start; at the end
+    stdout gets the gateway URLs, the key, the CA, a curl that works, the
+    gate's reports, Prometheus through an SSH tunnel, and how to take it down.
     Needs root; installs nothing itself (see the README's first line).
     """
-    from llmhost.demo import (
-        DEMO_MODEL,
-        DemoFailed,
-        ask_demo_model,
-        demo_catalog,
-        demo_key,
-        mirror_demo_model,
-        publish_demo_runtime,
-    )
     from llmhost.testing.testbed import Testbed
 
     testbed = Testbed()
-    inventory = "inventories/testbed.py"
+    if tear_down:
+        testbed.down()
+        say(
+            "the demo is down: no host, namespace, link, mount or process is left "
+            "(kept: the host image and the llama-server build cache; "
+            "`llmhost testbed down --purge-image` removes the image)"
+        )
+        return
+    _run_demo(testbed, count)
+
+
+def _run_demo(testbed: Testbed, count: int) -> None:
+    from llmhost.demo import (
+        DEMO_MODEL,
+        INVENTORY,
+        DemoFailed,
+        Progress,
+        ask_demo_model,
+        demo_catalog,
+        demo_facts,
+        demo_key,
+        mirror_demo_model,
+        publish_demo_runtime,
+        summary,
+    )
+
+    progress = Progress()
     try:
+        say(progress.next())
         hosts = testbed.up(count)
         say(f"testbed: {', '.join(f'{h.name} ({h.address})' for h in hosts)}")
-        _converge(inventory)
+        say(progress.next())
+        _converge(INVENTORY)
+        say(progress.next())
         catalog = demo_catalog(testbed)
         os.environ["LLMHOST_MODELS_DIR"] = str(catalog)
         digest = mirror_demo_model(testbed, catalog)
         say(f"mirrored: {DEMO_MODEL} as {digest}")
+        say(progress.next())
         os.environ["LLMHOST_RUNTIME_BUILDS"] = str(testbed.root / "runtime-builds.toml")
         build = publish_demo_runtime(testbed)
         say(f"llama.cpp for class cpu: {build}")
-        demo_key(testbed)
-        _converge_twice(inventory, {"model_name": DEMO_MODEL})
+        key = demo_key(testbed)
+        say(progress.next())
+        _converge(INVENTORY, {"model_name": DEMO_MODEL})
+        say(progress.next())
+        _require_idempotent(INVENTORY, {"model_name": DEMO_MODEL})
+        say(progress.next())
         for host in hosts:
             say(f"{host.name}: {ask_demo_model(testbed, host)}")
+        facts = demo_facts(testbed, hosts, key)
     except DemoFailed as error:
-        raise LlmhostFailure(str(error)) from error
-    finally:
-        if tear_down:
-            testbed.down()
-            say("testbed removed")
-    if not tear_down:
-        say(
-            f"hosts stay up: `llmhost testbed ssh {hosts[0].name}`; "
-            "`llmhost testbed down` removes them",
-        )
+        raise LlmhostFailure(
+            f"{error}\n(after {progress.elapsed()}; the hosts stay up to look at: "
+            "`llmhost testbed ssh tb1`; `llmhost demo --down` removes them)"
+        ) from error
+    say(f"done in {progress.elapsed()}")
+    click.echo(summary(facts))
 
 
 def _converge(inventory: str, data: dict[str, str] | None = None) -> None:
@@ -286,10 +322,9 @@ def _converge(inventory: str, data: dict[str, str] | None = None) -> None:
     say(f"converged: {changes} operation(s) changed")
 
 
-def _converge_twice(inventory: str, data: dict[str, str] | None = None) -> None:
-    """Converge, then converge again and require that nothing changed."""
+def _require_idempotent(inventory: str, data: dict[str, str] | None = None) -> None:
+    """Converge again and require that nothing changed."""
     from llmhost.demo import require_idempotent
 
-    _converge(inventory, data)
     require_idempotent(inventory, data)
     say("idempotent: second converge changed 0 operations")

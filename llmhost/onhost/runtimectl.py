@@ -239,6 +239,16 @@ def state_metrics(state: dict[str, Any]) -> str:
                 for release, score in sorted(scores.items())
             ),
         ]
+    last = state.get("last_gate") or {}
+    if isinstance(last.get("eval_score"), int | float):
+        drift = last.get("drift")
+        lines += [
+            "# HELP llmhost_gate_eval_drift Eval answers of the last gated release that differ "
+            "from its golden set.",
+            "# TYPE llmhost_gate_eval_drift gauge",
+            f'llmhost_gate_eval_drift{{release="{_label(last.get("release"))}"}} '
+            f"{drift if isinstance(drift, int) and not isinstance(drift, bool) else 0}",
+        ]
     return "\n".join(lines) + "\n"
 
 

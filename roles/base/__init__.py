@@ -22,9 +22,11 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt, files, server, systemd
 
+from llmhost.endpoints import EGRESS_PROXY, NTP, PACKAGE_MIRROR, Call, call_via_proxy
 from llmhost.onhost.layout import CONFIG_DIR, LLMHOST_CA, SERVICE_USER, STATE_DIR
 from llmhost.render import put_template
 from llmhost.secrets import certificate_authority, secrets_directory
+from llmhost.settings import from_data
 from roles._common.operations import (
     FIREWALL_RULES_DIR,
     FIREWALL_UNIT,
@@ -37,6 +39,11 @@ from roles.base.facts import Platform, PlatformDict, SshdListenPorts
 from roles.base.preflight import DataSources, HostIdentity, check_inventory, check_platform
 
 PACKAGES = ["chrony", "nftables", "ca-certificates"]
+# What a Debian host's own APT sources name, when `base_apt_mirror` does not replace them.
+DISTRIBUTION_ARCHIVES = (
+    "http://deb.debian.org/debian",
+    "http://security.debian.org/debian-security",
+)
 APT_PROXY_CONF = "/etc/apt/apt.conf.d/80llmhost-proxy"
 VENDOR_APT_SOURCES = (
     "/etc/apt/sources.list.d/debian.sources",
@@ -63,16 +70,47 @@ def base() -> None:
     service(identity.settings, time_config)
 
 
-def check() -> HostIdentity:
-    """The host's inventory data, with no host contacted."""
+def data_sources() -> DataSources:
+    """Each part of the inventory that gives the host data, apart (pyinfra merges them)."""
     inventory = host.inventory
-    sources = DataSources(
+    return DataSources(
         host=inventory.get_host_data(host.name),
         groups={group: inventory.get_group_data(group) for group in host.groups},
         everyone=inventory.get_data(),
         override=inventory.get_override_data(),
     )
-    return check_inventory(host.name, host.data, sources, host.groups)
+
+
+def check() -> HostIdentity:
+    """The host's inventory data, with no host contacted."""
+    return check_inventory(host.name, host.data, data_sources(), host.groups)
+
+
+def endpoints() -> list[Call]:
+    """What the host calls for packages and time: the proxy, the APT sources, NTP servers."""
+    settings = from_data(BaseSettings, host.data, host.name)
+    proxy = settings.base_http_proxy
+    calls = [Call(EGRESS_PROXY, proxy, "base_http_proxy")] if proxy else []
+    direct = apt_direct_hosts(settings.base_no_proxy)  # what APT fetches without the proxy
+    mirrors = [
+        (url, key)
+        for url, key in (
+            (settings.base_apt_mirror, "base_apt_mirror"),
+            (settings.base_apt_security_mirror, "base_apt_security_mirror"),
+        )
+        if url
+    ]
+    note = "APT"
+    if not settings.base_apt_mirror:
+        mirrors = [(url, "base_apt_mirror") for url in DISTRIBUTION_ARCHIVES]
+        note = "unset: the host keeps its own APT sources, Debian's by default"
+    calls += [
+        call_via_proxy(PACKAGE_MIRROR, url, key, proxy, direct, note=note) for url, key in mirrors
+    ]
+    calls += [
+        Call(NTP, server, "base_ntp_servers", note="chrony") for server in settings.base_ntp_servers
+    ]
+    return calls
 
 
 def preflight() -> tuple[HostIdentity, PlatformDict]:

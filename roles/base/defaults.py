@@ -31,8 +31,9 @@ class BaseSettings:
         ["main"], "Archive components taken from `base_apt_mirror`"
     )
     base_ntp_servers: list[str] = setting(
-        ["0.uk.pool.ntp.org", "1.uk.pool.ntp.org", "0.europe.pool.ntp.org"],
-        "NTP servers chrony follows (UK/EU pools by default; use internal ones if you have them)",
+        ["0.uk.pool.ntp.org", "1.uk.pool.ntp.org", "2.uk.pool.ntp.org"],
+        "NTP servers chrony follows (the NTP pool's UK zone by default: its europe zone "
+        "spans countries outside the UK and the EU; use internal ones if you have them)",
     )
     base_ssh_port: int = setting(
         22, "Port sshd listens on; llmhost opens it in the firewall but never moves sshd"

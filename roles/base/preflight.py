@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmhost.endpoints import DECLARATIONS_KEY
 from llmhost.errors import ConfigError
 from llmhost.hardware import HardwareClass, check_hardware, load_classes
 from llmhost.reference import is_decisive, unknown_setting
@@ -187,13 +188,18 @@ def check_policy_set_for_everyone(host: str, sources: DataSources) -> None:
             )
 
 
+# Keys whose values from several parts of the inventory add up instead of replacing each
+# other (llmhost reads every part itself), so two groups may set different ones.
+ADDED_UP = frozenset({DECLARATIONS_KEY})
+
+
 def check_groups_agree(host: str, sources: DataSources) -> None:
     """Two groups of one host that set the same key differently: pyinfra keeps one silently."""
     groups = sorted(sources.groups.items())
     for index, (group, data) in enumerate(groups):
         for other, other_data in groups[index + 1 :]:
             for key in sorted(set(data) & set(other_data)):
-                if data[key] != other_data[key] and is_decisive(key):
+                if data[key] != other_data[key] and is_decisive(key) and key not in ADDED_UP:
                     raise ConfigError(
                         f"group `{group}` sets {data[key]!r} and group `{other}` sets "
                         f"{other_data[key]!r}; pyinfra would keep one of them silently",

@@ -19,12 +19,15 @@ from pyinfra.api import deploy
 from pyinfra.operations import files
 
 from llmhost.catalog import Model, find
+from llmhost.endpoints import CONTROL_SIDE, MODEL_SOURCE, REGISTRY, Call
 from llmhost.errors import ConfigError
 from llmhost.hardware import check_hardware, load_classes
+from llmhost.mirror import hub_endpoint
 from llmhost.onhost.layout import SERVICE_USER, STATE_DIR
 from llmhost.secrets import registry_credentials, secrets_directory
 from llmhost.settings import from_data
 from roles._common.checks import check_at_least, check_host_port, on_host
+from roles._common.egress import through_proxy
 from roles._common.onhost import install_onhost_tools
 from roles._common.operations import secret_upload_options
 from roles.model.defaults import AUTH_FILE, MODELS_DIR, STORE, ModelSettings
@@ -51,6 +54,37 @@ def model() -> None:
 
 def expected_sizes(wanted: Model) -> dict[str, int]:
     return {f.path: f.size for f in wanted.files}
+
+
+def endpoints() -> list[Call]:
+    """The registries the host pulls from, in order, and the hub the model is mirrored from
+    (by the control machine, `llmhost models mirror`)."""
+    settings = from_data(ModelSettings, host.data, host.name)
+    if not settings.model_name:
+        return []
+    registries = pull_registries(settings)
+    calls = [
+        through_proxy(
+            REGISTRY,
+            registry,
+            "model_registries",
+            note="pulls: primary" if index == 0 else "pulls: fallback on network errors",
+        )
+        for index, registry in enumerate(registries)
+    ]
+    with on_host(host.name, key="model_name"):
+        wanted = find(settings.model_name)
+    if wanted.source.kind == "huggingface":
+        calls.append(
+            Call(
+                MODEL_SOURCE,
+                hub_endpoint(),
+                "model_name",
+                side=CONTROL_SIDE,
+                note=f"`llmhost models mirror {wanted.name}` downloads {wanted.source.repo}",
+            )
+        )
+    return calls
 
 
 def check() -> tuple[ModelSettings, Model, list[str]]:

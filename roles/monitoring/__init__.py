@@ -35,6 +35,7 @@ from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
+from llmhost.endpoints import ALERT_WEBHOOK, MONITORING, Call
 from llmhost.errors import ConfigError
 from llmhost.hardware import check_hardware, load_classes
 from llmhost.onhost.layout import (
@@ -56,7 +57,7 @@ from roles._common.operations import (
     secret_upload_options,
 )
 from roles._common.ports import check_host_ports
-from roles._common.scrapers import address_of, scrape_sources
+from roles._common.scrapers import address_of, scrape_sources, watchers
 from roles.monitoring import evaldrift
 from roles.monitoring.defaults import (
     ALERTMANAGER_STORAGE,
@@ -70,7 +71,7 @@ from roles.monitoring.defaults import (
     RULES_FILE,
     MonitoringSettings,
 )
-from roles.monitoring.grafana import check_grafana, grafana
+from roles.monitoring.grafana import check_grafana, grafana, grafana_endpoints
 from roles.monitoring.operations import rules_installed
 
 EXPORTER_FIREWALL = "40-monitoring-exporters"
@@ -125,6 +126,42 @@ def check() -> Plan:
         audit_exporter=bool(host.data.get("model_name")),
         scrape_from=scrape_sources(host.name, host.data),
     )
+
+
+def endpoints() -> list[Call]:
+    """What monitoring calls: on `monitoring` hosts every host's exporters, the alert
+    webhook and Grafana's repository (with Grafana on); on serving hosts each monitoring
+    host's Prometheus (the cutover asks it)."""
+    settings = from_data(MonitoringSettings, host.data, host.name)
+    calls = []
+    if "monitoring" in host.groups:
+        for member in inventory:
+            jobs = ", ".join(job for job, _ in member_targets(member.name, member.data))
+            calls.append(
+                Call(
+                    MONITORING,
+                    target(member.name, member.data, settings.monitoring_node_exporter_port),
+                    None,
+                    note=f"Prometheus scrapes {member.name} ({jobs})",
+                )
+            )
+        if settings.monitoring_alert_webhook:
+            calls.append(
+                Call(
+                    ALERT_WEBHOOK,
+                    settings.monitoring_alert_webhook,
+                    "monitoring_alert_webhook",
+                    note="Alertmanager posts alerts",
+                    secret_path=True,
+                )
+            )
+        calls += grafana_endpoints(settings)
+    if host.data.get("model_name"):
+        calls += [
+            Call(MONITORING, url, None, note="the cutover asks whether this host is watched")
+            for url in watchers()
+        ]
+    return calls
 
 
 def warnings() -> list[str]:

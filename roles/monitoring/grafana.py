@@ -34,12 +34,14 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
 
+from llmhost.endpoints import GRAFANA_REPOSITORY, Call
 from llmhost.errors import ConfigError
 from llmhost.onhost.layout import CONFIG_DIR
 from llmhost.paths import TEMPLATES
 from llmhost.render import put_template, render
 from llmhost.secrets import grafana_admin_password, secrets_directory
 from roles._common.checks import check_url, on_host
+from roles._common.egress import apt_through_proxy
 from roles._common.facts import DirectoryEntries
 from roles._common.operations import (
     apt_key_trusted,
@@ -126,6 +128,21 @@ def check_grafana(name: str, settings: MonitoringSettings) -> None:
 
 def repository_url(settings: MonitoringSettings) -> str:
     return (settings.monitoring_grafana_apt_mirror or REPOSITORY).rstrip("/")
+
+
+def grafana_endpoints(settings: MonitoringSettings) -> list[Call]:
+    """For the residency audit, on a `monitoring` host: Grafana's repository (its key, the
+    package), `monitoring_grafana_apt_mirror` or Grafana's own; none with Grafana off."""
+    if not settings.monitoring_grafana:
+        return []
+    return [
+        apt_through_proxy(
+            GRAFANA_REPOSITORY,
+            repository_url(settings),
+            "monitoring_grafana_apt_mirror",
+            note="APT: Grafana's key and package",
+        )
+    ]
 
 
 def dashboard_sources() -> list[Path]:

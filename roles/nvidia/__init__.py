@@ -14,8 +14,9 @@ configure  a reboot when the loaded module is not the installed driver (`nvidia_
 service    nvidia-persistenced, and nvidia-fabricmanager on NVSwitch classes; then NVML
            must report the release, the class's CUDA version and GPU count
 
-Hosts of a class without GPUs (`cpu`) get nothing: a noop that says so. It runs right
-after base in deploy/site.py, before anything that needs a GPU.
+Hosts of a class without GPUs (`cpu`) get nothing: a noop that says so, and they call
+nothing of NVIDIA's (``endpoints()``, for the residency audit, lists the repository on GPU
+classes only). It runs right after base in deploy/site.py, before anything that needs a GPU.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ from pyinfra.facts.server import Arch, KernelVersion
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
+from llmhost.endpoints import NVIDIA_REPOSITORY, Call
 from llmhost.errors import ConfigError
 from llmhost.hardware import HardwareClass, check_hardware, load_classes
 from llmhost.onhost.layout import ONHOST_APP
 from llmhost.render import put_template
 from llmhost.settings import from_data
 from roles._common.checks import check_at_least, check_url
+from roles._common.egress import apt_through_proxy
 from roles._common.onhost import install_onhost_tools, onhost_command
 from roles._common.operations import apt_key_trusted
 from roles.base.facts import Platform
@@ -145,6 +148,35 @@ def check() -> Plan | NoGpus:
     return Plan(settings, hardware, release, modules)
 
 
+def endpoints() -> list[Call]:
+    """NVIDIA's CUDA repository, on GPU classes only: `nvidia_apt_mirror`, else NVIDIA's own.
+
+    APT fetches the key and the driver stack from ``<repository>/<distro>/<arch>/``, by the
+    host's OS and architecture (DISTROS, ARCHITECTURES), which only its preflight reads. One
+    host serves every such path, and where that host is is what the audit asks: the
+    repository itself is listed.
+    """
+    hardware = check_hardware(host.data.get("hardware"), load_classes(), host.name)
+    if not hardware.has_gpu:
+        return []
+    settings = from_data(NvidiaSettings, host.data, host.name)
+    paths = "|".join(sorted(set(DISTROS.values())))
+    arches = "|".join(directory for directory, _ in ARCHITECTURES.values())
+    return [
+        apt_through_proxy(
+            NVIDIA_REPOSITORY,
+            repository_base(settings),
+            "nvidia_apt_mirror",
+            note=f"APT: the key and the driver stack, from {{{paths}}}/{{{arches}}}/ below it",
+        )
+    ]
+
+
+def repository_base(settings: NvidiaSettings) -> str:
+    """NVIDIA's repository, or its mirror: the directory above ``<distro>/<arch>/``."""
+    return (settings.nvidia_apt_mirror or REPOSITORY).rstrip("/")
+
+
 def exact_release(value: str | None, hardware: HardwareClass, name: str) -> Release:
     """The release within the class's branch: a branch alone would install whatever
     release is newest in the repository that day, so two builds of a host could differ."""
@@ -241,10 +273,9 @@ def preflight(plan: Plan) -> Target:
     present = len(gpus(host.get_fact(NvidiaPciDevices)))
     check_gpus_on_bus(plan, present)
     check_secure_boot(plan)
-    base = (plan.settings.nvidia_apt_mirror or REPOSITORY).rstrip("/")
     return Target(
         family=platform["os_id"],
-        repository=f"{base}/{distro}/{repository_arch}/",
+        repository=f"{repository_base(plan.settings)}/{distro}/{repository_arch}/",
         deb_arch=deb_arch,
         kernel=host.get_fact(KernelVersion),
         gpus_present=present,

@@ -29,6 +29,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, server, systemd
 
 from llmhost.catalog import Model
+from llmhost.endpoints import CONTROL_SIDE, REGISTRY, RUNTIME_SOURCE, Call
 from llmhost.errors import ConfigError
 from llmhost.hardware import RUNTIMES, HardwareClass, check_hardware, load_classes
 from llmhost.onhost.jsonlog import vllm_logging_config
@@ -44,6 +45,7 @@ from llmhost.render import put_template
 from llmhost.runtimes import find_build, load_sources, sha256_file
 from llmhost.settings import from_data
 from roles._common.checks import check_at_least, on_host
+from roles._common.egress import through_proxy
 from roles._common.facts import HostState
 from roles._common.onhost import install_onhost_tools, runtimectl
 from roles._common.ports import check_host_ports
@@ -68,6 +70,9 @@ from roles.runtime.defaults import (
 from roles.runtime.engines import Release, check_servable, llama_cpp_release, vllm_release
 from roles.runtime.facts import UnitActive
 from roles.runtime.operations import binary_installed, vllm_installed
+
+# Where pip finds vLLM and its dependencies: PyPI's index and the host serving its files.
+PYPI = ("https://pypi.org/simple", "https://files.pythonhosted.org")
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,48 @@ def check() -> Wanted:
     model = served_model()
     check_servable(engine, model, host.name)
     return Wanted(settings, hardware, model, wanted_release(engine, settings, hardware, model))
+
+
+def endpoints() -> list[Call]:
+    """Where the engine comes from: llama-server is built on the control machine from the
+    pinned source and pulled from the registries like a model; vLLM is installed on the host
+    from PyPI, with the hashes of the lock (re-locked from the control machine)."""
+    settings = from_data(RuntimeSettings, host.data, host.name)
+    hardware = check_hardware(host.data.get("hardware"), load_classes(), host.name)
+    engine = settings.runtime_engine or hardware.runtime
+    with on_host(host.name):
+        sources = load_sources()
+    if engine == "llama.cpp":
+        registries = pull_registries(from_data(ModelSettings, host.data, host.name))
+        return [
+            Call(
+                RUNTIME_SOURCE,
+                sources.llama_cpp.url,
+                "llama_cpp.source_url",
+                side=CONTROL_SIDE,
+                note=f"`llmhost runtimes build --class {hardware.name}`",
+            ),
+            *(
+                through_proxy(REGISTRY, registry, "model_registries", note="pulls the build")
+                for registry in registries
+            ),
+        ]
+    if engine != "vllm":
+        return []  # not a runtime: its check says so
+    lock = f"vLLM {sources.vllm.version}, the hashed lock {sources.vllm.lock.name}"
+    return [
+        *(
+            through_proxy(RUNTIME_SOURCE, index, "vllm.lock", note=f"pip installs {lock}")
+            for index in PYPI
+        ),
+        Call(
+            RUNTIME_SOURCE,
+            PYPI[0],
+            "vllm.lock",
+            side=CONTROL_SIDE,
+            note="`llmhost runtimes lock-vllm` resolves the lock (its --index-url)",
+        ),
+    ]
 
 
 def preflight() -> Plan:

@@ -43,8 +43,22 @@ def assert_untouched(testbed, hosts):
             "key `region`: 'us-east-1' is outside `residency_allowed_regions`",
         ),
         ({"hardware": "a100"}, "key `hardware`: 'a100' is not a class in hardware.toml"),
+        (
+            {"base_ntp_servers": ["time.example.net"]},
+            "key `base_ntp_servers`: ntp time.example.net (chrony) has no declared region",
+        ),
+        (
+            {"residency_endpoints": {"10.231.2.1": "us-east"}},
+            "key `base_http_proxy`: egress-proxy http://10.231.2.1:8888 is in 'us-east'",
+        ),
     ],
-    ids=["missing-region", "region-outside-policy", "unknown-hardware"],
+    ids=[
+        "missing-region",
+        "region-outside-policy",
+        "unknown-hardware",
+        "undeclared-endpoint",
+        "endpoint-outside-policy",
+    ],
 )
 def test_bad_host_data_stops_every_host_before_any_change(
     tmp_path, testbed, hosts, converged_with_sentinel_removed, edit, expected
@@ -77,8 +91,19 @@ def test_bad_host_data_stops_every_host_before_any_change(
         ({"base_ssh_port": "22"}, "key `base_ssh_port`: expected int, got str"),
         ({"base_http_proxy": "egress:3128"}, "key `base_http_proxy`"),
         ({"model_name": "not-in-the-catalog"}, "key `model_name`"),
+        (
+            {"base_ntp_servers": ["time.example.net"]},
+            "key `base_ntp_servers`: ntp time.example.net (chrony) has no declared region",
+        ),
     ],
-    ids=["misspelt-setting", "policy-on-a-host", "port-as-string", "proxy-no-scheme", "model"],
+    ids=[
+        "misspelt-setting",
+        "policy-on-a-host",
+        "port-as-string",
+        "proxy-no-scheme",
+        "model",
+        "undeclared-endpoint",
+    ],
 )
 def test_llmhost_deploy_checks_every_role_offline_and_runs_nothing(
     tmp_path, testbed, hosts, converged_with_sentinel_removed, edit, expected

@@ -16,14 +16,19 @@ The driver itself, the reboot and NVML's verdict are covered by tests/gpu on a r
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import urlsplit
+
 import pytest
 
 from llmhost import converge
+from llmhost.testing.testbed.testbed import REGION
 from roles.nvidia.defaults import (
     KEY_FINGERPRINT,
     KEYRING,
     NOUVEAU_FILE,
     PREFERENCES_FILE,
+    REPOSITORY,
     SOURCES_FILE,
     UNATTENDED_FILE,
 )
@@ -37,6 +42,21 @@ NVIDIA_FILES = (KEYRING, f"{KEYRING}.new", SOURCES_FILE, PREFERENCES_FILE, UNATT
                 NOUVEAU_FILE)  # fmt: skip
 RELEASE = "550.127.08"
 NO_GPU = {"hardware": "rtx4090", "nvidia_driver_version": RELEASE}
+
+
+def gpu_class(testbed, host, **data: Any) -> dict[str, Any]:
+    """The edits that make ``host`` a GPU class host (NO_GPU, then ``data``), for write_inventory.
+
+    A GPU class host calls NVIDIA's repository, and the residency audit (the first thing
+    deploy/site.py does) refuses an endpoint whose region nobody declared, before the nvidia
+    role could fail the way these tests expect. So this host's data declares it, in the
+    testbed's region like the testbed's other endpoints (test hosts carry nobody's data).
+    Here and not in the testbed's own declarations: those say where what the testbed reaches
+    is, and its proxy never forwards to NVIDIA (the key test relies on that), so no other
+    testbed inventory gets to call it unremarked.
+    """
+    declared = {**testbed.residency_endpoints(host), urlsplit(REPOSITORY).hostname: REGION}
+    return {**NO_GPU, "residency_endpoints": declared, **data}
 
 
 def nvidia_files(testbed, host) -> list[str]:
@@ -79,7 +99,8 @@ def test_a_gpu_class_host_without_its_gpu_stops_in_preflight_with_nothing_instal
     tmp_path, testbed, hosts
 ):
     bad = hosts[-1]
-    inventory = write_inventory(tmp_path / "inventory.py", testbed, hosts, **{bad.name: NO_GPU})
+    edits = {bad.name: gpu_class(testbed, bad)}
+    inventory = write_inventory(tmp_path / "inventory.py", testbed, hosts, **edits)
 
     result = converge.run(inventory)
 
@@ -107,7 +128,7 @@ def test_the_repository_key_that_cannot_be_fetched_trusts_nothing(
     tmp_path, testbed, hosts, restored
 ):
     host = hosts[-1]
-    data = {**NO_GPU, "nvidia_require_gpus": False, "nvidia_secure_boot_ok": True}
+    data = gpu_class(testbed, host, nvidia_require_gpus=False, nvidia_secure_boot_ok=True)
     inventory = write_inventory(tmp_path / "inventory.py", testbed, hosts, **{host.name: data})
     distro = testbed.ssh(host, '. /etc/os-release && echo "$ID$(echo "$VERSION_ID" | tr -d .)"')
     arch = {"x86_64": "x86_64", "aarch64": "sbsa"}[testbed.ssh(host, "uname -m").strip()]

@@ -109,6 +109,18 @@ CASES = [
         'up{job="runtime",host="a",colour="blue"}': "1x5",
         'up{job="runtime",host="a",colour="green"}': "0x5",
     }, "3m", []),
+    case("RuntimeCrashLooping", {
+        'node_systemd_service_restart_total{host="a",name="llmhost-runtime@green.service"}':
+            "0 0 1 1 2 2 3 3 4 4",
+    }, "9m", [
+        alert("RuntimeCrashLooping", {"severity": "page", "host": "a",
+                                      "name": "llmhost-runtime@green.service"},
+              "a: llmhost-runtime@green.service restarted 4 times in 15 minutes"),
+    ]),
+    case("RuntimeCrashLooping", {
+        'node_systemd_service_restart_total{host="a",name="llmhost-runtime@green.service"}':
+            "5 5 5 5 5 5 6 6 6 6",
+    }, "9m", []),
     case("RuntimeMetricsAbsent", {'up{job="runtime",host="a",colour="blue"}': "1x10"}, "7m", [
         alert("RuntimeMetricsAbsent", {"severity": "ticket", "host": "a", "colour": "blue"},
               "a blue: the engine answers but exports none of the metrics the alerts use "
@@ -137,6 +149,39 @@ CASES = [
         'llmhost_gateway_first_byte_seconds_bucket{host="gpu-1",colour="blue",le="+Inf"}':
             "0+10x20",
     }, "17m", []),
+    # releases: the gate, the eval, the registry they come from
+    case("GateFailed", {
+        'llmhost_gate_passed{host="a",job="node",colour="green",release="3f2a9c0e11d4"}': "0x3",
+        'llmhost_gate_passed{host="a",job="node",colour="blue",release="0c1d2e3f4a5b"}': "1x3",
+    }, "2m", [
+        alert("GateFailed", {"severity": "ticket", "host": "a", "job": "node", "colour": "green",
+                             "release": "3f2a9c0e11d4"},
+              "a: release 3f2a9c0e11d4 on green failed its gate and was not cut over"),
+    ]),
+    case("GateFailed", {
+        'llmhost_gate_passed{host="a",job="node",colour="blue",release="0c1d2e3f4a5b"}': "1x3",
+    }, "2m", []),
+    case("EvalDrift", {
+        'llmhost_gate_eval_drift{host="a",job="node",release="3f2a9c0e11d4"}': "2x3",
+    }, "2m", [
+        alert("EvalDrift", {"severity": "ticket", "host": "a", "job": "node",
+                            "release": "3f2a9c0e11d4"},
+              "a: release 3f2a9c0e11d4 gave 2 eval answers that differ from its golden set"),
+    ]),
+    case("EvalDrift", {
+        'llmhost_gate_eval_drift{host="a",job="node",release="3f2a9c0e11d4"}': "0x3",
+    }, "2m", []),
+    case("RegistryDown", {
+        'node_systemd_unit_state{host="r",name="docker-registry.service",state="active"}': "0x5",
+    }, "4m", [
+        alert("RegistryDown", {"severity": "ticket", "host": "r",
+                               "name": "docker-registry.service", "state": "active"},
+              "r: the model registry is not running (pulls fall back to the next registry)"),
+    ]),
+    case("RegistryDown", {
+        'node_systemd_unit_state{host="r",name="docker-registry.service",state="active"}':
+            "1 0 1 1 1",
+    }, "4m", []),
     # the gateway
     case("GatewayErrorRate", {
         'llmhost_gateway_requests_total{host="a",identity="t",colour="blue",status="200"}':

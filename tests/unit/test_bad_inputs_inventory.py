@@ -23,9 +23,14 @@ from llmhost.secrets import add_api_key
 from roles._common.site import stages
 from tests.unit.test_model_role import DIGEST, model_file
 
+# Where the endpoints a serving host calls are (the residency audit refuses undeclared ones).
+DECLARED = (
+    '{"deb.debian.org": "gb", "security.debian.org": "gb", "10.0.0.5": "gb-lon1", '
+    '"files.pythonhosted.org": "gb"}'
+)
 SERVE = (
     '"region": "gb-lon1", "hardware": "cpu", "model_name": "tiny", '
-    '"model_registries": ["10.0.0.5:5000"]'
+    f'"model_registries": ["10.0.0.5:5000"], "residency_endpoints": {DECLARED}'
 )
 
 
@@ -522,7 +527,7 @@ def test_every_problem_of_every_host_is_a_line_and_the_count_ends_it(tmp_path):
         'web = [("a", {"region": "us", "hardware": "cpu"}), '
         '("b", {"region": "gb", "hardware": "a100"})]\n'
     )
-    exit_code, output = check(tmp_path, inventory)
+    exit_code, output = check(tmp_path, inventory, all=f"residency_endpoints = {DECLARED}\n")
     assert exit_code == 1
     assert "host a: key `region`" in output and "host b: key `hardware`" in output
     assert output.rstrip().endswith("2 problems found in 2 host(s)")
@@ -544,7 +549,8 @@ def test_a_gate_switched_off_in_a_test_group_is_not_warned_about(tmp_path):
 
 
 def test_the_same_host_in_several_groups_with_the_same_data_is_fine(tmp_path):
-    box = '_box = ("box", {"region": "gb", "hardware": "cpu"})\n'
+    data = f'{{"region": "gb", "hardware": "cpu", "residency_endpoints": {DECLARED}}}'
+    box = f'_box = ("box", {data})\n'
     exit_code, output = check(tmp_path, box + "serving = []\nregistry = [_box]\nweb = [_box]\n")
     assert exit_code == 0, output
 
@@ -557,5 +563,7 @@ def test_the_offline_check_runs_the_roles_deploy_site_runs_in_its_order():
         for node in ast.walk(tree)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
     )
-    # cutover has no inputs of its own: it acts on the gate's plan
-    assert [name for _, name in calls if name != "cutover"] == [s.role for s in stages()]
+    # cutover has no inputs of its own: it acts on the gate's plan; the audit is no role
+    roles = [name for _, name in calls if name not in ("cutover", "require_residency")]
+    assert roles == [s.role for s in stages()]
+    assert calls[0][1] == "require_residency", "the audit runs before any role"

@@ -196,6 +196,26 @@ def test_a_state_written_before_colours_kept_their_eval_score_exports_the_last_g
     assert gate_scores({**old, "last_gate": {"release": "r1", "eval_score": True}}) == {}
 
 
+def test_the_state_metrics_carry_the_last_gates_eval_score_and_drift():
+    """The EvalDrift and GateFailed alerts read these lines from node exporter's textfile."""
+    state = {
+        "active": "blue",
+        "colours": {
+            "blue": {"id": "r1", "model": "m", "gate": {"passed": True}},
+            "green": {"id": "r2", "model": "m", "gate": {"passed": False}},
+        },
+        "last_gate": {"release": "r2", "eval_score": 0.75, "drift": 3},
+    }
+    lines = runtimectl.state_metrics(state).splitlines()
+    assert 'llmhost_gate_passed{colour="green",release="r2"} 0' in lines
+    assert 'llmhost_gate_eval_score{release="r2"} 0.75' in lines
+    assert 'llmhost_gate_eval_drift{release="r2"} 3' in lines
+    no_eval = {**state, "last_gate": {"release": "r2", "eval_score": None, "drift": 0}}
+    assert "llmhost_gate_eval_drift" not in runtimectl.state_metrics(no_eval)
+    odd = {**state, "last_gate": {"release": "r2", "eval_score": 1, "drift": "x"}}
+    assert 'llmhost_gate_eval_drift{release="r2"} 0' in runtimectl.state_metrics(odd)
+
+
 def test_an_ungated_colour_upstream_sends_nowhere():
     text = runtimectl.upstream_text(None, 8001)
     assert "server 127.0.0.1:8001 down;" in text and "default none;" in text

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from llmhost.errors import ActionableError
 from llmhost.testing.testbed import network, processes
@@ -35,6 +36,8 @@ EGRESS_ALLOWED = (
     "pypi.org",
     "files.pythonhosted.org",
 )
+# Where `llmhost models mirror` would fetch hub models (the tests serve them locally).
+TEST_HUB = ("huggingface.co",)
 REQUIRED_TOOLS = {
     "systemd-nspawn": "systemd-container",
     "debootstrap": "debootstrap",
@@ -227,7 +230,21 @@ class Testbed:
             "secrets_dir": str(self.root / "secrets"),
             # The egress proxy forwards to EGRESS_ALLOWED alone: apt.grafana.com is not there.
             "monitoring_grafana": False,
+            "residency_endpoints": self.residency_endpoints(host),
         }
+
+    def residency_endpoints(self, host: TestbedHost) -> dict[str, str]:
+        """Where the testbed's endpoints are, for the residency audit: all in its region.
+
+        The testbed stands in for a regulated network on this machine: the proxy and
+        the NTP server beside each host are here, and so is the control machine. What the
+        proxy forwards to (the package registries), the Debian mirror it was built from
+        and the hub (the tests mirror from a local stand-in) are declared in the
+        testbed's region too: test hosts carry nobody's data. A real inventory declares
+        where its endpoints really are.
+        """
+        public = (*EGRESS_ALLOWED, urlsplit(self.mirror).hostname or "", *TEST_HUB)
+        return {host.gateway: REGION, **{name: REGION for name in public if name}}
 
     # -- hosts -------------------------------------------------------------
 
