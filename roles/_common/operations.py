@@ -79,11 +79,16 @@ def reload_firewall(*changed: OperationMeta) -> None:
 
     ``try-reload-or-restart`` is a no-op while the firewall is disabled, and the
     unit checks the rule set (``nft --check``) before it replaces the live table.
+    A reload that systemd could not start (``status=219/CGROUP``: the unit's cgroup,
+    gone since its last run, not yet made again, seen in containers) is tried once more
+    a second later; loading the same rules twice is harmless. A rule set that fails its
+    check fails both tries, and the unit's log says why.
     """
+    reload = f"systemctl try-reload-or-restart {FIREWALL_UNIT}"
     server.shell(
         name="Firewall: apply changed rules",
         commands=[
-            f"systemctl try-reload-or-restart {FIREWALL_UNIT} "
+            f"{reload} || {{ sleep 1; {reload}; }} "
             f"|| {{ journalctl -u {FIREWALL_UNIT} -n 20 --no-pager >&2; exit 1; }}"
         ],
         _if=any_changed(*changed),
