@@ -5,6 +5,9 @@ EvalScoreBelowGate.
 tb1 is the monitoring host (Prometheus) and a registry; tb2 serves ed-one, a tiny GGUF
 with an eval set, gated and cut over by a normal converge. Prometheus's API is asked from
 tb1 itself (its port is closed to everyone else).
+
+Named to run after test_runtime.py: its release leaves tb2's active colour on the other
+colour, and the runtime and monitoring tests expect tb2 to take its first release on blue.
 """
 
 from __future__ import annotations
