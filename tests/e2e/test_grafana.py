@@ -51,11 +51,11 @@ from roles.monitoring.grafana import (
     provisioning_files,
 )
 from tests.e2e.conftest import write_inventory
+from tests.e2e.test_monitoring import SERVING, wait_for
 from tests.unit.test_dashboards import BOARDS, Query, all_queries, concrete, metric_names
 
 pytestmark = pytest.mark.e2e
 
-SERVING = {"model_name": "rt-one", "monitoring_gpu_exporter": True}
 GATEWAY = 8000
 # Panels the testbed cannot fill: every metric they read starts with one of these.
 NO_DATA_HERE = {
@@ -106,17 +106,6 @@ def evaluate(testbed, monitor, expressions: list[str]) -> list[dict[str, Any]]:
     testbed.put(monitor, "/root/llmhost-e2e-queries.json", json.dumps(expressions), "0600")
     out = testbed.ssh(monitor, f"python3 -c {shlex.quote(EVALUATE)} /root/llmhost-e2e-queries.json")
     return json.loads(out)
-
-
-def wait_for(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while True:
-        found = condition()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not seen within {seconds:.0f} s")
-        time.sleep(3)
 
 
 def request(testbed, host, key: str | None, stream: bool) -> int:
