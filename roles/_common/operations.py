@@ -16,8 +16,9 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import StringCommand, operation
 from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import Home
-from pyinfra.operations import files, server
+from pyinfra.operations import apt, files, server
 from pyinfra.operations.util import any_changed
 
 from llmhost.errors import ConfigError
@@ -134,6 +135,20 @@ def secret_upload_options() -> dict[str, Any]:
         _su_user=None,
     )
     return {"_temp_dir": directory}
+
+
+APT_KEYRINGS_DIR = "/etc/apt/keyrings"  # where third-party repository keys live (signed-by)
+
+
+def apt_key_tools(owner: str) -> None:
+    """What ``apt_key_trusted`` needs on the host: gpg, and the keyrings directory."""
+    apt.packages(
+        name=f"gpg (checks {owner}'s repository key)",
+        packages=["gpg"],
+        update="gpg" not in host.get_fact(DebPackages),
+        no_recommends=True,
+    )
+    files.directory(name=f"{APT_KEYRINGS_DIR}: APT keyrings", path=APT_KEYRINGS_DIR, mode="0755")
 
 
 @operation()
