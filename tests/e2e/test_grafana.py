@@ -61,7 +61,7 @@ GATEWAY = 8000
 NO_DATA_HERE = {
     "DCGM_": "tb2 has no GPU: its GPU exporter says so (llmhost_gpu_up 0) and has no DCGM_*",
     "vllm:": "the testbed serves with llama.cpp (vLLM runs on GPU classes)",
-    "llmhost_eval_": "the production eval job does not run on the testbed",
+    "llmhost_eval_": "rt-one has no eval set, so no production eval runs for it",
     "llmhost_gate_eval_score": "the testbed's models have no eval set: no gate records a score",
     "node_filesystem_": "a testbed host's root is an overlay, which node exporter leaves out",
 }
