@@ -16,8 +16,9 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import StringCommand, operation
 from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import Home
-from pyinfra.operations import files, server
+from pyinfra.operations import apt, files, server
 from pyinfra.operations.util import any_changed
 
 from llmhost.errors import ConfigError
@@ -79,11 +80,16 @@ def reload_firewall(*changed: OperationMeta) -> None:
 
     ``try-reload-or-restart`` is a no-op while the firewall is disabled, and the
     unit checks the rule set (``nft --check``) before it replaces the live table.
+    A reload that systemd could not start (``status=219/CGROUP``: the unit's cgroup,
+    gone since its last run, not yet made again, seen in containers) is tried once more
+    a second later; loading the same rules twice is harmless. A rule set that fails its
+    check fails both tries, and the unit's log says why.
     """
+    reload = f"systemctl try-reload-or-restart {FIREWALL_UNIT}"
     server.shell(
         name="Firewall: apply changed rules",
         commands=[
-            f"systemctl try-reload-or-restart {FIREWALL_UNIT} "
+            f"{reload} || {{ sleep 1; {reload}; }} "
             f"|| {{ journalctl -u {FIREWALL_UNIT} -n 20 --no-pager >&2; exit 1; }}"
         ],
         _if=any_changed(*changed),
@@ -129,6 +135,20 @@ def secret_upload_options() -> dict[str, Any]:
         _su_user=None,
     )
     return {"_temp_dir": directory}
+
+
+APT_KEYRINGS_DIR = "/etc/apt/keyrings"  # where third-party repository keys live (signed-by)
+
+
+def apt_key_tools(owner: str) -> None:
+    """What ``apt_key_trusted`` needs on the host: gpg, and the keyrings directory."""
+    apt.packages(
+        name=f"gpg (checks {owner}'s repository key)",
+        packages=["gpg"],
+        update="gpg" not in host.get_fact(DebPackages),
+        no_recommends=True,
+    )
+    files.directory(name=f"{APT_KEYRINGS_DIR}: APT keyrings", path=APT_KEYRINGS_DIR, mode="0755")
 
 
 @operation()

@@ -44,6 +44,8 @@ from roles._common.checks import check_url, on_host
 from roles._common.egress import apt_through_proxy
 from roles._common.facts import DirectoryEntries
 from roles._common.operations import (
+    APT_KEYRINGS_DIR,
+    apt_key_tools,
     apt_key_trusted,
     firewall_only_from,
     reload_firewall,
@@ -57,8 +59,7 @@ REPOSITORY = "https://apt.grafana.com"
 # Grafana's APT signing key (since its 2023 rotation), as several independent projects pin
 # it. https://apt.grafana.com/gpg.key also carries the keys it replaced.
 KEY_FINGERPRINT = "B53AE77BADB630A683046005963FA27710458545"
-KEYRING_DIR = "/etc/apt/keyrings"
-KEYRING = f"{KEYRING_DIR}/grafana.gpg"
+KEYRING = f"{APT_KEYRINGS_DIR}/grafana.gpg"
 SOURCES = "/etc/apt/sources.list.d/grafana.sources"
 PREFERENCES = "/etc/apt/preferences.d/llmhost-grafana.pref"
 # Ours, outside /etc/grafana (whose files the package's postinst re-owns at every upgrade).
@@ -226,12 +227,7 @@ def provisioning(settings: MonitoringSettings) -> list[OperationMeta]:
 
 def install(settings: MonitoringSettings) -> None:
     """The key, the repository, the pin, the package: each only once the one before holds."""
-    apt.packages(
-        name="Install gpg (to check Grafana's signing key)",
-        packages=["gpg"],
-        extra_install_args="--no-install-recommends",
-    )
-    files.directory(name=f"{KEYRING_DIR}: APT keyrings", path=KEYRING_DIR, mode="0755")
+    apt_key_tools("Grafana")
     url = repository_url(settings)
     trusted = apt_key_trusted(
         name=f"Grafana's signing key {KEY_FINGERPRINT} alone, from {url}/gpg.key",

@@ -29,9 +29,8 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.connectors.local import LocalConnector
-from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import Arch, KernelVersion
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import server, systemd
 from pyinfra.operations.util import any_changed
 
 from llmhost.endpoints import NVIDIA_REPOSITORY, Call
@@ -43,7 +42,7 @@ from llmhost.settings import from_data
 from roles._common.checks import check_at_least, check_url
 from roles._common.egress import apt_through_proxy
 from roles._common.onhost import install_onhost_tools, onhost_command
-from roles._common.operations import apt_key_trusted
+from roles._common.operations import apt_key_tools, apt_key_trusted
 from roles.base.facts import Platform
 from roles.nvidia.defaults import (
     ARCHITECTURES,
@@ -55,7 +54,6 @@ from roles.nvidia.defaults import (
     KEY_FILE,
     KEY_FINGERPRINT,
     KEYRING,
-    KEYRINGS_DIR,
     NOUVEAU_FILE,
     OPEN_ONLY,
     PACKAGES,
@@ -333,13 +331,7 @@ def check_secure_boot(plan: Plan) -> None:
 def repository(plan: Plan, target: Target) -> list[OperationMeta]:
     """NVIDIA's repository, trusted through its checked key; pins and the blacklist before
     any package. Returns the operations that change what APT reads."""
-    apt.packages(
-        name="gpg (checks the repository key)",
-        packages=["gpg"],
-        update="gpg" not in host.get_fact(DebPackages),
-        no_recommends=True,
-    )
-    files.directory(name=f"{KEYRINGS_DIR}: APT keyrings", path=KEYRINGS_DIR, mode="0755")
+    apt_key_tools("NVIDIA")
     key = apt_key_trusted(
         name=f"APT: NVIDIA's repository key {KEY_FINGERPRINT}, checked before it is trusted",
         url=f"{target.repository}{KEY_FILE}",

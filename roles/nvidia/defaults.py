@@ -11,14 +11,14 @@ import re
 from dataclasses import dataclass
 
 from llmhost.settings import setting
+from roles._common.operations import APT_KEYRINGS_DIR
 
 # NVIDIA's CUDA repository: <base>/<distro>/<arch>/ holds the packages and the key.
 REPOSITORY = "https://developer.download.nvidia.com/compute/cuda/repos"
 KEY_FILE = "3bf863cc.pub"
 # NVIDIA's CUDA repository signing key ("cudatools <cudatools@nvidia.com>", 2022).
 KEY_FINGERPRINT = "EB693B3035CD5710E231E123A4B469963BF863CC"
-KEYRINGS_DIR = "/etc/apt/keyrings"
-KEYRING = f"{KEYRINGS_DIR}/llmhost-nvidia-cuda.gpg"
+KEYRING = f"{APT_KEYRINGS_DIR}/llmhost-nvidia-cuda.gpg"
 SOURCES_FILE = "/etc/apt/sources.list.d/llmhost-nvidia-cuda.list"
 PREFERENCES_FILE = "/etc/apt/preferences.d/llmhost-nvidia"
 UNATTENDED_FILE = "/etc/apt/apt.conf.d/51llmhost-nvidia"

@@ -130,6 +130,72 @@ def test_audit_lines_are_json_with_identity_and_colour_and_no_key_appears_anywhe
     assert "Hello" not in testbed.ssh(host, f"cat {AUDIT_LOG}"), "prompts are not logged"
 
 
+def audit_line(testbed, host, request_id: str) -> dict:
+    lines = [json.loads(line) for line in testbed.ssh(host, f"cat {AUDIT_LOG}").splitlines()]
+    (mine,) = [line for line in lines if line["request_id"] == request_id]
+    return mine
+
+
+def streamed_usage(data: bytes) -> dict | None:
+    events = [line[6:] for line in data.decode().splitlines() if line.startswith("data: ")]
+    found = [json.loads(e).get("usage") for e in events if e.strip() != "[DONE]"]
+    return next((u for u in reversed(found) if u), None)
+
+
+def test_the_audit_line_has_the_tokens_the_engine_reported_and_the_exporter_counts_them(
+    testbed, hosts, keys, gateway_host
+):
+    host = gateway_host
+    status, data, request_id = request(testbed, host, keys["team-b"], completion_body(5))
+    assert status == 200
+    usage = json.loads(data)["usage"]
+    line = audit_line(testbed, host, request_id)
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (
+        str(usage["prompt_tokens"]),
+        str(usage["completion_tokens"]),
+    )
+    # A stream that asks for usage gets it in its last event, and the gateway reads it there.
+    asked = json.loads(completion_body(6, stream=True))
+    asked["stream_options"] = {"include_usage": True}
+    status, data, request_id = request(testbed, host, keys["team-b"], json.dumps(asked).encode())
+    assert status == 200
+    usage = streamed_usage(data)
+    line = audit_line(testbed, host, request_id)
+    if usage is None:
+        assert (line["prompt_tokens"], line["completion_tokens"]) == ("", "")
+    else:
+        assert line["completion_tokens"] == str(usage["completion_tokens"])
+    # Not an answer: nothing counted.
+    status, _, request_id = request(testbed, host, None, completion_body())
+    assert status == 401 and audit_line(testbed, host, request_id)["prompt_tokens"] == ""
+    time.sleep(1.5)  # the exporter polls the log every 0.5 s
+    fetch = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9114/metrics').read().decode())"
+    metrics = testbed.ssh(host, f'python3 -c "{fetch}"')
+    assert 'llmhost_gateway_tokens_total{identity="team-b",colour=' in metrics
+    assert "llmhost_gateway_answers_without_usage_total{" in metrics
+
+
+def test_engine_and_gateway_logs_are_json_lines_in_the_journal(testbed, hosts, keys, gateway_host):
+    host = gateway_host
+    status, _, request_id = request(testbed, host, keys["tests"], completion_body())
+    assert status == 200
+    time.sleep(1)
+    journal = testbed.ssh(host, "journalctl -t llmhost_gateway -o cat --no-pager -n 200")
+    audited = [json.loads(line) for line in journal.splitlines() if line.startswith("{")]
+    assert any(entry["request_id"] == request_id for entry in audited), journal[-2000:]
+    active = state(testbed, host)["active"]
+    engine = testbed.ssh(
+        host, f"journalctl -u {unit_name(active)} -o json --no-pager -n 50", check=False
+    )
+    records = [json.loads(line) for line in engine.splitlines() if line.strip()]
+    from_engine = [r for r in records if r.get("SYSLOG_IDENTIFIER") == f"llmhost-runtime-{active}"]
+    assert from_engine, engine[-2000:]
+    assert all(r.get("LLMHOST_COLOUR") == active for r in from_engine)
+    messages = [r["MESSAGE"] for r in from_engine if isinstance(r.get("MESSAGE"), str)]
+    assert messages and all(json.loads(m) for m in messages if m.startswith("{"))
+    assert sum(m.startswith("{") for m in messages) >= len(messages) // 2, messages[-5:]
+
+
 def test_the_second_run_changes_nothing(tmp_path, testbed, hosts, gateway_host):
     again = converge.run(inventory(tmp_path, testbed, hosts, model_name="rt-one", **LOAD_LIMITS))
     assert again.returncode == 0 and again.changes == 0, again.changed_operations()

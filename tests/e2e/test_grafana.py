@@ -51,17 +51,17 @@ from roles.monitoring.grafana import (
     provisioning_files,
 )
 from tests.e2e.conftest import write_inventory
+from tests.e2e.test_monitoring import SERVING, wait_for
 from tests.unit.test_dashboards import BOARDS, Query, all_queries, concrete, metric_names
 
 pytestmark = pytest.mark.e2e
 
-SERVING = {"model_name": "rt-one", "monitoring_gpu_exporter": True}
 GATEWAY = 8000
 # Panels the testbed cannot fill: every metric they read starts with one of these.
 NO_DATA_HERE = {
     "DCGM_": "tb2 has no GPU: its GPU exporter says so (llmhost_gpu_up 0) and has no DCGM_*",
     "vllm:": "the testbed serves with llama.cpp (vLLM runs on GPU classes)",
-    "llmhost_eval_": "the production eval job does not run on the testbed",
+    "llmhost_eval_": "rt-one has no eval set, so no production eval runs for it",
     "llmhost_gate_eval_score": "the testbed's models have no eval set: no gate records a score",
     "node_filesystem_": "a testbed host's root is an overlay, which node exporter leaves out",
 }
@@ -106,17 +106,6 @@ def evaluate(testbed, monitor, expressions: list[str]) -> list[dict[str, Any]]:
     testbed.put(monitor, "/root/llmhost-e2e-queries.json", json.dumps(expressions), "0600")
     out = testbed.ssh(monitor, f"python3 -c {shlex.quote(EVALUATE)} /root/llmhost-e2e-queries.json")
     return json.loads(out)
-
-
-def wait_for(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while True:
-        found = condition()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not seen within {seconds:.0f} s")
-        time.sleep(3)
 
 
 def request(testbed, host, key: str | None, stream: bool) -> int:

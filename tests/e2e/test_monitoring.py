@@ -78,7 +78,8 @@ def test_every_exporter_of_every_host_is_scraped(testbed, hosts, watched):
             ("runtime", serving.name, "blue"),
             ("registry", monitor.name, None), ("registry", serving.name, None),
         }  # fmt: skip
-        return seen if all(seen.get(k) == "up" for k in wanted) else None
+        scraped = seen.get(("runtime", serving.name, "green"), "unknown") != "unknown"
+        return seen if scraped and all(seen.get(k) == "up" for k in wanted) else None
 
     seen = wait_for(all_up, 90, "every target up")
     assert seen[("runtime", serving.name, "green")] == "down", "the idle colour is stopped"

@@ -151,7 +151,7 @@ def test_the_repository_key_that_cannot_be_fetched_trusts_nothing(
     ran = {op["name"]: op for op in results["operations"]}
     key = ran[f"{ROLE}APT: NVIDIA's repository key {KEY_FINGERPRINT}, checked before it is trusted"]
     assert host.name in key["error"]
-    gpg = ran[f"{ROLE}gpg (checks the repository key)"]
+    gpg = ran[f"{ROLE}gpg (checks NVIDIA's repository key)"]
     assert host.name in gpg["success"] + gpg["no_change"], "the step before it ran"
     assert_nothing_of_nvidia(testbed, host)  # the key's temporary name included
     assert_nothing_of_nvidia(testbed, hosts[0])

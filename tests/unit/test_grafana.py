@@ -19,7 +19,7 @@ from llmhost.errors import ConfigError
 from llmhost.render import render
 from llmhost.secrets import GRAFANA_FILE, grafana_admin_password
 from llmhost.settings import from_data
-from roles._common.operations import apt_key_script
+from roles._common.operations import APT_KEYRINGS_DIR, apt_key_script
 from roles.monitoring import monitoring
 from roles.monitoring.defaults import MonitoringSettings
 from roles.monitoring.grafana import (
@@ -29,7 +29,6 @@ from roles.monitoring.grafana import (
     GRAFANA_UNIT,
     KEY_FINGERPRINT,
     KEYRING,
-    KEYRING_DIR,
     PASSWORD_FILE,
     PREFERENCES,
     ROTATED,
@@ -81,7 +80,7 @@ def test_a_fresh_monitoring_host_gets_provisioning_then_key_repository_package_a
     order = [
         position(planned, "Grafana: provisioning/datasources/llmhost.yaml"),
         position(planned, "Grafana: dashboards/cluster-health.json"),
-        position(planned, "Install gpg"),
+        position(planned, "gpg (checks Grafana"),
         position(planned, f"Grafana's signing key {KEY_FINGERPRINT} alone"),
         position(planned, "APT: Grafana's repository https://apt.grafana.com"),
         position(planned, "APT: Grafana pinned to 13.2.3"),
@@ -188,7 +187,7 @@ def converged_facts(
         p: {"mode": 600 if p == PASSWORD_FILE else 644, "user": "root", "group": "root"}
         for p in paths
     }
-    directories = [*provisioning_directories(), KEYRING_DIR, DROPIN_DIR]
+    directories = [*provisioning_directories(), APT_KEYRINGS_DIR, DROPIN_DIR]
     return {
         "File": per_argument(
             {f"path={p}": stat for p, stat in owned.items()}

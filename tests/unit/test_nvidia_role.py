@@ -118,7 +118,7 @@ def test_a_fresh_host_gets_the_repository_pins_and_driver_in_that_order(os, hard
     planned = nvidia_plan(os, hardware)
     names = list(planned)
     order = [
-        "gpg (checks the repository key)",
+        "gpg (checks NVIDIA's repository key)",
         f"APT: NVIDIA's repository key {KEY_FINGERPRINT}, checked before it is trusted",
         "APT: NVIDIA's CUDA repository, signed by that key alone",
         f"APT: the NVIDIA driver stack pinned to {RELEASE}-*",

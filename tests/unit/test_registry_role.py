@@ -82,6 +82,7 @@ def test_fresh_host_opens_the_registry_port_in_the_firewall():
     ]
     (reload,) = commands(planned, "Firewall: apply changed rules")
     assert reload.startswith("systemctl try-reload-or-restart llmhost-firewall.service || ")
+    assert reload.count("try-reload-or-restart") == 2, "a reload systemd could not start: again"
     assert "journalctl -u llmhost-firewall.service" in reload, "a failed reload shows why"
 
 

@@ -5,6 +5,9 @@ EvalScoreBelowGate.
 tb1 is the monitoring host (Prometheus) and a registry; tb2 serves ed-one, a tiny GGUF
 with an eval set, gated and cut over by a normal converge. Prometheus's API is asked from
 tb1 itself (its port is closed to everyone else).
+
+Named to run after test_runtime.py: its release leaves tb2's active colour on the other
+colour, and the runtime and monitoring tests expect tb2 to take its first release on blue.
 """
 
 from __future__ import annotations
@@ -27,19 +30,13 @@ from llmhost.onhost.layout import (
 from llmhost.testing.testmodels import write_tiny_gguf
 from roles._common.onhost import runtimectl
 from tests.e2e.conftest import cli, sync_to_dr, write_inventory
+from tests.e2e.test_gate import EVAL_SET, LENIENT  # the same eval set, gated as leniently
 from tests.e2e.test_monitoring import prometheus, query, wait_for
 
 pytestmark = pytest.mark.e2e
 
 MODEL = "ed-one"
 SERVICE = "llmhost-eval-drift.service"
-EVAL_SET = [
-    {"id": "story", "prompt": "Once upon a time", "max_tokens": 8, "check": {"regex": r"\w"}},
-    {"id": "weather", "prompt": "The weather today", "max_tokens": 8, "check": {"regex": r"\w"}},
-    {"id": "json", "prompt": "Answer in JSON:", "max_tokens": 8,
-     "check": {"json_schema": {"type": "object"}}},
-]  # fmt: skip
-LENIENT = {"ttft_p95_ms": 60000, "e2e_p99_ms": 60000, "min_tokens_per_s": 0.1}
 
 
 def serving_data() -> dict:
