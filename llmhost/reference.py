@@ -14,6 +14,7 @@ from functools import cache
 from pathlib import Path
 
 from llmhost.paths import REPO_ROOT
+from llmhost.rebuild import RebuildSettings
 from llmhost.residency import ResidencySettings
 from llmhost.secrets import SecretsSettings
 from llmhost.settings import reference_markdown
@@ -23,8 +24,12 @@ END = "<!-- END CONFIG REFERENCE -->"
 
 
 def settings_classes() -> list[tuple[str, type]]:
-    """(section title, dataclass) for residency, secrets and each role, in role-name order."""
-    found: list[tuple[str, type]] = [("Residency", ResidencySettings), ("Secrets", SecretsSettings)]
+    """(section title, dataclass) for residency, secrets, the rebuild and each role (by name)."""
+    found: list[tuple[str, type]] = [
+        ("Residency", ResidencySettings),
+        ("Secrets", SecretsSettings),
+        ("Rebuild", RebuildSettings),
+    ]
     for defaults in sorted((REPO_ROOT / "roles").glob("*/defaults.py")):
         role = defaults.parent.name
         module = importlib.import_module(f"roles.{role}.defaults")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from llmhost import __version__
-from llmhost.cli import config, deploy, keys, models, residency, runtimes, soak, testbed
+from llmhost.cli import config, deploy, keys, models, rebuild, residency, runtimes, soak, testbed
 from llmhost.cli.errors import LlmhostError, LlmhostFailure, LlmhostGroup
 from llmhost.messages import FORMATS, use_format
 
@@ -50,6 +50,8 @@ COMMANDS: tuple[click.Command, ...] = (
     deploy.deploy,
     deploy.status,
     deploy.rollback,
+    rebuild.rebuild,
+    rebuild.fingerprint,
     deploy.demo,
     residency.residency,
     models.models,

@@ -22,7 +22,8 @@ def testbed() -> None:
 
     \b
     Hosts are tb1..tbN at 10.231.N.2, reached over SSH with a key the testbed
-    generates; each has an egress proxy and an NTP server at 10.231.N.1.
+    generates; each has an egress proxy, an NTP server and a Debian archive
+    mirror (for hosts without egress) at 10.231.N.1.
     State lives in $LLMHOST_TESTBED_DIR (default /var/lib/llmhost-testbed).
     """
 
@@ -76,3 +77,30 @@ def testbed_ssh(host: str, command: tuple[str, ...]) -> None:
     if command:
         argv.append(" ".join(command))  # as ssh does: the remote shell splits it
     os.execvp(argv[0], argv)
+
+
+@testbed.command("recreate")
+@click.argument("host")
+def testbed_recreate(host: str) -> None:
+    """Destroy HOST and boot it again blank at the same address (a reinstalled machine).
+
+    \b
+    Then rebuild it as a dead host is rebuilt:
+      llmhost rebuild inventories/testbed.py HOST
+    """
+    recreated = _testbed().recreate(host)
+    click.echo(f"{recreated.name}\t{recreated.address}\tblank")
+
+
+@testbed.command("egress")
+@click.argument("host")
+@click.argument("state", type=click.Choice(["open", "closed"]))
+def testbed_egress(host: str, state: str) -> None:
+    """Open or close HOST's way out (its proxy to the package registries).
+
+    Closed, only the other hosts and its Debian archive mirror (a stand-in for an
+    internal one, at 10.231.N.1:8889) are reachable from it.
+    """
+    testbed = _testbed()
+    testbed.set_egress(testbed.find(host), open_=state == "open")
+    click.echo(f"{host}: egress {state}")

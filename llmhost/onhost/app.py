@@ -19,6 +19,7 @@ TOOLS = {
     "gpu-exporter": "llmhost.onhost.gpuexporter",
     "eval-drift": "llmhost.onhost.evaldrift",
     "gpu-check": "llmhost.onhost.gpucheck",
+    "fingerprint": "llmhost.onhost.fingerprint",
 }
 USAGE = f"usage: onhost.pyz {{{','.join(TOOLS)}}} [ARGS...]  (TOOL --help for each)"
 

@@ -65,3 +65,40 @@ def is_materialised(
     puller rebuilds such a directory, and the model role pulls again.
     """
     return manifest_digest == digest and dict(files) == dict(sizes)
+
+
+# What `onhost.pyz fingerprint` hashes: everything llmhost (or a package it installs)
+# configures, and the host-side tools. The model store and engine builds are not walked:
+# the active release names its model digest, and the engine binary is hashed on its own.
+FINGERPRINT_ROOTS = (
+    CONFIG_DIR,
+    "/etc/llmhost-registry",
+    "/etc/nginx",
+    "/etc/systemd/system",
+    "/etc/systemd/timesyncd.conf.d",
+    "/etc/prometheus",
+    "/etc/default/prometheus-node-exporter",
+    "/etc/default/prometheus",
+    "/etc/default/prometheus-alertmanager",
+    "/etc/grafana",
+    "/etc/apt/sources.list",
+    "/etc/apt/sources.list.d",
+    "/etc/apt/preferences.d",
+    "/etc/apt/apt.conf.d",
+    "/etc/apt/keyrings",
+    "/etc/modprobe.d",
+    "/etc/ssh/sshd_config",
+    "/etc/ssh/sshd_config.d",
+    "/etc/chrony",
+    "/etc/docker/registry",
+    HELPERS_DIR,
+    "/usr/local/share/ca-certificates",
+)
+# Each host's own by design: listed by the fingerprint, never hashed. Private keys, and the
+# certificates issued to the host itself (their names are the host's).
+FINGERPRINT_EXCLUDED = (
+    "*.key",
+    f"{GATEWAY_DIR}/tls.crt",
+    "/etc/llmhost-registry/*.crt",
+    "/etc/grafana/*.crt",
+)

@@ -31,6 +31,20 @@ from llmhost.testing.testbed.testbed import REQUIRED_TOOLS
 from llmhost.testing.testmodels import write_tiny_gguf, write_tiny_safetensors_model
 
 HOSTS = 2
+# Modules that change the standing hosts for good run after all others, in this order:
+# the fleet replaces tb2 (the disaster-recovery registry) with a blank serving host, and
+# the walkthrough's `llmhost demo --down` takes the testbed down.
+RUN_LAST = ("test_fleet.py", "test_walkthrough.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Move RUN_LAST's modules to the end; every other test keeps its place (a stable sort)."""
+
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return RUN_LAST.index(name) + 1 if name in RUN_LAST else 0
+
+    items.sort(key=rank)
 
 
 def _missing_prerequisite() -> str | None:

@@ -3,8 +3,7 @@
 The demo converges the testbed hosts end to end and prints a curl, the gate's
 reports, an SSH tunnel to Prometheus and the command that takes it all down; each is
 run here as printed. `llmhost demo --down` then removes the testbed, so this module
-is named to run after every other end-to-end module (pytest takes them in name
-order): those that follow bring hosts up again, at the cost of a fresh boot.
+runs after every other end-to-end module (conftest's RUN_LAST).
 """
 
 from __future__ import annotations
@@ -94,7 +93,8 @@ def test_the_printed_tunnel_reaches_prometheus_which_watches_every_host(demo, te
 def test_demo_down_leaves_no_host_namespace_link_mount_or_process(demo, testbed: Testbed):
     hosts = testbed.hosts()
     pids = [(pid, what) for h in hosts for pid, what in (
-        (h.nspawn_pid, h.rootfs), (h.proxy_pid, "tinyproxy"), (h.ntp_pid, "chronyd")
+        (h.nspawn_pid, h.rootfs), (h.proxy_pid, "tinyproxy"), (h.mirror_pid, "tinyproxy"),
+        (h.ntp_pid, "chronyd"),
     )]  # fmt: skip
     down = subprocess.run(
         [sys.executable, "-m", "llmhost.cli", "demo", "--down"],

@@ -25,6 +25,10 @@ from llmhost.testing.testbed.network import HostNetwork
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 PROXY_PORT = 8888
+# Each host's stand-in for an internal Debian mirror (a reverse proxy to the archive the
+# image came from): what a host without egress installs packages from.
+MIRROR_PORT = 8889
+SECURITY_ARCHIVE = "http://security.debian.org/debian-security"
 REGION = "gb-testbed"
 HARDWARE = "cpu"
 READY_TIMEOUT = 120.0
@@ -71,6 +75,7 @@ class TestbedHost:
     nspawn_pid: int
     proxy_pid: int
     ntp_pid: int
+    mirror_pid: int = 0  # 0: recorded before hosts had a mirror (stale: replaced)
 
     @property
     def network(self) -> HostNetwork:
@@ -81,7 +86,13 @@ class TestbedHost:
             processes.alive(self.nspawn_pid, self.rootfs)
             and processes.alive(self.proxy_pid, "tinyproxy")
             and processes.alive(self.ntp_pid, "chronyd")
+            and processes.alive(self.mirror_pid, "tinyproxy")
         )
+
+    @property
+    def archive_mirror(self) -> str:
+        """The host's Debian archives without egress: ``{this}/debian``, ``/debian-security``."""
+        return f"http://{self.gateway}:{MIRROR_PORT}"
 
 
 class Testbed:
@@ -176,6 +187,45 @@ class Testbed:
         known = ", ".join(h.name for h in self.hosts()) or "none; run `llmhost testbed up`"
         raise TestbedError(f"no testbed host {name!r} (hosts: {known})")
 
+    def set_egress(self, host: TestbedHost, open_: bool) -> TestbedHost:
+        """Let ``host``'s proxy forward to the package registries again, or to nowhere.
+
+        Closed, the host has no way out at all: the guard drops whatever it sends past
+        this machine, and its proxy refuses every destination. Its archive mirror and the
+        other hosts (the registry) stay reachable, as an internal network's would.
+        """
+        require_root("tinyproxy")
+        with self._lock():
+            hosts = {h.name: h for h in self.hosts()}
+            current = hosts[host.name]
+            processes.stop(current.proxy_pid, "tinyproxy", timeout=5)
+            host_dir = self.hosts_dir / host.name
+            allowed = EGRESS_ALLOWED if open_ else ()
+            current.proxy_pid = self._start_proxy(host_dir, current.network, allowed)
+            self._save(hosts.values())
+            return current
+
+    def recreate(self, name: str) -> TestbedHost:
+        """Destroy host ``name`` and boot it again blank, at the same name and address.
+
+        What a disaster-recovery rebuild starts from: a reinstalled machine with nothing
+        of what ran there, and new SSH host keys (known_hosts is rewritten).
+        """
+        require_root(*REQUIRED_TOOLS)
+        with self._lock():
+            hosts = {h.name: h for h in self.hosts()}
+            old = hosts.pop(self.find(name).name)
+            self._destroy_host(old)
+            self._save(hosts.values())
+            image = self._run_step(
+                "building the host image", ensure_image, self.images_dir, self.mirror
+            )
+            hosts[old.name] = self._create_host(old.index, image)
+            self._save(hosts.values())
+            self._write_known_hosts(hosts.values())
+            self._wait_ready(hosts[old.name])
+            return hosts[old.name]
+
     def ssh_argv(self, host: TestbedHost) -> list[str]:
         return [
             "ssh",
@@ -215,8 +265,21 @@ class Testbed:
             error = result.stderr.decode(errors="replace").strip()
             raise TestbedError(f"{host.name}: writing {path} failed: {error}")
 
-    def inventory_data(self, host: TestbedHost) -> dict[str, Any]:
-        """What pyinfra needs to reach ``host``, and the settings a testbed host runs with."""
+    def inventory_data(self, host: TestbedHost, egress: bool = True) -> dict[str, Any]:
+        """What pyinfra needs to reach ``host``, and the settings a testbed host runs with.
+
+        Without ``egress`` the host is set up as one with no way out: no proxy, and its
+        packages from the mirror beside it (the model and runtime come from the
+        registry either way).
+        """
+        network = (
+            {"base_http_proxy": f"http://{host.gateway}:{PROXY_PORT}"}
+            if egress
+            else {
+                "base_apt_mirror": f"{host.archive_mirror}/debian",
+                "base_apt_security_mirror": f"{host.archive_mirror}/debian-security",
+            }
+        )
         return {
             "ssh_hostname": host.address,
             "ssh_user": "root",
@@ -225,12 +288,14 @@ class Testbed:
             "ssh_strict_host_key_checking": "yes",
             "region": REGION,
             "hardware": HARDWARE,
-            "base_http_proxy": f"http://{host.gateway}:{PROXY_PORT}",
+            **network,
             "base_ntp_servers": [host.gateway],
             "secrets_dir": str(self.root / "secrets"),
             # The egress proxy forwards to EGRESS_ALLOWED alone: apt.grafana.com is not there.
             "monitoring_grafana": False,
             "residency_endpoints": self.residency_endpoints(host),
+            # Each host's proxy, mirror and time server sit at its own gateway address.
+            "rebuild_host_values": {"gateway": host.gateway},
         }
 
     def residency_endpoints(self, host: TestbedHost) -> dict[str, str]:
@@ -243,7 +308,8 @@ class Testbed:
         testbed's region too: test hosts carry nobody's data. A real inventory declares
         where its endpoints really are.
         """
-        public = (*EGRESS_ALLOWED, urlsplit(self.mirror).hostname or "", *TEST_HUB)
+        archives = (self.mirror, SECURITY_ARCHIVE)
+        public = (*EGRESS_ALLOWED, *(urlsplit(a).hostname or "" for a in archives), *TEST_HUB)
         return {host.gateway: REGION, **{name: REGION for name in public if name}}
 
     # -- hosts -------------------------------------------------------------
@@ -278,7 +344,8 @@ class Testbed:
         )
         self._personalise(rootfs, name)
         network.create(net)
-        proxy_pid = self._start_proxy(host_dir, net)
+        proxy_pid = self._start_proxy(host_dir, net, EGRESS_ALLOWED)
+        mirror_pid = self._start_mirror(host_dir, net)
         ntp_pid = self._start_ntp(host_dir, net)
         nspawn_pid = self._boot(host_dir, rootfs, net, name)
         return TestbedHost(
@@ -290,6 +357,7 @@ class Testbed:
             nspawn_pid=nspawn_pid,
             proxy_pid=proxy_pid,
             ntp_pid=ntp_pid,
+            mirror_pid=mirror_pid,
         )
 
     def _personalise(self, rootfs: Path, name: str) -> None:
@@ -304,12 +372,13 @@ class Testbed:
         authorized.chmod(0o600)
         subprocess.run(["ssh-keygen", "-A", "-f", str(rootfs)], check=True, capture_output=True)
 
-    def _start_proxy(self, host_dir: Path, net: HostNetwork) -> int:
+    def _start_proxy(self, host_dir: Path, net: HostNetwork, allowed_domains: Iterable[str]) -> int:
+        """The host's egress proxy, forwarding to ``allowed_domains`` alone (none: nowhere)."""
         proxy_dir = host_dir / "proxy"
         shutil.chown(proxy_dir, "nobody", "nogroup")
         config = proxy_dir / "tinyproxy.conf"
         allowed = proxy_dir / "allowed-domains"
-        allowed.write_text("".join(f"{domain}\n" for domain in EGRESS_ALLOWED))
+        allowed.write_text("".join(f"{domain}\n" for domain in allowed_domains))
         config.write_text(
             f"User nobody\nGroup nogroup\nPort {PROXY_PORT}\nListen {net.gateway}\n"
             f"Allow {net.subnet}\nConnectPort 443\nMaxClients 100\nTimeout 600\n"
@@ -319,6 +388,24 @@ class Testbed:
         )
         subprocess.run(["tinyproxy", "-c", str(config)], check=True)
         return processes.read_pidfile(proxy_dir / "tinyproxy.pid")
+
+    def _start_mirror(self, host_dir: Path, net: HostNetwork) -> int:
+        """A reverse proxy to the Debian archives: it serves their paths, forwards nothing else."""
+        mirror_dir = host_dir / "mirror"
+        mirror_dir.mkdir(exist_ok=True)
+        shutil.chown(mirror_dir, "nobody", "nogroup")
+        config = mirror_dir / "tinyproxy.conf"
+        config.write_text(
+            f"User nobody\nGroup nogroup\nPort {MIRROR_PORT}\nListen {net.gateway}\n"
+            f"Allow {net.subnet}\nMaxClients 100\nTimeout 600\n"
+            "ReverseOnly Yes\nReverseMagic No\n"
+            f'ReversePath "/debian/" "{self.mirror.rstrip("/")}/"\n'
+            f'ReversePath "/debian-security/" "{SECURITY_ARCHIVE}/"\n'
+            f'PidFile "{mirror_dir}/tinyproxy.pid"\nLogFile "{mirror_dir}/tinyproxy.log"\n'
+            "LogLevel Connect\n"
+        )
+        subprocess.run(["tinyproxy", "-c", str(config)], check=True)
+        return processes.read_pidfile(mirror_dir / "tinyproxy.pid")
 
     def _start_ntp(self, host_dir: Path, net: HostNetwork) -> int:
         ntp_dir = host_dir / "ntp"
@@ -383,6 +470,7 @@ class Testbed:
         for pid in network.pids_in(host.network.netns):
             processes.stop(pid, timeout=5)
         processes.stop(host.proxy_pid, "tinyproxy", timeout=5)
+        processes.stop(host.mirror_pid, "tinyproxy", timeout=5)
         processes.stop(host.ntp_pid, "chronyd", timeout=5)
         self._unmount_under(rootfs.parent)
         network.destroy(host.network)
@@ -427,6 +515,7 @@ class Testbed:
     def _stop_pidfiles(host_dir: Path) -> None:
         for pidfile, expect in (
             (host_dir / "proxy" / "tinyproxy.pid", "tinyproxy"),
+            (host_dir / "mirror" / "tinyproxy.pid", "tinyproxy"),
             (host_dir / "ntp" / "chronyd.pid", "chronyd"),
         ):
             with contextlib.suppress(FileNotFoundError, ValueError):
