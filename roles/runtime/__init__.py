@@ -443,7 +443,11 @@ def service(plan: Plan, unit: OperationMeta) -> None:
                 "--timeout",
                 str(plan.settings.runtime_ready_timeout_s),
             )
-            + f" || {{ journalctl -u {quote(unit_name(colour))} -n 30 --no-pager >&2; exit 1; }}"
+            # A colour that never became ready is stopped: it served nothing, so nothing is
+            # kept warm, and a crash loop would hold its port and memory and race the next
+            # deploy's restart of the same colour.
+            + f" || {{ journalctl -u {quote(unit_name(colour))} -n 30 --no-pager >&2; "
+            f"systemctl stop {quote(unit_name(colour))}; exit 1; }}"
         ],
     )
     server.shell(

@@ -334,6 +334,11 @@ def test_a_colour_that_fails_readiness_is_never_switched_to(
     result = converge.run(broken)
     assert result.returncode != 0
     assert "is not ready" in result.stderr, result.stderr[-3000:]
+    staged = "green" if before["active"] == "blue" else "blue"
+    assert testbed.ssh(host, f"systemctl is-active {unit_name(staged)}", check=False).strip() in (
+        "inactive",
+        "failed",
+    ), "a colour that never became ready is stopped, not left crash-looping"
     assert testbed.ssh(host, "cat /etc/nginx/llmhost/upstream.conf") == upstream
     assert state(testbed, host)["active"] == before["active"]
     assert request(testbed, host, keys["tests"], completion_body())[0] == 200

@@ -19,6 +19,7 @@ import pytest
 from llmhost import converge
 from llmhost.onhost.layout import STATE_FILE
 from llmhost.runtimes import load_sources
+from llmhost.testing.testbed.testbed import REGION
 from roles._common.onhost import runtimectl
 from roles.runtime.defaults import env_file, unit_name
 from tests.e2e.conftest import write_inventory
@@ -197,7 +198,9 @@ def test_a_dry_run_for_a_vllm_class_shows_the_install_and_staging_and_changes_no
     """Planned against the real host's facts; no GPU is needed to plan, and none is used."""
     host = hosts[1]
     state_before = testbed.ssh(host, f"cat {STATE_FILE}")
-    data = {"model_name": "rt-st", "hardware": "l40s"}
+    # A GPU class installs NVIDIA's driver stack: where its repository is must be declared.
+    declared = {**testbed.residency_endpoints(host), "developer.download.nvidia.com": REGION}
+    data = {"model_name": "rt-st", "hardware": "l40s", "residency_endpoints": declared}
     inventory = write_inventory(tmp_path / "inventory.py", testbed, hosts, **{host.name: data})
     dry = converge.run(inventory, "deploy/runtime.py", dry=True)
     assert dry.returncode == 0, dry.stderr[-3000:]
