@@ -44,6 +44,8 @@ EXIT_OK, EXIT_CANNOT_RUN = 0, 2
 FORMAT = 1
 DPKG_QUERY = ["dpkg-query", "-W", "-f", "${binary:Package}\t${Version}\t${db:Status-Abbrev}\n"]
 CHUNK = 1 << 20
+# What a release is (the state's record of it, less when it happened).
+RELEASE_FIELDS = ("id", "engine", "executable", "model", "model_digest", "served_model_name")
 
 
 class Substitution:
@@ -130,14 +132,17 @@ def serving(state: Mapping[str, Any], digest: Callable[[str], str | None]) -> di
     """The active colour's release and its engine binary's digest; None with none active.
 
     The colour's name is left out on purpose: a twin with a longer history serves the same
-    release from the other colour, and that is the same state.
+    release from the other colour, and that is the same state. So are the times the state
+    records (since when it serves, when its gate ran): when, not what.
     """
     active = state.get("active")
-    release = ((state.get("colours") or {}).get(active) or {}) if active else {}
-    if not release:
+    recorded = ((state.get("colours") or {}).get(active) or {}) if active else {}
+    if not recorded:
         return None
-    executable = str(release.get("executable") or "")
-    return {"release": dict(release), "executable_sha256": digest(executable)}
+    release = {key: recorded.get(key) for key in RELEASE_FIELDS}
+    release["gate_passed"] = bool((recorded.get("gate") or {}).get("passed"))
+    executable = str(recorded.get("executable") or "")
+    return {"release": release, "executable_sha256": digest(executable)}
 
 
 def fingerprint(

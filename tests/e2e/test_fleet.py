@@ -80,7 +80,7 @@ def test_three_hosts_converge_in_parallel_without_egress_and_serve(fleet, testbe
     key = api_keys(testbed.root / "secrets")["tests"]
     for host in hosts[1:]:
         assert served(testbed, host)["active"] == "blue"
-        status, body = request(testbed, host, key, completion_body())
+        status, body, _ = request(testbed, host, key, completion_body())
         assert status == 200, body
         assert "CONNECT" not in proxy_log(testbed, host), f"{host.name} reached its proxy"
     ran = {op["name"]: op for op in first.report["results"]["operations"]}

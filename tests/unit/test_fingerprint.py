@@ -122,10 +122,21 @@ def test_packages_are_the_installed_and_held_ones_and_a_version_difference_shows
     )
 
 
-def test_the_served_release_counts_and_the_colour_it_is_on_does_not(twins):
+def test_the_served_release_counts_and_the_colour_it_is_on_and_when_do_not(twins):
     one, two = twins
     green = printed(*two, state=state("green"))
     assert differences(printed(*one), green) == [], "same release, other colour: same state"
+    timed = {**RELEASE, "since": "2026-12-02T23:48:48Z",
+             "gate": {"passed": True, "time": "2026-12-02T23:48:48Z"}}  # fmt: skip
+    later = {**timed, "since": "2026-12-03T01:00:00Z",
+             "gate": {"passed": True, "time": "2026-12-03T01:00:00Z"}}  # fmt: skip
+    assert differences(printed(*one, state=state(release=timed)),
+                       printed(*two, state=state(release=later))) == []  # fmt: skip
+    failed = {**timed, "gate": {"passed": False}}
+    assert differences(printed(*one, state=state(release=timed)),
+                       printed(*two, state=state(release=failed))) == [
+        "serving release gate_passed: True here, False on the twin"
+    ]  # fmt: skip
     other = {**RELEASE, "model_digest": "sha256:" + "b" * 64}
     assert differences(printed(*one), printed(*two, state=state(release=other))) == [
         f"serving release model_digest: {RELEASE['model_digest']} here, "
