@@ -109,8 +109,13 @@ def rebuild(inventory: str, host: str, twin: str) -> None:
         )
     say(f"{host}: converged ({first.changes} changes); converging again")
     second = converge.run(path, site, limit=(host,))
+    if second.returncode != 0 or second.errors:
+        raise LlmhostFailure(
+            f"{host}: the second converge failed (exit {second.returncode}): "
+            f"{second.stderr[-2000:]}"
+        )
     verdict["changes"] = {"first": first.changes, "second": second.changes}
-    if second.returncode != 0 or second.changes:
+    if second.changes:
         verdict["second_run_changed"] = second.changed_operations()
     from llmhost.onhost.fingerprint import differences
 
