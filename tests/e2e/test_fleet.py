@@ -22,7 +22,7 @@ from llmhost import converge
 from llmhost.onhost.layout import STATE_FILE
 from llmhost.secrets import api_keys
 from llmhost.testing.testbed import Testbed, TestbedHost
-from tests.e2e.conftest import cli
+from tests.e2e.conftest import cli, publish
 from tests.e2e.test_gateway import completion_body, request
 
 pytestmark = pytest.mark.e2e
@@ -59,8 +59,11 @@ def proxy_log(testbed: Testbed, host: TestbedHost) -> str:
 
 @pytest.fixture(scope="module")
 def fleet(testbed, published, tmp_path_factory):
-    """tb2 and tb3 blank with egress closed, then the three converged in one parallel run."""
-    testbed.up(2)
+    """tb2 and tb3 blank with egress closed, then the three converged in one parallel run.
+
+    Earlier modules bring the hosts back blank (test_upgrade), so tb1's registry is
+    published to again first."""
+    publish(testbed)
     testbed.recreate("tb2")
     hosts = testbed.up(3)
     for host in hosts[1:]:
