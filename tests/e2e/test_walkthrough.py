@@ -42,7 +42,12 @@ def demo(testbed: Testbed) -> subprocess.CompletedProcess[str]:
         cwd=REPO_ROOT,
         timeout=3600,
     )
-    assert done.returncode == 0, done.stderr[-4000:]
+    errors = [s for s in done.stderr.splitlines() if "rror" in s]
+    log = testbed.root / "demo-walkthrough.log"
+    log.write_text(done.stderr)
+    assert done.returncode == 0, "\n".join(
+        [f"(all of it in {log})", *errors[:40], done.stderr[-2000:]]
+    )
     return done
 
 
