@@ -1,7 +1,8 @@
 """Role base: the ground every other role stands on.
 
 preflight  assert the inventory data (region, hardware) and the platform; change nothing
-install    egress (proxy or mirror) first, then chrony, nftables and ca-certificates
+install    egress (proxy or mirror) and package pins first, then chrony, nftables and
+           ca-certificates
 configure  the llmhost user and directories, egress env, trust in the llmhost CA,
            time sources, sshd, firewall
 service    chrony, sshd (reload only), the llmhost firewall unit
@@ -24,6 +25,7 @@ from pyinfra.operations import apt, files, server, systemd
 
 from llmhost.endpoints import EGRESS_PROXY, NTP, PACKAGE_MIRROR, Call, call_via_proxy
 from llmhost.onhost.layout import CONFIG_DIR, LLMHOST_CA, SERVICE_USER, STATE_DIR
+from llmhost.packagelock import APT_PINS_FILE, apt_preferences, read_lock
 from llmhost.render import put_template
 from llmhost.secrets import certificate_authority, secrets_directory
 from llmhost.settings import from_data
@@ -124,12 +126,28 @@ def preflight() -> tuple[HostIdentity, PlatformDict]:
 
 def install(settings: BaseSettings, platform: PlatformDict) -> None:
     apt_sources = configure_apt_egress(settings, platform)
+    pin_packages(settings)
     missing = [name for name in PACKAGES if name not in host.get_fact(DebPackages)]
     apt.packages(
         name="Install base packages (time sync, firewall, CA store)",
         packages=PACKAGES,
         update=bool(missing) or any(op.will_change for op in apt_sources),
         no_recommends=True,
+    )
+
+
+def pin_packages(settings: BaseSettings) -> None:
+    """APT preferences from `base_package_lock`, before any package is installed."""
+    lock = settings.base_package_lock
+    if not lock:
+        files.file(name="APT: no package lock", path=APT_PINS_FILE, present=False)
+        return
+    packages = read_lock(lock, host.name)
+    files.put(
+        name=f"APT: {len(packages)} packages pinned by {lock}",
+        src=StringIO(apt_preferences(packages, lock)),
+        dest=APT_PINS_FILE,
+        mode="0644",
     )
 
 

@@ -30,6 +30,13 @@ class BaseSettings:
     base_apt_components: list[str] = setting(
         ["main"], "Archive components taken from `base_apt_mirror`"
     )
+    base_package_lock: str | None = setting(
+        None,
+        "Package lock (JSON, from `llmhost lock-packages`; a relative path is from the "
+        "repository root): every Debian package, dependencies included, pinned to its version "
+        "there (APT preferences, priority 1000), so a rebuild installs its twin's versions. "
+        "The APT sources must still hold them (a snapshot mirror). Unset: the sources' newest",
+    )
     base_ntp_servers: list[str] = setting(
         ["0.uk.pool.ntp.org", "1.uk.pool.ntp.org", "2.uk.pool.ntp.org"],
         "NTP servers chrony follows (the NTP pool's UK zone by default: its europe zone "

@@ -16,6 +16,7 @@ from typing import Any
 from llmhost.endpoints import DECLARATIONS_KEY
 from llmhost.errors import ConfigError
 from llmhost.hardware import HardwareClass, check_hardware, load_classes
+from llmhost.packagelock import read_lock
 from llmhost.reference import is_decisive, unknown_setting
 from llmhost.residency import ResidencySettings, check_region
 from llmhost.settings import from_data
@@ -89,6 +90,8 @@ def check_inventory(
             fix="set it to your mirror of the distribution's security archive",
             host=host,
         )
+    if settings.base_package_lock:
+        read_lock(settings.base_package_lock, host)
     if data.get("ssh_password") and not data.get("ssh_key"):
         raise ConfigError(
             "the deploy logs in with a password, and the base role turns password "
