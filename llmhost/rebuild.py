@@ -4,10 +4,10 @@ then proven equal to a twin that was never destroyed.
 Three questions, each answered before or after the converge:
 
 - **is everything the host runs pinned?** The model by its OCI digest, the engine by its
-  build digest (llama.cpp) or hashed lock (vLLM); the site check refuses a host whose
-  model or engine is not. The Debian packages come from the archive at rebuild time:
-  llmhost does not pin their versions, so they match the twin's only when both read the
-  same archive (a snapshot mirror) — the fingerprint's package list shows whether they did.
+  build digest (llama.cpp) or hashed lock (vLLM), the Debian packages by a package lock
+  taken from the twin (``base_package_lock``, see ``llmhost.packagelock``); the site
+  check refuses a host whose model or engine is not, the rebuild one whose packages are
+  not (unless told to take the archive's newest).
 - **what does the rebuild still need from outside?** Every host-side call of the residency
   audit that fetches software or data and is neither an inventory host nor a configured
   mirror: the egress proxy, PyPI for vLLM, a vendor repository without its mirror.
@@ -119,9 +119,27 @@ def pins(release: dict[str, Any], engine_pin: str) -> dict[str, str]:
         "release": str(release["id"]),
         "model": f"{release['model']}@{release['model_digest']}",
         "engine": engine_pin,
-        "packages": "not pinned by llmhost: the versions the APT sources hold at rebuild time "
-        "(a snapshot mirror keeps them the twin's)",
     }
+
+
+def package_pin(name: str, data: Any, *, unpinned: bool = False) -> str:
+    """How the host's Debian packages are pinned (ConfigError: not at all, unless allowed)."""
+    from llmhost.packagelock import LOCK_KEY, read_lock
+
+    lock = data.get(LOCK_KEY)
+    if lock:
+        return f"{len(read_lock(lock, name))} Debian packages at the versions in {lock}"
+    if unpinned:
+        return "not pinned (--unpinned-packages): the newest versions the APT sources hold"
+    raise ConfigError(
+        "is unset, so the rebuild would install the newest versions the APT sources hold, "
+        "not its twin's",
+        key=LOCK_KEY,
+        fix="`llmhost lock-packages INVENTORY TWIN --out inventories/locks/packages-ENV.json`, "
+        "set base_package_lock to that file and converge the twin; or pass "
+        "--unpinned-packages to take the sources' versions",
+        host=name,
+    )
 
 
 def parse_fingerprint(name: str, ok: bool, stdout: str, stderr: str) -> dict[str, Any]:
@@ -172,8 +190,15 @@ def collect(inventory: str, names: list[str]) -> dict[str, dict[str, Any]]:
     return found
 
 
-def host_pins(loaded: Any, name: str) -> dict[str, str]:
-    """What ``name`` serves, by digest, from the repository alone (ConfigError: unpinned)."""
+def host_pins(loaded: Any, name: str, *, unpinned_packages: bool = False) -> dict[str, str]:
+    """What ``name`` runs, pinned, from the repository alone (ConfigError: unpinned)."""
+    target = loaded.inventory.get_host(name)
+    packages = package_pin(name, target.data, unpinned=unpinned_packages)
+    return {**serving_pins(loaded, name), "packages": packages}
+
+
+def serving_pins(loaded: Any, name: str) -> dict[str, str]:
+    """What ``name`` serves, by digest (ConfigError: its model or engine is not pinned)."""
     from pyinfra.context import ctx_host, ctx_inventory, ctx_state
 
     from llmhost.runtimes import find_build, load_sources

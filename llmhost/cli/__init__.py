@@ -52,6 +52,7 @@ COMMANDS: tuple[click.Command, ...] = (
     deploy.rollback,
     rebuild.rebuild,
     rebuild.fingerprint,
+    rebuild.lock_packages,
     deploy.demo,
     residency.residency,
     models.models,

@@ -1,4 +1,4 @@
-"""`llmhost fingerprint` and `llmhost rebuild`: a dead host rebuilt, and proven its twin's equal.
+"""`llmhost fingerprint`, `lock-packages`, `rebuild`: a dead host rebuilt, equal to its twin.
 
 The logic is in `llmhost.rebuild`; these commands parse arguments, print progress on
 stderr and the verdict as JSON on stdout, and exit 0 equal / 1 different / 2 cannot run.
@@ -66,12 +66,18 @@ def fingerprint(inventory: str, hosts: tuple[str, ...], twin: str | None) -> Non
 @click.argument("inventory", type=click.Path(dir_okay=False))
 @click.argument("host")
 @click.option("--twin", required=True, help="A host with the same data that was never destroyed.")
-def rebuild(inventory: str, host: str, twin: str) -> None:
+@click.option(
+    "--unpinned-packages",
+    is_flag=True,
+    help="Rebuild without base_package_lock: the newest package versions the APT sources hold.",
+)
+def rebuild(inventory: str, host: str, twin: str, unpinned_packages: bool) -> None:
     """Rebuild HOST (reinstalled blank) from the repository and the registry; prove it TWIN's.
 
     \b
-    1. check the inventory offline, and that what HOST serves is pinned: the model by
-       its OCI digest, the engine by its build digest or hashed lock (printed);
+    1. check the inventory offline, and that what HOST runs is pinned: the model by
+       its OCI digest, the engine by its build digest or hashed lock, the Debian
+       packages by `base_package_lock` (printed);
     2. list what the rebuild still needs from outside the inventory's hosts and
        mirrors (the egress proxy, PyPI, a vendor repository without a mirror): with
        none listed, the host rebuilds with its egress closed;
@@ -89,7 +95,7 @@ def rebuild(inventory: str, host: str, twin: str) -> None:
         raise LlmhostError("--twin must be another host: a host is trivially its own twin")
     _checked_hosts(inventory, (host, twin))
     loaded = load_inventory(inventory, (host,))
-    pinned = host_pins(loaded, host)
+    pinned = host_pins(loaded, host, unpinned_packages=unpinned_packages)
     for what, pin in pinned.items():
         say(f"{host}: {what}: {pin}")
     data = loaded.inventory.get_host(host).data
@@ -134,3 +140,34 @@ def rebuild(inventory: str, host: str, twin: str) -> None:
             + "; ".join(verdict["differences"][:10])
         )
     say(f"{host} is rebuilt: its fingerprint equals {twin}'s")
+
+
+@click.command("lock-packages")
+@click.argument("inventory", type=click.Path(dir_okay=False))
+@click.argument("host")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, writable=True),
+    help="The lock file to write, e.g. inventories/locks/packages-prod.json.",
+)
+def lock_packages(inventory: str, host: str, out: str) -> None:
+    """Write HOST's installed Debian packages, each at its version, to a package lock.
+
+    \b
+    Take it from a converged host that serves well (the twin of a later rebuild), then
+    set `base_package_lock` to the file for the hosts that must run the same versions
+    and converge them: the base role pins every package in it (APT preferences,
+    priority 1000) before it installs anything, so a host rebuilt blank installs these
+    versions, dependencies included. Commit the lock; take it again after upgrading
+    the twin. The APT sources must keep the versions (a snapshot mirror does).
+    """
+    from llmhost.packagelock import LOCK_KEY, lock_document
+
+    _checked_hosts(inventory, (host,))
+    found = _fingerprints(inventory, [host])
+    document = lock_document(host, found[host]["packages"])
+    with open(out, "w") as lock:
+        lock.write(json.dumps(document, indent=1, sort_keys=True) + "\n")
+    say(f"{host}: {len(document['packages'])} packages locked in {out}")
+    say(f"set {LOCK_KEY} = {out!r} for the hosts that must run them, and converge")

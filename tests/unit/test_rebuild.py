@@ -7,6 +7,7 @@ tests/e2e/test_fleet.py.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -86,16 +87,33 @@ def test_the_distributions_own_archive_without_a_proxy_is_outside(tmp_path):
     assert any("deb.debian.org" in line and "`base_apt_mirror`" in line for line in found), found
 
 
-def test_pins_name_the_release_the_model_digest_and_the_engine_build(tmp_path):
-    loaded = load_inventory(str(inventory(tmp_path)), ("s1",))
+def package_lock(tmp_path: Path, packages: dict[str, str]) -> str:
+    path = tmp_path / "packages.json"
+    path.write_text(json.dumps({"format": 1, "taken_from": "s2", "packages": packages}))
+    return str(path)
+
+
+def test_pins_name_the_release_the_model_digest_the_engine_build_and_the_lock(tmp_path):
+    lock = package_lock(tmp_path, {"nginx": "1.22.1-9+deb12u2", "libc6": "2.36-9+deb12u10"})
+    loaded = load_inventory(str(inventory(tmp_path, base_package_lock=lock)), ("s1",))
     pinned = host_pins(loaded, "s1")
     assert pinned["model"] == "tiny@sha256:" + pinned["model"].split("@sha256:")[1]
     assert pinned["engine"] == "llama.cpp, the build for class cpu: sha256:" + "e" * 64
     assert len(pinned["release"]) == 12
-    assert "not pinned by llmhost" in pinned["packages"]
-    assert host_pins(loaded, "r1") == {
-        "release": "none: the host serves no model (model_name is unset)"
+    assert pinned["packages"] == f"2 Debian packages at the versions in {lock}"
+    assert host_pins(loaded, "r1", unpinned_packages=True) == {
+        "release": "none: the host serves no model (model_name is unset)",
+        "packages": "not pinned (--unpinned-packages): the newest versions the APT sources hold",
     }
+
+
+def test_a_rebuild_without_a_package_lock_is_refused_with_the_key_and_the_fix(tmp_path):
+    loaded = load_inventory(str(inventory(tmp_path)), ("s1",))
+    with pytest.raises(ConfigError) as raised:
+        host_pins(loaded, "s1")
+    assert raised.value.key == "base_package_lock" and raised.value.host == "s1"
+    assert "llmhost lock-packages" in str(raised.value.fix)
+    assert "--unpinned-packages" in str(raised.value.fix)
 
 
 def test_the_host_values_are_its_name_its_address_and_rebuild_host_values(tmp_path):
