@@ -118,8 +118,35 @@ def test_the_twins_fingerprints_are_equal_and_a_changed_file_shows(fleet, testbe
         testbed.ssh(tb3, f"sed -i '/# edited by hand/d' {edited_file}")
 
 
-def test_a_destroyed_host_is_rebuilt_blank_without_egress_and_equals_its_twin(fleet, testbed):
-    path, _, _ = fleet
+def lock_the_twins_packages(path: str, testbed: Testbed, hosts, tmp_path) -> str:
+    """tb2's packages locked, the lock set for both twins, and tb2 converged with it."""
+    lock = tmp_path / "packages.json"
+    taken = cli("lock-packages", path, "tb2", "--out", str(lock))
+    assert taken.returncode == 0, taken.stderr[-3000:]
+    packages = json.loads(lock.read_text())["packages"]
+    assert (
+        packages["nginx"]
+        == json.loads(cli("fingerprint", path, "tb2").stdout)["tb2"]["packages"]["nginx"]
+    ), "the lock holds the twin's own versions"
+    with_lock = {"base_package_lock": str(lock)}
+    locked = fleet_inventory(
+        tmp_path / "inventory.py", testbed, hosts, tb2=with_lock, tb3=with_lock
+    )
+    pinned = converge.run(locked, limit=("tb2",))
+    assert pinned.returncode == 0 and pinned.errors == 0, pinned.stderr[-4000:]
+    assert pinned.changed_operations() == [
+        f"llmhost base | APT: {len(packages)} packages pinned by {lock} on tb2"
+    ], "pinning a host to its own versions changes that one file, no package"
+    return locked
+
+
+def test_a_destroyed_host_is_rebuilt_blank_without_egress_and_equals_its_twin(
+    fleet, testbed, tmp_path
+):
+    unlocked, hosts, _ = fleet
+    refused = cli("rebuild", unlocked, "tb3", "--twin", "tb2")
+    assert refused.returncode == 2 and "key `base_package_lock`" in refused.stderr, refused.stderr
+    path = lock_the_twins_packages(unlocked, testbed, hosts, tmp_path)
     blank = testbed.recreate("tb3")
     testbed.set_egress(blank, open_=False)
     assert testbed.ssh(blank, f"test -e {STATE_FILE} && echo kept || echo blank").strip() == "blank"
@@ -131,6 +158,8 @@ def test_a_destroyed_host_is_rebuilt_blank_without_egress_and_equals_its_twin(fl
     assert verdict["changes"]["first"] > 0 and verdict["changes"]["second"] == 0
     assert verdict["pins"]["model"].startswith(f"{MODEL}@sha256:")
     assert "sha256:" in verdict["pins"]["engine"]
+    lock = tmp_path / "packages.json"
+    assert verdict["pins"]["packages"].endswith(f"Debian packages at the versions in {lock}")
     assert "tb3 needs nothing from outside" in rebuilt.stderr
     assert "CONNECT" not in proxy_log(testbed, blank), "the rebuild never used the proxy"
     key = api_keys(testbed.root / "secrets")["tests"]
