@@ -43,8 +43,11 @@ def load_hosts(inventory: str, limit: tuple[str, ...] = ()) -> list[InventoryHos
     return load_inventory(inventory, limit).hosts
 
 
-def load_inventory(inventory: str, limit: tuple[str, ...] = ()) -> LoadedInventory:
-    """Load ``inventory`` with pyinfra's own loader, after checking what its file defines."""
+def load_inventory(
+    inventory: str, limit: tuple[str, ...] = (), data: dict[str, Any] | None = None
+) -> LoadedInventory:
+    """Load ``inventory`` with pyinfra's own loader, after checking what its file defines;
+    ``data`` overrides every host's, as pyinfra's ``--data`` does."""
     from pyinfra.api import Config, State
     from pyinfra.context import ctx_state
     from pyinfra_cli.inventory import make_inventory
@@ -59,7 +62,9 @@ def load_inventory(inventory: str, limit: tuple[str, ...] = ()) -> LoadedInvento
     state = State()
     with ctx_state.use(state):  # pyinfra executes inventory files inside a state
         check_groups(inventory, inventory_groups(inventory))
-        loaded = _run_user_code(inventory, lambda: make_inventory(inventory, cwd=str(REPO_ROOT)))
+        loaded = _run_user_code(
+            inventory, lambda: make_inventory(inventory, override_data=data, cwd=str(REPO_ROOT))
+        )
     state.init(loaded, Config())
     hosts = [
         InventoryHost(

@@ -48,6 +48,7 @@ def main(log_format: str) -> None:
 COMMANDS: tuple[click.Command, ...] = (
     deploy.check,
     deploy.deploy,
+    deploy.bootstrap,
     deploy.status,
     deploy.rollback,
     rebuild.rebuild,

@@ -1,4 +1,4 @@
-"""Commands that act on an inventory's hosts: check, deploy, status, rollback, and the demo.
+"""Commands that act on an inventory's hosts: check, deploy, bootstrap, status, rollback, demo.
 
 Running pyinfra, rolling out in batches and the demo's steps live next to the
 code they drive (`llmhost.converge`, `llmhost.demo`); these commands parse
@@ -27,15 +27,18 @@ limit_option = click.option(
 )
 
 
-def _site_check(inventory: str, limit: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """(host names, problem lines) of INVENTORY under ``limit``; warnings printed on stderr.
+def _site_check(
+    inventory: str, limit: tuple[str, ...], data: dict[str, str] | None = None
+) -> tuple[list[str], list[str]]:
+    """(host names, problem lines) of INVENTORY under ``limit`` (with ``data`` overriding
+    the hosts'); warnings printed on stderr.
 
     Every role's check runs for every host it would deploy, and no host is contacted.
     """
     from llmhost.inventory import load_inventory
     from roles._common.site import check_site
 
-    loaded = load_inventory(inventory, limit)
+    loaded = load_inventory(inventory, limit, data)
     names = [host.name for host in loaded.hosts]
     found = check_site(loaded.inventory, loaded.state, names)
     for warning in found.warnings:
@@ -43,9 +46,11 @@ def _site_check(inventory: str, limit: tuple[str, ...]) -> tuple[list[str], list
     return names, [str(problem) for problem in found.problems]
 
 
-def _checked_hosts(inventory: str, limit: tuple[str, ...]) -> list[str]:
+def _checked_hosts(
+    inventory: str, limit: tuple[str, ...], data: dict[str, str] | None = None
+) -> list[str]:
     """The names of INVENTORY's hosts (under ``limit``), all valid; else every problem, exit 2."""
-    names, problems = _site_check(inventory, limit)
+    names, problems = _site_check(inventory, limit, data)
     if problems:
         for problem in problems[:-1]:
             error(problem)
@@ -220,6 +225,67 @@ def _gate_line(verdict: dict[str, Any] | None) -> str:
         f"release {verdict.get('release')} on {verdict.get('colour')} {outcome}{drift} "
         f"({verdict.get('time')}; report {verdict.get('report')})"
     )
+
+
+@click.command()
+@click.argument("inventory", type=click.Path(dir_okay=False))
+def bootstrap(inventory: str) -> None:
+    """Take INVENTORY's hosts from blank to serving behind the gate, in one command.
+
+    \b
+    The first install, in the order it needs (each step is the command printed):
+      1. check offline (as if no host served a model yet), and converge the
+         registry hosts alone: base, the registry (deploy/registry.py);
+      2. mirror each model a serving host names (llmhost models mirror NAME);
+      3. build llama-server for each class a llama.cpp host has, push it to every
+         registry (llmhost runtimes build --class CLASS); vLLM installs from its lock;
+      4. check again and converge deploy/site.py in full: monitoring, the model and
+         the engine pulled by digest, the gate (soak and eval), the cutover.
+    Every step is idempotent: after a failure, fix what it says and run it again.
+
+    \b
+    A single box, on the box itself as root (its one host is `@local`):
+      llmhost keys add ops
+      llmhost bootstrap inventories/single_box.py
+    """
+    import subprocess
+
+    from llmhost.bootstrap import REGISTRY_DEPLOY, WITHOUT_MODELS, plan, push_commands, summary
+    from llmhost.demo import Progress
+    from llmhost.inventory import load_inventory
+    from llmhost.secrets import secrets_directory
+
+    path = os.path.abspath(inventory)
+    _checked_hosts(path, (), WITHOUT_MODELS)
+    loaded = load_inventory(path)
+    found = plan(loaded)
+    pushes = push_commands(found, path)
+    stages = (
+        "converging the registry hosts: base, registry (deploy/registry.py)",
+        *(text for text, _ in pushes),
+        "converging every host: monitoring, then pull by digest, start, gate, cut over",
+    )
+    progress = Progress(stages=stages)
+    say(progress.next())
+    _converge_or_fail(path, str(REPO_ROOT / REGISTRY_DEPLOY), limit=("registry",))
+    for _, argv in pushes:
+        say(progress.next())
+        say("$ llmhost " + " ".join(argv[3:]))
+        if subprocess.run(argv, check=False).returncode != 0:
+            raise LlmhostFailure(f"`llmhost {' '.join(argv[3:])}` failed; see above")
+    say(progress.next())
+    _checked_hosts(path, ())
+    _converge_or_fail(path, str(REPO_ROOT / converge.SITE))
+    say(f"done in {progress.elapsed()}")
+    first = next(iter(loaded.inventory))
+    click.echo(summary(found, inventory, str(secrets_directory(first.data, first.name))))
+
+
+def _converge_or_fail(inventory: str, deploy: str, limit: tuple[str, ...] = ()) -> None:
+    result = converge.run(inventory, deploy, limit=limit, stream_stderr=True)
+    if result.returncode != 0 or result.errors:
+        raise LlmhostFailure(f"the converge failed (exit {result.returncode}); see above")
+    say(f"converged: {result.changes} operation(s) changed")
 
 
 @click.command()

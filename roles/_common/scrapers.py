@@ -11,10 +11,15 @@ from llmhost.errors import ConfigError
 from llmhost.settings import from_data
 from roles._common.checks import join_host_port
 
+LOCAL_HOST = "@local"  # pyinfra's name for the machine the deploy runs on
+LOCAL_ADDRESS = "127.0.0.1"
+
 
 def address_of(name: str, data: Any) -> str:
-    """Where the control machine (and so the other hosts) reach host ``name``."""
-    return str(data.get("ssh_hostname") or name)
+    """Where the control machine (and so the other hosts) reach host ``name``: its
+    ``ssh_hostname``, else its name; the box a deploy runs on (``@local``) at loopback."""
+    found = data.get("ssh_hostname") or (LOCAL_ADDRESS if name == LOCAL_HOST else name)
+    return str(found)
 
 
 def scrape_sources(host: str, data: Any) -> list[str]:

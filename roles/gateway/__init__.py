@@ -37,7 +37,7 @@ from roles._common.checks import check_at_least, check_hostname, check_networks,
 from roles._common.facts import HostState
 from roles._common.operations import firewall_rules, reload_firewall, secret_upload_options
 from roles._common.ports import check_host_ports
-from roles._common.scrapers import scrape_sources
+from roles._common.scrapers import address_of, scrape_sources
 from roles.gateway.defaults import (
     AUDIT_LOG,
     KEYS,
@@ -139,7 +139,7 @@ def tls_material(settings: GatewaySettings) -> tuple[str, str]:
     paths = operator_tls_files(settings)
     if paths:
         return paths[0].read_text(), paths[1].read_text()
-    names = settings.gateway_server_names or [host.data.get("ssh_hostname") or host.name]
+    names = settings.gateway_server_names or [address_of(host.name, host.data)]
     authority = certificate_authority(secrets_directory(host.data, host.name))
     issued = authority.issue(f"gateway-{host.name}", names)
     return issued.certificate_pem, issued.key_pem

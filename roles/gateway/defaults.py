@@ -29,7 +29,9 @@ class GatewaySettings:
         None, "Control-machine path of that certificate's key (uploaded root-only)"
     )
     gateway_server_names: list[str] = setting(
-        [], "Names clients use for the gateway (certificate SANs); empty: `ssh_hostname`"
+        [],
+        "Names clients use for the gateway (certificate SANs); empty: `ssh_hostname` "
+        "(`@local`: 127.0.0.1)",
     )
     gateway_identities: list[str] | None = setting(
         None, "Identities (in `api-keys.json`) this host admits; unset: every identity"

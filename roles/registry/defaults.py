@@ -7,6 +7,7 @@ from typing import Any
 
 from llmhost.settings import from_data, setting
 from roles._common.checks import join_host_port
+from roles._common.scrapers import address_of
 
 REGISTRY_USER = "docker-registry"
 # Not under /etc/llmhost (root:llmhost 0750), which the registry user cannot enter.
@@ -24,7 +25,7 @@ class RegistrySettings:
     registry_address: str | None = setting(
         None,
         "Name or address clients use for this registry (and its certificate); "
-        "unset means the host's `ssh_hostname`, else its inventory name",
+        "unset means the host's `ssh_hostname`, else its inventory name (`@local`: 127.0.0.1)",
     )
     registry_metrics_port: int = setting(
         5001,
@@ -47,5 +48,5 @@ def endpoint(name: str, data: Any) -> str:
     ``data`` is that host's data (a mapping or pyinfra HostData).
     """
     settings = from_data(RegistrySettings, data, name)
-    address = settings.registry_address or data.get("ssh_hostname") or name
+    address = settings.registry_address or address_of(name, data)
     return join_host_port(address, settings.registry_port)
