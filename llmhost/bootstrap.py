@@ -10,7 +10,8 @@ was pushed. So the bootstrap runs the steps a person would otherwise type, in or
    already is left serving);
 2. mirror each model a serving host names: ``llmhost models mirror NAME --inventory INV``;
 3. build llama-server for each class a llama.cpp host has: ``llmhost runtimes build
-   --class CLASS --inventory INV`` (vLLM hosts install from their hashed lock instead);
+   --class CLASS --inventory INV``; with a vLLM host, push its lock's wheels:
+   ``llmhost runtimes publish-vllm --inventory INV``;
 4. ``deploy/site.py`` in full, checked first: monitoring, the model pulled by digest,
    the engine, the gate (soak and eval), the cutover.
 
@@ -51,6 +52,10 @@ class Plan:
     @property
     def llama_cpp_classes(self) -> list[str]:
         return sorted({host.hardware for host in self.serving if host.engine == "llama.cpp"})
+
+    @property
+    def runs_vllm(self) -> bool:
+        return any(host.engine == "vllm" for host in self.serving)
 
 
 def plan(loaded: Any) -> Plan:
@@ -102,6 +107,13 @@ def push_commands(found: Plan, inventory: str) -> list[tuple[str, list[str]]]:
         )
         for name in found.llama_cpp_classes
     ]
+    if found.runs_vllm:
+        commands.append(
+            (
+                "publishing vLLM's wheels (its lock's, by their hashes)",
+                llmhost_command("runtimes", "publish-vllm", "--inventory", inventory),
+            )
+        )
     return commands
 
 

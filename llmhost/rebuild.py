@@ -10,7 +10,8 @@ Three questions, each answered before or after the converge:
   not (unless told to take the archive's newest).
 - **what does the rebuild still need from outside?** Every host-side call of the residency
   audit that fetches software or data and is neither an inventory host nor a configured
-  mirror: the egress proxy, PyPI for vLLM, a vendor repository without its mirror.
+  mirror: the egress proxy, PyPI for vLLM until its wheels are published to the registry,
+  a vendor repository without its mirror.
 - **is the result the twin's?** The host-side ``fingerprint`` tool (package versions, the
   hash, mode and owner of every file under the managed roots, the active release and its
   engine binary's digest) on both, with each host's own name and address (and
@@ -201,7 +202,7 @@ def serving_pins(loaded: Any, name: str) -> dict[str, str]:
     """What ``name`` serves, by digest (ConfigError: its model or engine is not pinned)."""
     from pyinfra.context import ctx_host, ctx_inventory, ctx_state
 
-    from llmhost.runtimes import find_build, load_sources
+    from llmhost.runtimes import current_vllm_wheels, find_build, load_sources
     from roles._common.checks import on_host
     from roles._common.site import serves_a_model
     from roles.runtime import check as runtime_check
@@ -217,5 +218,7 @@ def serving_pins(loaded: Any, name: str) -> dict[str, str]:
                 engine = f"llama.cpp, the build for class {wanted.hardware.name}: {build}"
             else:
                 vllm = load_sources().vllm
+                wheels = current_vllm_wheels(vllm)
                 engine = f"vLLM {vllm.version}, every distribution hashed in {vllm.lock.name}"
+                engine += f", its wheels {wheels.digest}" if wheels else ", from the index"
     return pins(wanted.release.summary(), engine)

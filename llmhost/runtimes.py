@@ -60,7 +60,7 @@ _RELATIVE_PATH = re.compile(r"[A-Za-z0-9_.+-]+(?:/[A-Za-z0-9_.+-]+)*")
 # The keys runtimes.toml takes, table by table; any other is refused with the nearest named.
 SOURCES_KEYS = {
     "llama_cpp": ("source_url", "source_sha256", "source_subdir", "repository"),
-    "vllm": ("version", "lock"),
+    "vllm": ("version", "lock", "repository"),
 }
 BUILD_KEYS = ("digest", "files")
 BUILD_FILE_KEYS = ("path", "size", "sha256")
@@ -78,6 +78,7 @@ class LlamaCppSource:
 class VllmPin:
     version: str
     lock: Path
+    repository: str  # where `llmhost runtimes publish-vllm` pushes the lock's wheels
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,7 @@ def load_sources(path: Path | None = None) -> RuntimeSources:
         vllm=VllmPin(
             version=_text(vllm, "version", "vllm", path, _VERSION, "give a version, e.g. '0.10.1'"),
             lock=REPO_ROOT / lock,
+            repository=_text(vllm, "repository", "vllm", path, OCI_REPOSITORY),
         ),
         definition=path,
     )
@@ -491,19 +493,41 @@ def publish_build(
     artifact: Path, hardware_class: str, repository: str, accesses: Sequence[Any]
 ) -> LlamaCppBuild:
     """Push the build to every registry, read each copy back verified, record the digest."""
+    files = artifact_files(artifact)
+    digest = push_verified(
+        artifact,
+        files,
+        config_blob(hardware_class, files),
+        repository,
+        f"llama.cpp-{hardware_class}",
+        accesses,
+    )
+    build = LlamaCppBuild(hardware_class=hardware_class, digest=digest, files=files)
+    record_build(build)
+    return build
+
+
+def push_verified(
+    directory: Path,
+    files: Sequence[ModelFile],
+    config: bytes,
+    repository: str,
+    name: str,
+    accesses: Sequence[Any],
+) -> str:
+    """Push ``files`` as one artifact to every registry, read each copy back verified;
+    returns the one digest they all store it under."""
     from llmhost.mirror import push_artifact
     from llmhost.onhost.pull import pull
     from llmhost.onhost.pull.request import Credentials, PullRequest
 
-    files = artifact_files(artifact)
-    config = config_blob(hardware_class, files)
     digests = set()
     for access in accesses:
         digest = push_artifact(
             access,
             repository=repository,
-            name=f"llama.cpp-{hardware_class}",
-            directory=artifact,
+            name=name,
+            directory=directory,
             files=files,
             config=config,
             config_media_type=CONFIG_MEDIA_TYPE,
@@ -516,7 +540,7 @@ def publish_build(
                     repository=repository,
                     digest=digest,
                     store=Path(scratch) / "store",
-                    dest=Path(scratch) / "build",
+                    dest=Path(scratch) / "artifact",
                     credentials=Credentials(credentials.username, credentials.password),
                     ca_file=access.ca_file,
                 )
@@ -526,7 +550,149 @@ def publish_build(
             raise RuntimeError(f"{access.endpoint} returned other files than were pushed")
         digests.add(digest)
     if len(digests) != 1:
-        raise RuntimeError(f"registries stored the build under different digests: {digests}")
-    build = LlamaCppBuild(hardware_class=hardware_class, digest=digests.pop(), files=files)
-    record_build(build)
-    return build
+        raise RuntimeError(f"registries stored {name} under different digests: {digests}")
+    return digests.pop()
+
+
+# -- vLLM wheels, served from the registry ----------------------------------------------------
+
+WHEELS_KEYS = ("version", "lock_sha256", "digest", "files")
+WHEELS_CONFIG_RUNTIME = "vllm-wheels"
+
+
+@dataclass(frozen=True)
+class VllmWheels:
+    """Every wheel of a vLLM lock, pushed as one OCI artifact: what hosts install from."""
+
+    version: str
+    lock_sha256: str
+    digest: str
+    files: tuple[ModelFile, ...]
+
+
+def wheels_file() -> Path:
+    return Path(os.environ.get("LLMHOST_VLLM_WHEELS", INVENTORIES / "vllm-wheels.toml"))
+
+
+def load_vllm_wheels(path: Path | None = None) -> VllmWheels | None:
+    """The published wheels of the lock; None when none were published (hosts use the index)."""
+    path = path or wheels_file()
+    if not path.exists():
+        return None
+    table = read_toml(path, "vllm-wheels")
+    _known_keys(table, WHEELS_KEYS, "", path)
+    fix = "publish them again: llmhost runtimes publish-vllm"
+    files = table.get("files")
+    if not isinstance(files, list) or not files:
+        raise ConfigError(f"has no files in {path}", key="vllm-wheels.files", fix=fix)
+    return VllmWheels(
+        version=_text(table, "version", "vllm-wheels", path, _VERSION, fix),
+        lock_sha256=_text(table, "lock_sha256", "vllm-wheels", path, SHA256, fix),
+        digest=_text(table, "digest", "vllm-wheels", path, DIGEST, fix),
+        files=tuple(_build_file(f, f"vllm-wheels.files[{i}]", path) for i, f in enumerate(files)),
+    )
+
+
+def current_vllm_wheels(pin: VllmPin) -> VllmWheels | None:
+    """The published wheels, if they are the pinned lock's (ConfigError: another lock's)."""
+    wheels = load_vllm_wheels()
+    if wheels is None:
+        return None
+    lock_sha256 = sha256_file(pin.lock)
+    if (wheels.version, wheels.lock_sha256) != (pin.version, lock_sha256):
+        raise ConfigError(
+            f"{wheels_file()} holds the wheels of vLLM {wheels.version} (lock sha256 "
+            f"{wheels.lock_sha256[:12]}), not of the pinned {pin.version} (lock sha256 "
+            f"{lock_sha256[:12]})",
+            key="vllm.lock",
+            fix="publish the pinned lock's wheels: llmhost runtimes publish-vllm --inventory INV",
+        )
+    return wheels
+
+
+def record_vllm_wheels(wheels: VllmWheels, path: Path | None = None) -> None:
+    path = path or wheels_file()
+    lines = [
+        "# vLLM's wheels in the registry: written by `llmhost runtimes publish-vllm`; hosts pull",
+        "# this digest and install with pip --no-index. Commit it with the lock it was made from.",
+        "",
+        f'version = "{wheels.version}"',
+        f'lock_sha256 = "{wheels.lock_sha256}"',
+        f'digest = "{wheels.digest}"',
+        "files = [",
+        *(
+            f'  {{ path = "{f.path}", size = {f.size}, sha256 = "{f.sha256}" }},'
+            for f in wheels.files
+        ),
+        "]",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def vllm_download_command(lock: Path, dest: Path, index_url: str) -> list[str]:
+    """pip fetching exactly the lock's wheels (by their hashes) for the hosts' platform."""
+    command = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
+        "--only-binary=:all:", "--python-version", LOCK_PYTHON, "--implementation", "cp",
+        "--abi", "cp" + LOCK_PYTHON.replace(".", ""), "--abi", "abi3", "--abi", "none",
+        "--index-url", index_url, "--dest", str(dest), "-r", str(lock),
+    ]  # fmt: skip
+    for platform_tag in LOCK_PLATFORMS:
+        command += ["--platform", platform_tag]
+    return command
+
+
+def wheel_files(directory: Path) -> tuple[ModelFile, ...]:
+    return tuple(
+        ModelFile(path=wheel.name, size=wheel.stat().st_size, sha256=sha256_file(wheel))
+        for wheel in sorted(directory.glob("*.whl"))
+    )
+
+
+def wheels_config_blob(pin: VllmPin, lock_sha256: str, files: Sequence[ModelFile]) -> bytes:
+    document = {
+        "runtime": WHEELS_CONFIG_RUNTIME,
+        "version": pin.version,
+        "lock_sha256": lock_sha256,
+        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files],
+    }
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def download_vllm_wheels(pin: VllmPin, cache: Path, index_url: str) -> Path:
+    """The lock's wheels in ``cache``/vllm-wheels/<lock sha256>/ (pip keeps what it has)."""
+    dest = cache / "vllm-wheels" / sha256_file(pin.lock)
+    dest.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        vllm_download_command(pin.lock, dest, index_url),
+        stdout=sys.stderr,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise ConfigError(
+            f"pip could not download the wheels of {pin.lock.name}: "
+            + (done.stderr.strip().splitlines() or ["no output"])[-1],
+            key="vllm.lock",
+            fix="run where the index is reachable (--index-url), or lock again: "
+            "llmhost runtimes lock-vllm",
+        )
+    return dest
+
+
+def publish_vllm_wheels(pin: VllmPin, directory: Path, accesses: Sequence[Any]) -> VllmWheels:
+    """Push the lock's wheels to every registry, read each copy back verified, record them."""
+    lock_sha256 = sha256_file(pin.lock)
+    files = wheel_files(directory)
+    digest = push_verified(
+        directory,
+        files,
+        wheels_config_blob(pin, lock_sha256, files),
+        pin.repository,
+        f"vllm-{pin.version}",
+        accesses,
+    )
+    wheels = VllmWheels(pin.version, lock_sha256, digest, files)
+    record_vllm_wheels(wheels)
+    return wheels

@@ -238,7 +238,8 @@ def bootstrap(inventory: str) -> None:
          registry hosts alone: base, the registry (deploy/registry.py);
       2. mirror each model a serving host names (llmhost models mirror NAME);
       3. build llama-server for each class a llama.cpp host has, push it to every
-         registry (llmhost runtimes build --class CLASS); vLLM installs from its lock;
+         registry (llmhost runtimes build --class CLASS); with a vLLM host, push the
+         wheels of its lock (llmhost runtimes publish-vllm);
       4. check again and converge deploy/site.py in full: monitoring, the model and
          the engine pulled by digest, the gate (soak and eval), the cutover.
     Every step is idempotent: after a failure, fix what it says and run it again.

@@ -17,11 +17,13 @@ def runtimes() -> None:
     \b
     llama-server is built once per hardware class from the pinned source archive
     and pushed to the registries; hosts pull it by digest. vLLM is installed on
-    hosts from a lock file with every distribution hashed.
+    hosts from a lock file with every distribution hashed, its wheels pulled from
+    the registries by digest once published (else from the index).
 
     \b
     llmhost runtimes build --class cpu --inventory inventories/production.py
     llmhost runtimes lock-vllm --version 0.10.1.1
+    llmhost runtimes publish-vllm --inventory inventories/production.py
     """
 
 
@@ -90,6 +92,50 @@ def runtimes_build(
         raise transfer_failure(f"push of the {class_name} build", error) from error
     registries = ", ".join(a.endpoint for a in accesses)
     click.echo(f"{hardware.name}: {build.digest} on {registries} (written to {builds_file()})")
+
+
+@runtimes.command("publish-vllm")
+@registry_option
+@inventory_option
+@secrets_option
+@click.option("--index-url", default="https://pypi.org/simple", show_default=True)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path.home() / ".cache" / "llmhost",
+    show_default=True,
+    help="Where the downloaded wheels are kept.",
+)
+def runtimes_publish_vllm(
+    registry: str | None,
+    inventory: str | None,
+    secrets_dir: Path | None,
+    index_url: str,
+    cache_dir: Path,
+) -> None:
+    """Download the vLLM lock's wheels, push them to every registry, record the digest.
+
+    \b
+    Every wheel is fetched by the hash the lock pins (pip --require-hashes), for the
+    hosts' platform; the set goes to each registry as one OCI artifact, is read back
+    and verified, and its digest is written to inventories/vllm-wheels.toml. vLLM
+    hosts then pull it by digest and install with pip --no-index: no host needs the
+    index. Run it where the index is reachable, after every `lock-vllm`; commit the
+    file with the lock.
+    """
+    from llmhost.onhost.pull.errors import PullError
+    from llmhost.runtimes import download_vllm_wheels, load_sources, publish_vllm_wheels
+
+    pin = load_sources().vllm
+    try:
+        accesses = registry_access(registry, inventory, secrets_dir, None)
+        directory = download_vllm_wheels(pin, cache_dir, index_url)
+        wheels = publish_vllm_wheels(pin, directory, accesses)
+    except PullError as error:
+        raise LlmhostFailure(f"read-back of the pushed wheels failed: {error}") from error
+    except TRANSFER_ERRORS as error:
+        raise transfer_failure(f"push of vLLM {pin.version}'s wheels", error) from error
+    click.echo(f"vllm {pin.version}: {wheels.digest} ({len(wheels.files)} wheels)")
 
 
 @runtimes.command("lock-vllm")

@@ -4,7 +4,8 @@ preflight  the hardware class, the engine and whether it can serve the model's
            format, the ports, the recorded state; which colour is idle, and
            whether the wanted release is already running there or on the active one
 install    the runtime user, the control helper, the engine (llama-server pulled by
-           digest and copied root-owned; or vLLM in a venv from a hashed lock), the
+           digest and copied root-owned; or vLLM in a venv from a hashed lock, its
+           wheels pulled by digest once published), the
            hardened unit template and the optional scheduled-restart timer
 configure  on the idle colour only: check the model is materialised, write its env file
 service    on the idle colour only: (re)start it, wait until /health answers and one
@@ -42,7 +43,7 @@ from llmhost.onhost.layout import (
     STATE_FILE,
 )
 from llmhost.render import put_template
-from llmhost.runtimes import find_build, load_sources, sha256_file
+from llmhost.runtimes import current_vllm_wheels, find_build, load_sources, sha256_file
 from llmhost.settings import from_data
 from roles._common.checks import check_at_least, on_host
 from roles._common.egress import through_proxy
@@ -127,6 +128,9 @@ def check() -> Wanted:
     check_settings(settings)
     model = served_model()
     check_servable(engine, model, host.name)
+    if engine == "vllm":
+        with on_host(host.name):
+            current_vllm_wheels(load_sources().vllm)  # another lock's wheels: refused here
     return Wanted(settings, hardware, model, wanted_release(engine, settings, hardware, model))
 
 
@@ -157,17 +161,30 @@ def endpoints() -> list[Call]:
     if engine != "vllm":
         return []  # not a runtime: its check says so
     lock = f"vLLM {sources.vllm.version}, the hashed lock {sources.vllm.lock.name}"
-    return [
-        *(
+    with on_host(host.name):
+        wheels = current_vllm_wheels(sources.vllm)
+    if wheels:
+        registries = pull_registries(from_data(ModelSettings, host.data, host.name))
+        on_hosts = [
+            through_proxy(
+                REGISTRY, registry, "model_registries", note=f"pulls the wheels of {lock}"
+            )
+            for registry in registries
+        ]
+    else:
+        on_hosts = [
             through_proxy(RUNTIME_SOURCE, index, "vllm.lock", note=f"pip installs {lock}")
             for index in PYPI
-        ),
+        ]
+    return [
+        *on_hosts,
         Call(
             RUNTIME_SOURCE,
             PYPI[0],
             "vllm.lock",
             side=CONTROL_SIDE,
-            note="`llmhost runtimes lock-vllm` resolves the lock (its --index-url)",
+            note="`llmhost runtimes lock-vllm` resolves the lock, `publish-vllm` fetches its "
+            "wheels (their --index-url)",
         ),
     ]
 
@@ -277,9 +294,11 @@ def install(plan: Plan) -> OperationMeta:
     return unit
 
 
-def install_llama_cpp(hardware: HardwareClass) -> None:
-    build = find_build(hardware.name)
-    pulled_to = f"{RUNTIME_ARTIFACTS}/llama.cpp@{build.digest}"
+def pull_runtime_artifact(
+    what: str, artifact: str, digest: str, repository: str, sizes: dict[str, int]
+) -> str:
+    """Pull a runtime artifact by digest into the service user's store; returns where."""
+    pulled_to = f"{RUNTIME_ARTIFACTS}/{artifact}@{digest}"
     install_puller()
     files.directory(
         name=f"{RUNTIME_ARTIFACTS}: pulled runtime builds",
@@ -289,13 +308,25 @@ def install_llama_cpp(hardware: HardwareClass) -> None:
         mode="0750",
     )
     pulled(
-        name=f"llama.cpp build for {hardware.name} by digest",
-        model="llama.cpp",
-        digest=build.digest,
-        repository=load_sources().llama_cpp.repository,
+        name=f"{what} by digest",
+        model=artifact,
+        digest=digest,
+        repository=repository,
         registries=pull_registries(from_data(ModelSettings, host.data, host.name)),
-        sizes={f.path: f.size for f in build.files},
+        sizes=sizes,
         directory=pulled_to,
+    )
+    return pulled_to
+
+
+def install_llama_cpp(hardware: HardwareClass) -> None:
+    build = find_build(hardware.name)
+    pulled_to = pull_runtime_artifact(
+        f"llama.cpp build for {hardware.name}",
+        "llama.cpp",
+        build.digest,
+        load_sources().llama_cpp.repository,
+        {f.path: f.size for f in build.files},
     )
     files.directory(name=f"{LLAMA_CPP_DIR}: engine binaries", path=LLAMA_CPP_DIR, mode="0755")
     server_binary = llama_cpp_binary(build.digest)
@@ -334,12 +365,27 @@ def install_vllm() -> None:
         mode="0644",
         create_remote_dir=False,
     )
+    with on_host(host.name):
+        wheels = current_vllm_wheels(pin)
+    find_links = (
+        pull_runtime_artifact(
+            f"vLLM {pin.version} wheels",
+            "vllm-wheels",
+            wheels.digest,
+            pin.repository,
+            {f.path: f.size for f in wheels.files},
+        )
+        if wheels
+        else None
+    )
     vllm_installed(
-        name=f"vLLM {pin.version} in {vllm_venv(pin.version)}",
+        name=f"vLLM {pin.version} in {vllm_venv(pin.version)}"
+        + (" from the registry's wheels" if find_links else " from the index"),
         venv=vllm_venv(pin.version),
         lock=lock,
         lock_sha256=sha256_file(pin.lock),
         egress_env=f"{CONFIG_DIR}/egress.env",
+        find_links=find_links,
     )
 
 

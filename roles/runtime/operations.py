@@ -33,20 +33,25 @@ def binary_installed(source: str, dest: str, sha256: str) -> Generator[StringCom
     )
 
 
-def vllm_install_script(venv: str, lock: str, lock_sha256: str, egress_env: str) -> str:
+def vllm_install_script(
+    venv: str, lock: str, lock_sha256: str, egress_env: str, find_links: str | None = None
+) -> str:
     """Build the venv in place from the hashed lock; the marker, written last, says it is done.
 
-    A venv cannot be moved (its scripts name their own path), so a failed
-    install leaves no marker and the next run starts the venv again from empty.
+    With ``find_links`` (the lock's wheels, pulled from the registry by digest) pip reads
+    no index; without it, the index through the host's proxy. Either way every file is
+    checked against the lock's hashes. A venv cannot be moved (its scripts name their
+    own path), so a failed install leaves no marker and the next run starts it again.
     """
     env, pip, python = quote(egress_env), quote(f"{venv}/bin/pip"), quote(f"{venv}/bin/python")
+    source = f"--no-index --find-links {quote(find_links)} " if find_links else ""
     return " && ".join(
         [
             f"rm -rf {quote(venv)}",
             f"python3 -m venv {quote(venv)}",
             # The host's proxy settings, if it has any, from the base role.
             f"set -a && {{ [ ! -r {env} ] || . {env}; }} && set +a",
-            f"{pip} install --no-input --disable-pip-version-check --require-hashes "
+            f"{pip} install --no-input --disable-pip-version-check {source}--require-hashes "
             f"--no-deps --only-binary :all: -r {quote(lock)}",
             f"{python} -c 'import vllm'",
             f"echo {quote(lock_sha256)} > {quote(f'{venv}/{VLLM_MARKER}')}",
@@ -56,10 +61,11 @@ def vllm_install_script(venv: str, lock: str, lock_sha256: str, egress_env: str)
 
 @operation()
 def vllm_installed(
-    venv: str, lock: str, lock_sha256: str, egress_env: str
+    venv: str, lock: str, lock_sha256: str, egress_env: str, find_links: str | None = None
 ) -> Generator[StringCommand, None, None]:
-    """vLLM in ``venv`` exactly as the lock file pins it, or (re)installed."""
+    """vLLM in ``venv`` exactly as the lock file pins it, or (re)installed (from
+    ``find_links`` alone when given)."""
     if host.get_fact(InstalledMarker, path=f"{venv}/{VLLM_MARKER}") == lock_sha256:
         host.noop(f"vLLM in {venv} matches lock {lock_sha256[:12]}")
         return
-    yield StringCommand(vllm_install_script(venv, lock, lock_sha256, egress_env))
+    yield StringCommand(vllm_install_script(venv, lock, lock_sha256, egress_env, find_links))

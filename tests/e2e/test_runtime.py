@@ -18,11 +18,11 @@ import pytest
 
 from llmhost import converge
 from llmhost.onhost.layout import STATE_FILE
-from llmhost.runtimes import load_sources
+from llmhost.runtimes import load_sources, load_vllm_wheels
 from llmhost.testing.testbed.testbed import REGION
 from roles._common.onhost import runtimectl
 from roles.runtime.defaults import env_file, unit_name
-from tests.e2e.conftest import write_inventory
+from tests.e2e.conftest import cli, write_inventory
 
 pytestmark = pytest.mark.e2e
 
@@ -206,9 +206,54 @@ def test_a_dry_run_for_a_vllm_class_shows_the_install_and_staging_and_changes_no
     assert dry.returncode == 0, dry.stderr[-3000:]
     planned = {name.split(" | ", 1)[1] for name in dry.planned_changes()}
     version = load_sources().vllm.version
-    assert f"vLLM {version} in /opt/llmhost/vllm/{version}" in planned
+    assert f"vLLM {version} in /opt/llmhost/vllm/{version} from the index" in planned
     assert f"vLLM {version} lock (every distribution hashed)" in planned
     assert any(name.startswith("green: release ") for name in planned), planned
     assert not any(name.startswith("blue") for name in planned), "blue is active: untouched"
     assert testbed.ssh(host, f"cat {STATE_FILE}") == state_before
     assert testbed.ssh(host, "test -e /opt/llmhost/vllm && echo yes || echo no").strip() == "no"
+
+
+def test_published_vllm_wheels_are_pulled_from_the_registry_by_digest(
+    tmp_path, testbed, hosts, published, monkeypatch
+):
+    """`publish-vllm` for real, on a one-wheel lock from PyPI: downloaded by its hash, pushed to
+    both registries and read back; then a vLLM host's plan pulls it by digest and installs with
+    no index. Not exercised: the install itself on a host (vLLM's wheels are gigabytes, and a
+    vLLM colour needs a GPU to become ready); the pull and `pip --no-index` are what the
+    dry run lists."""
+    runtimes = tmp_path / "runtimes.toml"
+    shipped = load_sources().definition.read_text()
+    runtimes.write_text(
+        shipped.replace(
+            f'lock = "inventories/locks/vllm-{load_sources().vllm.version}.txt"',
+            'lock = "tests/e2e/locks/tiny-vllm.txt"',
+        )
+    )
+    monkeypatch.setenv("LLMHOST_RUNTIMES_FILE", str(runtimes))
+    monkeypatch.setenv("LLMHOST_VLLM_WHEELS", str(tmp_path / "vllm-wheels.toml"))
+    done = cli(
+        "runtimes", "publish-vllm", "--inventory", "inventories/testbed.py",
+        "--cache-dir", str(tmp_path / "cache"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    wheels = load_vllm_wheels()
+    assert wheels is not None and [f.path for f in wheels.files] == [
+        "six-1.17.0-py2.py3-none-any.whl"
+    ]
+    assert wheels.digest in done.stdout
+    repository = load_sources().vllm.repository
+    revision = f"_manifests/revisions/sha256/{wheels.digest.removeprefix('sha256:')}"
+    stored = f"/var/lib/docker-registry/docker/registry/v2/repositories/{repository}/{revision}"
+    for registry in hosts[:2]:  # the primary and the disaster-recovery copy
+        assert testbed.ssh(registry, f"test -d {stored} && echo stored").strip() == "stored"
+    host = hosts[1]
+    declared = {**testbed.residency_endpoints(host), "developer.download.nvidia.com": REGION}
+    data = {"model_name": "rt-st", "hardware": "l40s", "residency_endpoints": declared}
+    inventory = write_inventory(tmp_path / "inventory.py", testbed, hosts, **{host.name: data})
+    dry = converge.run(inventory, "deploy/runtime.py", dry=True)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    planned = {name.split(" | ", 1)[1] for name in dry.planned_changes()}
+    version = load_sources().vllm.version
+    assert f"vLLM {version} wheels by digest" in planned
+    assert f"vLLM {version} in /opt/llmhost/vllm/{version} from the registry's wheels" in planned

@@ -34,7 +34,7 @@ def test_the_plan_mirrors_each_model_once_and_builds_each_llama_cpp_class_once(t
     found = plan(load_inventory(str(fleet(tmp_path))))
     assert [h.name for h in found.serving] == ["s1", "s2", "g1"], "idle serves no model"
     assert found.models == ["hubbed", "tiny"]
-    assert found.llama_cpp_classes == ["cpu"], "l40s runs vLLM, installed from its lock"
+    assert found.llama_cpp_classes == ["cpu"], "l40s runs vLLM: its lock's wheels instead"
     assert [h.gateway_url for h in found.serving] == [
         "https://10.0.0.6:8000",
         "https://s2:8443",
@@ -45,6 +45,7 @@ def test_the_plan_mirrors_each_model_once_and_builds_each_llama_cpp_class_once(t
         ["models", "mirror", "hubbed", "--inventory", "inv.py"],
         ["models", "mirror", "tiny", "--inventory", "inv.py"],
         ["runtimes", "build", "--class", "cpu", "--inventory", "inv.py"],
+        ["runtimes", "publish-vllm", "--inventory", "inv.py"],
     ]
 
 

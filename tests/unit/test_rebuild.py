@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from llmhost.catalog import ModelFile
 from llmhost.cli import main
 from llmhost.errors import ConfigError
 from llmhost.inventory import load_inventory
@@ -152,3 +153,26 @@ def test_rebuild_refuses_a_host_as_its_own_twin_before_contacting_anything(tmp_p
     result = CliRunner().invoke(main, ["rebuild", str(path), "s1", "--twin", "s1"])
     assert result.exit_code == 2
     assert "--twin must be another host" in result.output
+
+
+def test_a_vllm_host_needs_pypi_from_outside_until_the_wheels_are_in_the_registry(
+    tmp_path, monkeypatch
+):
+    from llmhost.runtimes import VllmWheels, load_sources, record_vllm_wheels, sha256_file
+
+    mirrors = {
+        "base_apt_mirror": "http://mirror.internal/debian",
+        "base_apt_security_mirror": "http://mirror.internal/debian-security",
+        "nvidia_apt_mirror": "http://mirror.internal/nvidia",
+        "hardware": "l40s",
+        "model_name": "hubbed",
+        "nvidia_driver_version": "550.127.08",
+    }
+    wheels_file = tmp_path / "vllm-wheels.toml"
+    monkeypatch.setenv("LLMHOST_VLLM_WHEELS", str(wheels_file))
+    before = outside(tmp_path / "index", **mirrors)
+    assert any(line.startswith("runtime-source https://pypi.org/simple") for line in before)
+    pin = load_sources().vllm
+    files = (ModelFile("vllm-1-py3-none-any.whl", 1, "a" * 64),)
+    record_vllm_wheels(VllmWheels(pin.version, sha256_file(pin.lock), "sha256:" + "c" * 64, files))
+    assert outside(tmp_path / "registry", **mirrors) == [], "the wheels come from r1"

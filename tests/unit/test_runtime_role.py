@@ -11,7 +11,14 @@ from llmhost.errors import ConfigError
 from llmhost.hardware import load_classes
 from llmhost.onhost.layout import ONHOST_APP
 from llmhost.render import render
-from llmhost.runtimes import LlamaCppBuild, load_sources, record_build
+from llmhost.runtimes import (
+    LlamaCppBuild,
+    VllmWheels,
+    load_sources,
+    record_build,
+    record_vllm_wheels,
+    sha256_file,
+)
 from roles.runtime import runtime
 from roles.runtime.defaults import env_file, llama_cpp_binary
 from roles.runtime.engines import llama_cpp_release, vllm_release
@@ -37,6 +44,7 @@ def catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LLMHOST_MODELS_DIR", str(models))
     builds = tmp_path / "runtime-builds.toml"
     monkeypatch.setenv("LLMHOST_RUNTIME_BUILDS", str(builds))
+    monkeypatch.setenv("LLMHOST_VLLM_WHEELS", str(tmp_path / "vllm-wheels.toml"))
     files = (
         ModelFile("llama-server", 100, SERVER_SHA),
         ModelFile("llama-bench", 50, "2" * 64),
@@ -167,8 +175,9 @@ def test_vllm_installs_from_the_hashed_lock_and_serves_with_the_class_settings(c
     host = host_data(hardware="l40s", model_name="st")
     planned = plan(runtime, host)
     pin = load_sources().vllm
-    install = planned[f"vLLM {pin.version} in /opt/llmhost/vllm/{pin.version}"][0]
+    install = planned[f"vLLM {pin.version} in /opt/llmhost/vllm/{pin.version} from the index"][0]
     assert "--require-hashes" in install and "--no-deps" in install
+    assert "--no-index" not in install, "no wheels published: the index, through the proxy"
     assert f"-r /opt/llmhost/vllm/{pin.version}.lock.txt" in install
     assert install.index("import vllm") < install.index(".llmhost-lock-sha256")
     assert f"vLLM {pin.version} lock (every distribution hashed)" in planned
@@ -186,6 +195,39 @@ def test_vllm_installs_from_the_hashed_lock_and_serves_with_the_class_settings(c
     assert ("VLLM_LOGGING_CONFIG_PATH", "/opt/llmhost/vllm/logging.json") in release.environment
     assert ("PYTHONPATH", ONHOST_APP) in release.environment
     assert "vLLM: its log records as JSON lines (logging config)" in planned
+
+
+def published_wheels(tmp_path: Path, lock_sha256: str | None = None) -> VllmWheels:
+    pin = load_sources().vllm
+    wheels = VllmWheels(
+        pin.version,
+        lock_sha256 or sha256_file(pin.lock),
+        "sha256:" + "c" * 64,
+        (ModelFile("vllm-1-py3-none-any.whl", 7, "4" * 64),),
+    )
+    record_vllm_wheels(wheels, tmp_path / "vllm-wheels.toml")
+    return wheels
+
+
+def test_published_wheels_are_pulled_by_digest_and_installed_with_no_index(catalog, tmp_path):
+    wheels = published_wheels(tmp_path)
+    planned = plan(runtime, host_data(hardware="l40s", model_name="st"))
+    pin = load_sources().vllm
+    pulled_to = f"/var/lib/llmhost/runtimes/vllm-wheels@{wheels.digest}"
+    pull = planned[f"vLLM {pin.version} wheels by digest"]
+    assert any(wheels.digest in c and pin.repository in c for c in pull), pull
+    name = f"vLLM {pin.version} in /opt/llmhost/vllm/{pin.version} from the registry's wheels"
+    install = planned[name][0]
+    assert f"--no-index --find-links {pulled_to} --require-hashes" in install
+    names = list(planned)
+    assert names.index(f"vLLM {pin.version} wheels by digest") < names.index(name)
+
+
+def test_wheels_of_another_lock_are_refused_before_anything_is_planned(catalog, tmp_path):
+    published_wheels(tmp_path, lock_sha256="0" * 64)
+    with pytest.raises(ConfigError) as raised:
+        plan(runtime, host_data(hardware="l40s", model_name="st"))
+    assert raised.value.key == "vllm.lock" and "publish-vllm" in raised.value.fix
 
 
 def test_every_shipped_gpu_class_plans_a_vllm_unit(catalog):

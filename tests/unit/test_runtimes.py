@@ -17,13 +17,20 @@ from llmhost.hardware import load_classes
 from llmhost.runtimes import (
     BASE_FLAGS,
     LlamaCppBuild,
+    VllmPin,
+    VllmWheels,
     build_flags,
+    current_vllm_wheels,
     download_verified,
     load_builds,
     load_sources,
+    load_vllm_wheels,
     lock_from_report,
     record_build,
+    record_vllm_wheels,
+    vllm_download_command,
     vllm_resolve_command,
+    wheel_files,
 )
 
 
@@ -114,6 +121,54 @@ def test_the_resolver_runs_for_the_hosts_python_and_platform(tmp_path: Path):
     assert "--only-binary=:all:" in command and "--dry-run" in command
     assert command[command.index("--python-version") + 1] == "3.11"
     assert "manylinux_2_28_x86_64" in command
+
+
+def test_the_wheels_are_downloaded_by_their_hashes_for_the_hosts_python_and_platform(
+    tmp_path: Path,
+):
+    command = vllm_download_command(tmp_path / "lock.txt", tmp_path / "w", "https://i/simple")
+    assert command[3:5] == ["download", "--no-deps"]
+    assert "--require-hashes" in command and "--only-binary=:all:" in command
+    assert command[command.index("-r") + 1] == str(tmp_path / "lock.txt")
+    assert command[command.index("--python-version") + 1] == "3.11"
+    assert command[command.index("--index-url") + 1] == "https://i/simple"
+    assert "manylinux_2_28_x86_64" in command
+
+
+def test_published_wheels_round_trip_and_a_broken_record_names_the_key(tmp_path: Path):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "b-1-py3-none-any.whl").write_bytes(b"bb")
+    (tmp_path / "w" / "a-1-py3-none-any.whl").write_bytes(b"a")
+    files = wheel_files(tmp_path / "w")
+    assert [(f.path, f.size) for f in files] == [
+        ("a-1-py3-none-any.whl", 1),
+        ("b-1-py3-none-any.whl", 2),
+    ]
+    wheels = VllmWheels("1.0", "d" * 64, "sha256:" + "e" * 64, files)
+    path = tmp_path / "vllm-wheels.toml"
+    record_vllm_wheels(wheels, path)
+    assert load_vllm_wheels(path) == wheels
+    assert load_vllm_wheels(tmp_path / "absent.toml") is None
+    path.write_text(path.read_text().replace('digest = "sha256:', 'digest = "md5:'))
+    with pytest.raises(ConfigError, match=r"key `vllm-wheels\.digest`"):
+        load_vllm_wheels(path)
+
+
+def test_wheels_count_only_for_the_lock_they_were_made_from(tmp_path, monkeypatch):
+    lock = tmp_path / "vllm-1.0.txt"
+    lock.write_text("vllm==1.0 \\\n    --hash=sha256:" + "f" * 64 + "\n")
+    pin = VllmPin("1.0", lock, "llmhost/runtimes/vllm")
+    monkeypatch.setenv("LLMHOST_VLLM_WHEELS", str(tmp_path / "vllm-wheels.toml"))
+    assert current_vllm_wheels(pin) is None, "none published: hosts use the index"
+    files = (ModelFile("vllm-1.0-py3-none-any.whl", 1, "a" * 64),)
+    made = VllmWheels(
+        "1.0", hashlib.sha256(lock.read_bytes()).hexdigest(), "sha256:" + "e" * 64, files
+    )
+    record_vllm_wheels(made)
+    assert current_vllm_wheels(pin) == made
+    lock.write_text(lock.read_text() + "# locked again\n")
+    with pytest.raises(ConfigError, match="publish the pinned lock's wheels"):
+        current_vllm_wheels(pin)
 
 
 # Stricter checks: every key known, pins matched whole, paths kept inside.
