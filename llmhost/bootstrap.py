@@ -64,9 +64,9 @@ def plan(loaded: Any) -> Plan:
     from llmhost.hardware import check_hardware, load_classes
     from llmhost.settings import from_data
     from roles._common.checks import join_host_port
+    from roles._common.ports import ports_in_use
     from roles._common.scrapers import address_of
     from roles._common.site import serves_a_model
-    from roles.gateway.defaults import GatewaySettings
     from roles.runtime.defaults import RuntimeSettings
 
     found = []
@@ -75,15 +75,16 @@ def plan(loaded: Any) -> Plan:
             continue
         runtime = from_data(RuntimeSettings, target.data, target.name)
         hardware = check_hardware(target.data.get("hardware"), load_classes(), target.name)
-        gateway = from_data(GatewaySettings, target.data, target.name)
-        address = (gateway.gateway_server_names or [address_of(target.name, target.data)])[0]
+        # What the gateway's certificate names (checked by the gateway role beforehand).
+        names = target.data.get("gateway_server_names") or [address_of(target.name, target.data)]
+        port = ports_in_use(target.name, target.data, target.groups)["gateway_port"]
         found.append(
             ServingHost(
                 name=target.name,
                 model=str(target.data.get("model_name")),
                 engine=runtime.runtime_engine or hardware.runtime,
                 hardware=hardware.name,
-                gateway_url=f"https://{join_host_port(address, gateway.gateway_port)}",
+                gateway_url=f"https://{join_host_port(names[0], port)}",
             )
         )
     return Plan(tuple(found))
