@@ -272,7 +272,8 @@ def bootstrap(inventory: str) -> None:
     for _, argv in pushes:
         say(progress.next())
         say("$ llmhost " + " ".join(argv[3:]))
-        if subprocess.run(argv, check=False).returncode != 0:
+        # Their output is progress here: stdout is the summary alone.
+        if subprocess.run(argv, stdout=sys.stderr, check=False).returncode != 0:
             raise LlmhostFailure(f"`llmhost {' '.join(argv[3:])}` failed; see above")
     say(progress.next())
     _checked_hosts(path, ())
