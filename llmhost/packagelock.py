@@ -1,4 +1,4 @@
-"""Package locks: every Debian package of a host at the version one host has it.
+"""Package locks: every Debian package a host has, at the version it has it.
 
 `llmhost lock-packages` reads a converged host's installed packages (its fingerprint's
 list) into a JSON file in the repository; `base_package_lock` names that file, and the

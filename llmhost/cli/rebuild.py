@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -169,5 +170,8 @@ def lock_packages(inventory: str, host: str, out: str) -> None:
     document = lock_document(host, found[host]["packages"])
     with open(out, "w") as lock:
         lock.write(json.dumps(document, indent=1, sort_keys=True) + "\n")
-    say(f"{host}: {len(document['packages'])} packages locked in {out}")
-    say(f"set {LOCK_KEY} = {out!r} for the hosts that must run them, and converge")
+    written = Path(out).resolve()
+    # The setting reads a relative path from the repository root.
+    value = written.relative_to(REPO_ROOT) if written.is_relative_to(REPO_ROOT) else written
+    say(f"{host}: {len(document['packages'])} packages locked in {written}")
+    say(f"set {LOCK_KEY} = {str(value)!r} for the hosts that must run them, and converge")
