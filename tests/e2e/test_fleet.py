@@ -62,7 +62,7 @@ def proxy_log(testbed: Testbed, host: TestbedHost) -> str:
 def fleet(testbed, published, tmp_path_factory):
     """tb2 and tb3 blank with egress closed, then the three converged in one parallel run.
 
-    Earlier modules bring the hosts back blank (test_upgrade), so tb1's registry is
+    Earlier modules bring the hosts back blank (test_testbed, test_upgrade), so tb1's registry is
     published to again first."""
     publish(testbed)
     testbed.recreate("tb2")
