@@ -254,13 +254,17 @@ def record_build(build: LlamaCppBuild, path: Path | None = None) -> None:
     ]
     for name in sorted(builds):
         entry = builds[name]
-        lines += ["", f"[{name}]", f'digest = "{entry.digest}"', "files = ["]
-        lines += [
-            f'  {{ path = "{f.path}", size = {f.size}, sha256 = "{f.sha256}" }},'
-            for f in entry.files
-        ]
-        lines.append("]")
+        lines += ["", f"[{name}]", f'digest = "{entry.digest}"', *files_toml(entry.files)]
     path.write_text("\n".join(lines) + "\n")
+
+
+def files_toml(files: Sequence[ModelFile]) -> list[str]:
+    """``files = [...]`` as the builds and wheels records write it, one file a line."""
+    return [
+        "files = [",
+        *(f'  {{ path = "{f.path}", size = {f.size}, sha256 = "{f.sha256}" }},' for f in files),
+        "]",
+    ]
 
 
 def sha256_file(path: Path) -> str:
@@ -403,11 +407,13 @@ def artifact_files(directory: Path) -> tuple[ModelFile, ...]:
 
 
 def config_blob(hardware_class: str, files: Sequence[ModelFile]) -> bytes:
-    document = {
-        "runtime": "llama.cpp",
-        "class": hardware_class,
-        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files],
-    }
+    return artifact_config({"runtime": "llama.cpp", "class": hardware_class}, files)
+
+
+def artifact_config(fields: dict[str, str], files: Sequence[ModelFile]) -> bytes:
+    """A runtime artifact's OCI config: what it is, and every file with its size and hash."""
+    files_list = [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files]
+    document = {**fields, "files": files_list}
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -426,18 +432,39 @@ LOCK_PLATFORMS = (
 )
 
 
-def vllm_resolve_command(version: str, report: Path, index_url: str) -> list[str]:
-    """pip's resolver, run for the hosts' platform, writing what it chose (with hashes)."""
-    command = [
-        sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+def hosts_target() -> list[str]:
+    """pip's options for the hosts' interpreter and platform, not this machine's."""
+    target = [
         "--only-binary=:all:", "--python-version", LOCK_PYTHON, "--implementation", "cp",
         "--abi", "cp" + LOCK_PYTHON.replace(".", ""), "--abi", "abi3", "--abi", "none",
-        "--target", str(report.parent / "target"), "--report", str(report),
-        "--index-url", index_url,
     ]  # fmt: skip
     for platform_tag in LOCK_PLATFORMS:
-        command += ["--platform", platform_tag]
-    return [*command, f"vllm=={version}"]
+        target += ["--platform", platform_tag]
+    return target
+
+
+def run_pip(command: list[str], *, show_output: bool, problem: str, key: str, fix: str) -> None:
+    """Run pip; a failure is a ConfigError ending with pip's last line of error."""
+    done = subprocess.run(
+        command,
+        stdout=sys.stderr if show_output else subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError(f"{problem}: {last}", key=key, fix=fix)
+
+
+def vllm_resolve_command(version: str, report: Path, index_url: str) -> list[str]:
+    """pip's resolver, run for the hosts' platform, writing what it chose (with hashes)."""
+    return [
+        sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+        *hosts_target(),
+        "--target", str(report.parent / "target"), "--report", str(report),
+        "--index-url", index_url, f"vllm=={version}",
+    ]  # fmt: skip
 
 
 def lock_from_report(report: dict[str, Any], version: str) -> str:
@@ -469,20 +496,13 @@ def lock_from_report(report: dict[str, Any], version: str) -> str:
 def lock_vllm(version: str, dest: Path, index_url: str) -> Path:
     with tempfile.TemporaryDirectory(prefix="llmhost-lock-") as scratch:
         report = Path(scratch) / "report.json"
-        done = subprocess.run(
+        run_pip(
             vllm_resolve_command(version, report, index_url),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            check=False,
+            show_output=False,
+            problem=f"pip could not resolve vllm=={version} for the hosts",
+            key="vllm.version",
+            fix="pick a version whose dependencies all have wheels on the index",
         )
-        if done.returncode != 0:
-            raise ConfigError(
-                f"pip could not resolve vllm=={version} for the hosts: "
-                + (done.stderr.strip().splitlines() or ["no output"])[-1],
-                key="vllm.version",
-                fix="pick a version whose dependencies all have wheels on the index",
-            )
         text = lock_from_report(json.loads(report.read_text()), version)
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(text)
@@ -619,27 +639,18 @@ def record_vllm_wheels(wheels: VllmWheels, path: Path | None = None) -> None:
         f'version = "{wheels.version}"',
         f'lock_sha256 = "{wheels.lock_sha256}"',
         f'digest = "{wheels.digest}"',
-        "files = [",
-        *(
-            f'  {{ path = "{f.path}", size = {f.size}, sha256 = "{f.sha256}" }},'
-            for f in wheels.files
-        ),
-        "]",
+        *files_toml(wheels.files),
     ]
     path.write_text("\n".join(lines) + "\n")
 
 
 def vllm_download_command(lock: Path, dest: Path, index_url: str) -> list[str]:
     """pip fetching exactly the lock's wheels (by their hashes) for the hosts' platform."""
-    command = [
+    return [
         sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
-        "--only-binary=:all:", "--python-version", LOCK_PYTHON, "--implementation", "cp",
-        "--abi", "cp" + LOCK_PYTHON.replace(".", ""), "--abi", "abi3", "--abi", "none",
+        *hosts_target(),
         "--index-url", index_url, "--dest", str(dest), "-r", str(lock),
     ]  # fmt: skip
-    for platform_tag in LOCK_PLATFORMS:
-        command += ["--platform", platform_tag]
-    return command
 
 
 def wheel_files(directory: Path) -> tuple[ModelFile, ...]:
@@ -650,34 +661,22 @@ def wheel_files(directory: Path) -> tuple[ModelFile, ...]:
 
 
 def wheels_config_blob(pin: VllmPin, lock_sha256: str, files: Sequence[ModelFile]) -> bytes:
-    document = {
-        "runtime": WHEELS_CONFIG_RUNTIME,
-        "version": pin.version,
-        "lock_sha256": lock_sha256,
-        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files],
-    }
-    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    fields = {"runtime": WHEELS_CONFIG_RUNTIME, "version": pin.version, "lock_sha256": lock_sha256}
+    return artifact_config(fields, files)
 
 
 def download_vllm_wheels(pin: VllmPin, cache: Path, index_url: str) -> Path:
     """The lock's wheels in ``cache``/vllm-wheels/<lock sha256>/ (pip keeps what it has)."""
     dest = cache / "vllm-wheels" / sha256_file(pin.lock)
     dest.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
+    run_pip(
         vllm_download_command(pin.lock, dest, index_url),
-        stdout=sys.stderr,
-        stderr=subprocess.PIPE,
-        text=True,
-        check=False,
+        show_output=True,
+        problem=f"pip could not download the wheels of {pin.lock.name}",
+        key="vllm.lock",
+        fix="run where the index is reachable (--index-url), or lock again: "
+        "llmhost runtimes lock-vllm",
     )
-    if done.returncode != 0:
-        raise ConfigError(
-            f"pip could not download the wheels of {pin.lock.name}: "
-            + (done.stderr.strip().splitlines() or ["no output"])[-1],
-            key="vllm.lock",
-            fix="run where the index is reachable (--index-url), or lock again: "
-            "llmhost runtimes lock-vllm",
-        )
     return dest
 
 

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from llmhost.cli.errors import TRANSFER_ERRORS, LlmhostFailure, transfer_failure
 from llmhost.cli.options import inventory_option, registry_access, registry_option, secrets_option
+
+
+def cache_dir_option(kept: str) -> Any:
+    """``--cache-dir``, where the control machine keeps ``kept``."""
+    return click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path.home() / ".cache" / "llmhost",
+        show_default=True,
+        help=f"Where {kept} are kept.",
+    )
 
 
 @click.group()
@@ -46,13 +58,7 @@ def runtimes_list() -> None:
 @registry_option
 @inventory_option
 @secrets_option
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path.home() / ".cache" / "llmhost",
-    show_default=True,
-    help="Where source archives and finished builds are kept.",
-)
+@cache_dir_option("source archives and finished builds")
 @click.option("--jobs", type=int, help="Parallel compile jobs (default: all cores).")
 def runtimes_build(
     class_name: str,
@@ -99,13 +105,7 @@ def runtimes_build(
 @inventory_option
 @secrets_option
 @click.option("--index-url", default="https://pypi.org/simple", show_default=True)
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path.home() / ".cache" / "llmhost",
-    show_default=True,
-    help="Where the downloaded wheels are kept.",
-)
+@cache_dir_option("the downloaded wheels")
 def runtimes_publish_vllm(
     registry: str | None,
     inventory: str | None,
