@@ -192,19 +192,25 @@ def test_bad_inputs_fail_before_any_unit_changes(tmp_path, testbed, hosts, publi
     assert testbed.ssh(host, f"cat {STATE_FILE}") == state_before
 
 
-def test_a_dry_run_for_a_vllm_class_shows_the_install_and_staging_and_changes_nothing(
-    tmp_path, testbed, hosts, published
-):
-    """Planned against the real host's facts; no GPU is needed to plan, and none is used."""
+def dry_run_as_l40s(tmp_path, testbed, hosts) -> set[str]:
+    """The operations a dry run of deploy/runtime.py plans for tb2 as an l40s vLLM host."""
     host = hosts[1]
-    state_before = testbed.ssh(host, f"cat {STATE_FILE}")
     # A GPU class installs NVIDIA's driver stack: where its repository is must be declared.
     declared = {**testbed.residency_endpoints(host), "developer.download.nvidia.com": REGION}
     data = {"model_name": "rt-st", "hardware": "l40s", "residency_endpoints": declared}
     inventory = write_inventory(tmp_path / "inventory.py", testbed, hosts, **{host.name: data})
     dry = converge.run(inventory, "deploy/runtime.py", dry=True)
     assert dry.returncode == 0, dry.stderr[-3000:]
-    planned = {name.split(" | ", 1)[1] for name in dry.planned_changes()}
+    return {name.split(" | ", 1)[1] for name in dry.planned_changes()}
+
+
+def test_a_dry_run_for_a_vllm_class_shows_the_install_and_staging_and_changes_nothing(
+    tmp_path, testbed, hosts, published
+):
+    """Planned against the real host's facts; no GPU is needed to plan, and none is used."""
+    host = hosts[1]
+    state_before = testbed.ssh(host, f"cat {STATE_FILE}")
+    planned = dry_run_as_l40s(tmp_path, testbed, hosts)
     version = load_sources().vllm.version
     assert f"vLLM {version} in /opt/llmhost/vllm/{version} from the index" in planned
     assert f"vLLM {version} lock (every distribution hashed)" in planned
@@ -247,13 +253,7 @@ def test_published_vllm_wheels_are_pulled_from_the_registry_by_digest(
     stored = f"/var/lib/docker-registry/docker/registry/v2/repositories/{repository}/{revision}"
     for registry in hosts[:2]:  # the primary and the disaster-recovery copy
         assert testbed.ssh(registry, f"test -d {stored} && echo stored").strip() == "stored"
-    host = hosts[1]
-    declared = {**testbed.residency_endpoints(host), "developer.download.nvidia.com": REGION}
-    data = {"model_name": "rt-st", "hardware": "l40s", "residency_endpoints": declared}
-    inventory = write_inventory(tmp_path / "inventory.py", testbed, hosts, **{host.name: data})
-    dry = converge.run(inventory, "deploy/runtime.py", dry=True)
-    assert dry.returncode == 0, dry.stderr[-3000:]
-    planned = {name.split(" | ", 1)[1] for name in dry.planned_changes()}
+    planned = dry_run_as_l40s(tmp_path, testbed, hosts)
     version = load_sources().vllm.version
     assert f"vLLM {version} wheels by digest" in planned
     assert f"vLLM {version} in /opt/llmhost/vllm/{version} from the registry's wheels" in planned

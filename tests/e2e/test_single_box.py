@@ -82,7 +82,7 @@ def make_wheelhouse(destination: Path, scratch: Path) -> None:
     frozen = subprocess.run([*pip, "freeze", "--exclude-editable"], capture_output=True, text=True)
     constraints = scratch / "constraints.txt"
     constraints.write_text(frozen.stdout)
-    subprocess.run(
+    downloaded = subprocess.run(
         [
             *pip,
             "download",
@@ -94,9 +94,10 @@ def make_wheelhouse(destination: Path, scratch: Path) -> None:
             "setuptools>=68",
             str(REPO_ROOT),
         ],
-        check=True,
         capture_output=True,
+        text=True,
     )
+    assert downloaded.returncode == 0, downloaded.stderr[-3000:]
 
 
 def copy_build_cache(cache: Path) -> None:
