@@ -65,6 +65,14 @@ class RunResult:
             if op["success"]
         ]
 
+    def summary(self, named_up_to: int = 12) -> str:
+        """How many operations changed, each named when there are few (as on a re-run)."""
+        line = f"converged: {self.changes} operation(s) changed"
+        changed = self.changed_operations()
+        if not changed or len(changed) > named_up_to:
+            return line
+        return "\n  ".join([line, *changed])
+
 
 def pyinfra_argv(
     inventory: str,

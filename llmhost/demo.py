@@ -186,12 +186,12 @@ class DemoFailed(Exception):
     """A converge of the demo's hosts failed, or its repeat changed something."""
 
 
-def converge_hosts(inventory: str, data: dict[str, str] | None = None) -> int:
-    """Converge the demo's hosts, pyinfra's output streamed; the operations that changed."""
+def converge_hosts(inventory: str, data: dict[str, str] | None = None) -> converge.RunResult:
+    """Converge the demo's hosts, pyinfra's output streamed."""
     result = converge.run(inventory, data=data, stream_stderr=True)
     if result.returncode != 0 or result.report is None or result.errors:
         raise DemoFailed(f"converge failed (exit {result.returncode})")
-    return result.changes
+    return result
 
 
 def require_idempotent(inventory: str, data: dict[str, str] | None = None) -> None:

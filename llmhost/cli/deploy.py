@@ -287,7 +287,7 @@ def _converge_or_fail(inventory: str, deploy: str, limit: tuple[str, ...] = ()) 
     result = converge.run(inventory, deploy, limit=limit, stream_stderr=True)
     if result.returncode != 0 or result.errors:
         raise LlmhostFailure(f"the converge failed (exit {result.returncode}); see above")
-    say(f"converged: {result.changes} operation(s) changed")
+    say(result.summary())
 
 
 @click.command()
@@ -386,8 +386,7 @@ def _run_demo(testbed: Testbed, count: int) -> None:
 def _converge(inventory: str, data: dict[str, str] | None = None) -> None:
     from llmhost.demo import converge_hosts
 
-    changes = converge_hosts(inventory, data)
-    say(f"converged: {changes} operation(s) changed")
+    say(converge_hosts(inventory, data).summary())
 
 
 def _require_idempotent(inventory: str, data: dict[str, str] | None = None) -> None:

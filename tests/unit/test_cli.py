@@ -174,6 +174,20 @@ def pyinfra_result(returncode: int, changes: int = 0) -> RunResult:
     return RunResult(returncode, "", "", report)
 
 
+def test_a_converge_summary_names_the_changed_operations_when_there_are_few():
+    operations = [
+        {"name": "llmhost base | Firewall", "success": ["tb1", "tb2"]},
+        {"name": "llmhost gateway | nginx", "success": []},
+    ]
+    report = {"results": {"totals": {"success": 2, "error": 0}, "operations": operations}}
+    result = RunResult(0, "", "", report)
+    assert result.summary() == (
+        "converged: 2 operation(s) changed\n  llmhost base | Firewall on tb1, tb2"
+    )
+    assert result.summary(named_up_to=0) == "converged: 2 operation(s) changed"
+    assert pyinfra_result(0).summary() == "converged: 0 operation(s) changed"
+
+
 @pytest.fixture
 def batches_run(monkeypatch):
     """`converge.run` replaced: batch 2 fails; returns the limits it was run with."""

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from llmhost import demo
 from llmhost.cli import main
+from llmhost.converge import RunResult
 from llmhost.demo import (
     STAGES,
     DemoFacts,
@@ -146,14 +147,20 @@ def test_demo_down_takes_the_testbed_down_and_runs_nothing_else(monkeypatch):
     assert called == ["down"] and "the demo is down" in result.output
 
 
+def converged(changes: int) -> RunResult:
+    totals = {"success": changes, "error": 0}
+    return RunResult(0, "", "", {"results": {"totals": totals, "operations": []}})
+
+
 def test_the_demo_prints_each_stage_then_the_summary_on_stdout(monkeypatch, tmp_path):
     """The command's flow with every step stubbed: stage lines in order, summary last."""
+
     from llmhost.testing.testbed import Testbed
 
     hosts = [SimpleNamespace(name="tb1", address="10.231.1.2")]
     monkeypatch.setattr(Testbed, "up", lambda self, count: hosts)
     stubs = {
-        "converge_hosts": lambda inventory, data=None: 3,
+        "converge_hosts": lambda inventory, data=None: converged(3),
         "require_idempotent": lambda inventory, data=None: None,
         "demo_catalog": lambda testbed: tmp_path,
         "mirror_demo_model": lambda testbed, catalog: "sha256:" + "1" * 64,
