@@ -220,6 +220,8 @@ def test_a_second_bootstrap_changes_nothing(bootstrapped, box, testbed):
     (testbed.root / "single-box-bootstrap-again.log").write_text(again.stderr)
     assert again.returncode == 0, again.stderr[-4000:]
     converged = re.findall(r"^converged: (\d+) operation\(s\) changed$", again.stderr, re.M)
-    changed = [line for line in again.stderr.splitlines() if line.startswith("  llmhost ")]
-    assert converged == ["0", "0"], changed or again.stderr[-4000:]
+    if converged != ["0", "0"]:
+        changed = [line for line in again.stderr.splitlines() if line.startswith("  llmhost ")]
+        units = testbed.ssh(box, "systemctl list-units --no-legend --state=failed,activating")
+        pytest.fail(f"changed: {changed or again.stderr[-4000:]}\nunits not settled: {units}")
     assert json.loads(testbed.ssh(box, f"cat {STATE_FILE}")) == before, "the same release serves"
