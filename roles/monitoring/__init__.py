@@ -453,7 +453,14 @@ def ttft_slos() -> list[dict[str, Any]]:
 
 
 def service(unit: str, restart: list[OperationMeta], reload: list[OperationMeta]) -> None:
-    systemd.service(
+    """Running, restarted for changed flags, else reloaded for changed configuration.
+
+    Never both: a process just (re)started reads its configuration anyway, and a SIGHUP
+    sent before it handles the signal ends it (Go's default), cleanly in systemd's eyes,
+    so it is not restarted. Alertmanager, installed and reloaded in one run, was left
+    stopped that way.
+    """
+    started = systemd.service(
         name=f"{unit}: running and enabled",
         service=unit,
         running=True,
@@ -464,7 +471,7 @@ def service(unit: str, restart: list[OperationMeta], reload: list[OperationMeta]
         name=f"{unit}: reloaded for changed configuration",
         service=unit,
         reloaded=True,
-        _if=any_changed(*reload),
+        _if=[any_changed(*reload), lambda: not started.did_change()],
     )
 
 

@@ -7,7 +7,9 @@ import json
 
 import pytest
 from pyinfra.api import Inventory
+from pyinfra.api.operation import OperationMeta
 from pyinfra.context import ctx_inventory
+from pyinfra.operations import systemd
 
 from llmhost.errors import ConfigError
 from roles._common.scrapers import scrape_sources
@@ -103,6 +105,29 @@ def test_a_monitoring_host_gets_prometheus_alertmanager_targets_rules_and_a_rece
     receiver = commands(planned, "Alertmanager: receiver")
     assert "chmod 640 /etc/prometheus/alertmanager.yml" in receiver
     assert "Firewall: Prometheus UI closed" in planned
+
+
+@pytest.mark.parametrize("unit", ["prometheus.service", "prometheus-alertmanager.service"])
+@pytest.mark.parametrize(
+    ("start_commands", "reloaded"), [(["systemctl restart"], False), ([], True)]
+)
+def test_a_unit_started_or_restarted_in_the_run_is_not_also_reloaded(
+    monkeypatch, unit, start_commands, reloaded
+):
+    # A SIGHUP right after a (re)start ended Alertmanager before it handled the signal.
+    made: dict[str, tuple[OperationMeta, dict]] = {}
+    service = systemd.service
+
+    def recording_service(*args, **kwargs):
+        made[kwargs["name"]] = (service(*args, **kwargs), kwargs)
+        return made[kwargs["name"]][0]
+
+    monkeypatch.setattr(systemd, "service", recording_service)
+    plan(monitoring, dict(CPU), groups=["monitoring"])
+    started, _ = made[f"{unit}: running and enabled"]
+    _config_changed, not_started = made[f"{unit}: reloaded for changed configuration"][1]["_if"]
+    started.set_complete(True, start_commands, None)
+    assert not_started() is reloaded
 
 
 def test_rules_already_installed_are_not_checked_or_uploaded_again():
