@@ -185,3 +185,22 @@ def plan(
         return planned
     finally:
         Host.get_fact = original  # type: ignore[method-assign]
+
+
+def record_calls(
+    monkeypatch: Any, module: Any, function: str
+) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """``module.function``'s calls while a plan runs: operation name -> (its result, kwargs).
+
+    For what a plan does not show: an ``_if`` condition, checked against the operation
+    it names once that one is marked complete.
+    """
+    made: dict[str, tuple[Any, dict[str, Any]]] = {}
+    original = getattr(module, function)
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        made[kwargs["name"]] = (original(*args, **kwargs), kwargs)
+        return made[kwargs["name"]][0]
+
+    monkeypatch.setattr(module, function, recording)
+    return made

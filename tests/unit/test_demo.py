@@ -154,7 +154,6 @@ def converged(changes: int) -> RunResult:
 
 def test_the_demo_prints_each_stage_then_the_summary_on_stdout(monkeypatch, tmp_path):
     """The command's flow with every step stubbed: stage lines in order, summary last."""
-
     from llmhost.testing.testbed import Testbed
 
     hosts = [SimpleNamespace(name="tb1", address="10.231.1.2")]

@@ -7,7 +7,6 @@ import json
 
 import pytest
 from pyinfra.api import Inventory
-from pyinfra.api.operation import OperationMeta
 from pyinfra.context import ctx_inventory
 from pyinfra.operations import systemd
 
@@ -15,7 +14,7 @@ from llmhost.errors import ConfigError
 from roles._common.scrapers import scrape_sources
 from roles.monitoring import alert_rules, member_targets, monitoring
 from tests.unit import test_runtime_role as runtime_tests
-from tests.unit.pyinfra_plan import per_argument, plan
+from tests.unit.pyinfra_plan import per_argument, plan, record_calls
 from tests.unit.test_model_role import host_data as serving_data
 
 catalog = runtime_tests.catalog  # a catalog with the serving hosts' model (autouse fixture)
@@ -115,14 +114,7 @@ def test_a_unit_started_or_restarted_in_the_run_is_not_also_reloaded(
     monkeypatch, unit, start_commands, reloaded
 ):
     # A SIGHUP right after a (re)start ended Alertmanager before it handled the signal.
-    made: dict[str, tuple[OperationMeta, dict]] = {}
-    service = systemd.service
-
-    def recording_service(*args, **kwargs):
-        made[kwargs["name"]] = (service(*args, **kwargs), kwargs)
-        return made[kwargs["name"]][0]
-
-    monkeypatch.setattr(systemd, "service", recording_service)
+    made = record_calls(monkeypatch, systemd, "service")
     plan(monitoring, dict(CPU), groups=["monitoring"])
     started, _ = made[f"{unit}: running and enabled"]
     _config_changed, not_started = made[f"{unit}: reloaded for changed configuration"][1]["_if"]

@@ -16,7 +16,7 @@ from llmhost.render import render
 from llmhost.secrets import RegistryCredentials, certificate_authority, registry_credentials
 from roles.registry import DROPIN, htpasswd_line, registry, staggered_gc_schedule
 from roles.registry.defaults import CONFIG_DIR
-from tests.unit.pyinfra_plan import SECRETS_DIR, per_argument, plan
+from tests.unit.pyinfra_plan import SECRETS_DIR, per_argument, plan, record_calls
 
 HOST = {"region": "gb-lon1", "hardware": "cpu"}
 CREDENTIALS = RegistryCredentials(username="llmhost", password="correct horse", http_secret="s")
@@ -110,23 +110,11 @@ def test_running_registry_is_restarted_when_its_files_change():
 
 def test_port_is_waited_for_only_when_the_service_operation_changed(monkeypatch):
     # plan() lists `_if` operations' commands; the condition itself is checked here.
-    shell_calls: dict[str, dict] = {}
-    services: dict[str, object] = {}
-    shell, service = server.shell, systemd.service
-
-    def recording_shell(*args, **kwargs):
-        shell_calls[kwargs["name"]] = kwargs
-        return shell(*args, **kwargs)
-
-    def recording_service(*args, **kwargs):
-        services[kwargs["name"]] = service(*args, **kwargs)
-        return services[kwargs["name"]]
-
-    monkeypatch.setattr(server, "shell", recording_shell)
-    monkeypatch.setattr(systemd, "service", recording_service)
+    shells = record_calls(monkeypatch, server, "shell")
+    services = record_calls(monkeypatch, systemd, "service")
     plan(registry, HOST)
-    condition = shell_calls["Registry: listening"]["_if"]
-    started = services["Registry: running and enabled"]
+    condition = shells["Registry: listening"][1]["_if"]
+    started = services["Registry: running and enabled"][0]
     assert condition == started.did_change
     started.set_complete(True, [], None)  # ran, changed nothing
     assert condition() is False
