@@ -20,27 +20,25 @@ it down at the end. Needs root.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._testbed import wait_for_testbed  # noqa: E402
 from llmhost import converge  # noqa: E402
 from llmhost.catalog import model_toml  # noqa: E402
 from llmhost.onhost.layout import ONHOST_APP  # noqa: E402
 from llmhost.secrets import add_api_key, api_keys  # noqa: E402
 from llmhost.settings import from_data  # noqa: E402
 from llmhost.testing.testbed import Testbed, TestbedHost  # noqa: E402
-from llmhost.testing.testbed.testbed import MACHINE_LOCK  # noqa: E402
 from llmhost.testing.testmodels import write_tiny_gguf  # noqa: E402
 from roles.runtime.defaults import RuntimeSettings  # noqa: E402
 
@@ -74,29 +72,6 @@ def static_conf(tokens: int) -> str:
         "    location /v1/completions {\n        default_type text/event-stream;\n"
         f"        return 200 '{body}';\n    }}\n}}\n"
     )
-
-
-def testbed_free(testbed: Testbed) -> bool:
-    """Nobody is bringing the testbed up or down, and no healthy host is up (in use)."""
-    if any(host.healthy() for host in testbed.hosts()):
-        return False
-    with MACHINE_LOCK.open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return True
-
-
-def wait_for_testbed(testbed: Testbed, minutes: float) -> bool:
-    deadline = time.monotonic() + minutes * 60
-    while not testbed_free(testbed):
-        if time.monotonic() >= deadline:
-            return False
-        print("testbed in use by another run; trying again in 60 s", file=sys.stderr)
-        time.sleep(60)
-    return True
 
 
 def cli(*command: str) -> bool:
@@ -221,11 +196,6 @@ def main() -> int:
 
     testbed = Testbed()
     if not wait_for_testbed(testbed, args.wait_minutes):
-        print(
-            f"testbed still in use after {args.wait_minutes:g} minutes (if no run is using "
-            "it, a crashed one left it up: `llmhost testbed down`)",
-            file=sys.stderr,
-        )
         return 2
     try:
         hosts = testbed.up(2)
