@@ -1,0 +1,142 @@
+"""The site's no-op re-run on 1, 4 and 8 testbed hosts, and where its time goes.
+
+    python bench/fleet_noop.py [--hosts 1 4 8] [--rounds 5] [--wait-minutes 30]
+
+Boots max(--hosts) testbed hosts and converges `pyinfra inventories/testbed.py deploy/site.py`
+on all of them once (untimed). What the hosts run is the site on hosts that serve no model:
+tb1 the primary registry and Prometheus with Alertmanager (Grafana off: its repository is
+out of reach here), tb2 the registry's disaster-recovery copy, every host the base role
+(APT sources, proxy, NTP, SSH, the firewall) and the exporters. Then, in rounds, the same
+command limited to the first 1, 4 and 8 hosts (tb1 in every set: it has the most work),
+the order of the sizes rotated each round. Every timed run must change nothing. Each run's
+time is split by pyinfra's own progress lines: start (Python, imports, config and
+inventory), connect (SSH to every host), prepare (the deploy code per host, facts gathered
+over SSH) and execute (the operations, none of which changes anything). Medians over the
+rounds, and each size's total over one host's. Waits while another run holds the testbed,
+and takes it down at the end. Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench._testbed import wait_for_testbed  # noqa: E402
+from llmhost import converge  # noqa: E402
+from llmhost.testing.testbed import Testbed  # noqa: E402
+
+INVENTORY = "inventories/testbed.py"
+# pyinfra's progress lines, in the order they come, and the phase each one ends.
+MARKS = (
+    ("--> Connecting to hosts...", "start"),
+    ("--> Preparing operation files...", "connect"),
+    ("--> Beginning operation run...", "prepare"),
+    ("--> Results:", "execute"),
+)
+PHASES = ("start", "connect", "prepare", "execute", "total")
+
+
+def timed_noop(names: list[str]) -> dict[str, float]:
+    """One site run limited to ``names``: each phase's seconds; it must change nothing."""
+    argv = converge.pyinfra_argv(INVENTORY, limit=tuple(names), json_output=True)
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stderr is not None and process.stdout is not None
+    seen: dict[str, float] = {}
+    stderr = []
+    for line in process.stderr:
+        stderr.append(line)
+        for mark, phase in MARKS:
+            if mark in line and phase not in seen:
+                seen[phase] = time.perf_counter()
+    stdout = process.stdout.read()
+    returncode = process.wait()
+    end = time.perf_counter()
+    result = converge.RunResult(returncode, stdout, "".join(stderr), parse(stdout))
+    if returncode != 0 or result.errors or result.changes:
+        raise SystemExit(
+            f"the re-run on {len(names)} host(s) failed or changed something:\n"
+            f"{result.summary()}\n{result.stderr[-3000:]}"
+        )
+    marks = [start] + [seen[phase] for _, phase in MARKS]
+    times = {phase: marks[i + 1] - marks[i] for i, (_, phase) in enumerate(MARKS)}
+    return {**times, "total": end - start}
+
+
+def parse(stdout: str) -> dict | None:
+    try:
+        report: dict = json.loads(stdout)
+    except json.JSONDecodeError:
+        return None
+    return report
+
+
+def run_rounds(names: list[str], sizes: list[int], rounds: int) -> dict[int, list[dict]]:
+    runs: dict[int, list[dict]] = {size: [] for size in sizes}
+    for number in range(1, rounds + 1):
+        shift = (number - 1) % len(sizes)
+        order = sizes[shift:] + sizes[:shift]
+        line = []
+        for size in order:
+            times = timed_noop(names[:size])
+            runs[size].append(times)
+            line.append(
+                f"{size} host(s) {times['total']:.1f} s ("
+                + ", ".join(f"{phase} {times[phase]:.1f}" for phase in PHASES[:-1])
+                + ")"
+            )
+        print(f"  round {number}: " + "; ".join(line), flush=True)
+    return runs
+
+
+def summarise(runs: dict[int, list[dict]]) -> str:
+    smallest = min(runs)
+    base = statistics.median(times["total"] for times in runs[smallest])
+    lines = ["medians (s):  " + "  ".join(f"{phase:>8}" for phase in PHASES) + "  vs 1 host"]
+    for size, samples in sorted(runs.items()):
+        medians = [statistics.median(times[phase] for times in samples) for phase in PHASES]
+        ratio = medians[-1] / base
+        lines.append(
+            f"  {size} host(s): " + "  ".join(f"{m:8.2f}" for m in medians) + f"  {ratio:.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--wait-minutes", type=float, default=30)
+    args = parser.parse_args()
+    sizes = sorted(set(args.hosts))
+
+    testbed = Testbed()
+    if not wait_for_testbed(testbed, args.wait_minutes):
+        return 2
+    try:
+        hosts = testbed.up(max(sizes))
+        first = converge.run(INVENTORY, stream_stderr=False)
+        if first.returncode != 0 or first.errors:
+            print(first.stderr[-3000:], file=sys.stderr)
+            return 2
+        names = [host.name for host in hosts]
+        timed_noop(names)  # untimed: the first re-run settles what the first run started
+        print(f"site no-op re-runs, {args.rounds} rounds, sizes {sizes}:", flush=True)
+        print(summarise(run_rounds(names, sizes, args.rounds)))
+    finally:
+        testbed.down()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
