@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import sys
 import time
+from collections.abc import Callable
 
 from llmhost.testing.testbed import Testbed
 from llmhost.testing.testbed.testbed import MACHINE_LOCK
@@ -37,3 +38,16 @@ def wait_for_testbed(testbed: Testbed, minutes: float) -> bool:
         print("testbed in use by another run; trying again in 60 s", file=sys.stderr)
         time.sleep(60)
     return True
+
+
+def on_testbed(minutes: float, work: Callable[[Testbed], int]) -> int:
+    """Wait for the testbed, run ``work`` on it, and take it down however ``work`` ends.
+
+    Returns ``work``'s exit status, or 2 when the testbed stayed in use."""
+    testbed = Testbed()
+    if not wait_for_testbed(testbed, minutes):
+        return 2
+    try:
+        return work(testbed)
+    finally:
+        testbed.down()

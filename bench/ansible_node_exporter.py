@@ -236,7 +236,9 @@ def time_side(testbed: Testbed, hosts: list[TestbedHost], side: Side) -> Timing:
     return Timing(converge_s, noop_s)
 
 
-def run_rounds(testbed: Testbed, hosts: list[TestbedHost], sides: tuple[Side, Side], rounds: int):
+def run_rounds(
+    testbed: Testbed, hosts: list[TestbedHost], sides: tuple[Side, Side], rounds: int
+) -> dict[str, list[Timing]]:
     llmhost, ansible = sides
     times: dict[str, list[Timing]] = {llmhost.name: [], ansible.name: []}
     for side in sides:  # one untimed round each: caches and first connections

@@ -43,7 +43,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._testbed import wait_for_testbed  # noqa: E402
+from bench._testbed import on_testbed  # noqa: E402
 from llmhost import converge  # noqa: E402
 from llmhost.catalog import model_toml  # noqa: E402
 from llmhost.onhost.layout import COLOURS, STATE_FILE  # noqa: E402
@@ -399,14 +399,12 @@ def main() -> int:
     parser.add_argument("--wait-minutes", type=float, default=30)
     args = parser.parse_args()
 
-    testbed = Testbed()
-    if not wait_for_testbed(testbed, args.wait_minutes):
-        return 2
-    try:
-        with tempfile.TemporaryDirectory() as scratch:
-            return run_bench(testbed, Path(scratch), args)
-    finally:
-        testbed.down()
+    return on_testbed(args.wait_minutes, lambda testbed: run_in_scratch(testbed, args))
+
+
+def run_in_scratch(testbed: Testbed, args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory() as scratch:
+        return run_bench(testbed, Path(scratch), args)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._testbed import wait_for_testbed  # noqa: E402
+from bench._testbed import on_testbed  # noqa: E402
 from llmhost import converge  # noqa: E402
 from llmhost.testing.testbed import Testbed  # noqa: E402
 
@@ -120,21 +120,19 @@ def main() -> int:
     args = parser.parse_args()
     sizes = sorted(set(args.hosts))
 
-    testbed = Testbed()
-    if not wait_for_testbed(testbed, args.wait_minutes):
+    return on_testbed(args.wait_minutes, lambda testbed: fleet_noop(testbed, sizes, args.rounds))
+
+
+def fleet_noop(testbed: Testbed, sizes: list[int], rounds: int) -> int:
+    hosts = testbed.up(max(sizes))
+    first = converge.run(INVENTORY)
+    if first.returncode != 0 or first.errors:
+        print(first.stderr[-3000:], file=sys.stderr)
         return 2
-    try:
-        hosts = testbed.up(max(sizes))
-        first = converge.run(INVENTORY, stream_stderr=False)
-        if first.returncode != 0 or first.errors:
-            print(first.stderr[-3000:], file=sys.stderr)
-            return 2
-        names = [host.name for host in hosts]
-        timed_noop(names)  # untimed: the first re-run settles what the first run started
-        print(f"site no-op re-runs, {args.rounds} rounds, sizes {sizes}:", flush=True)
-        print(summarise(run_rounds(names, sizes, args.rounds)))
-    finally:
-        testbed.down()
+    names = [host.name for host in hosts]
+    timed_noop(names)  # untimed: the first re-run settles what the first run started
+    print(f"site no-op re-runs, {rounds} rounds, sizes {sizes}:", flush=True)
+    print(summarise(run_rounds(names, sizes, rounds)))
     return 0
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._testbed import wait_for_testbed  # noqa: E402
+from bench._testbed import on_testbed  # noqa: E402
 from llmhost import converge  # noqa: E402
 from llmhost.catalog import model_toml  # noqa: E402
 from llmhost.onhost.layout import ONHOST_APP  # noqa: E402
@@ -194,22 +194,20 @@ def main() -> int:
     parser.add_argument("--wait-minutes", type=float, default=30)
     args = parser.parse_args()
 
-    testbed = Testbed()
-    if not wait_for_testbed(testbed, args.wait_minutes):
+    return on_testbed(args.wait_minutes, lambda testbed: soak_ceiling(testbed, args))
+
+
+def soak_ceiling(testbed: Testbed, args: argparse.Namespace) -> int:
+    hosts = testbed.up(2)
+    host = hosts[0]
+    if not serve_tiny_model(testbed, hosts):
         return 2
+    testbed.put(host, "/tmp/soak-ceiling.py", DRIVER, mode="0644")
     try:
-        hosts = testbed.up(2)
-        host = hosts[0]
-        if not serve_tiny_model(testbed, hosts):
-            return 2
-        testbed.put(host, "/tmp/soak-ceiling.py", DRIVER, mode="0644")
-        try:
-            static = add_static_sse(testbed, host, args.max_tokens)
-            return 0 if run_rounds(testbed, host, (static, runtime_url(testbed, host)), args) else 1
-        finally:
-            remove_static_sse(testbed, host)
+        static = add_static_sse(testbed, host, args.max_tokens)
+        return 0 if run_rounds(testbed, host, (static, runtime_url(testbed, host)), args) else 1
     finally:
-        testbed.down()
+        remove_static_sse(testbed, host)
 
 
 if __name__ == "__main__":
