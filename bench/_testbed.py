@@ -1,4 +1,5 @@
-"""What every bench shares: waiting for the testbed to be free, so two runs never share it."""
+"""What every bench shares: the testbed, waited for until free (two runs never share it),
+and taken down at the end."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def wait_for_testbed(testbed: Testbed, minutes: float) -> bool:
 def on_testbed(minutes: float, work: Callable[[Testbed], int]) -> int:
     """Wait for the testbed, run ``work`` on it, and take it down however ``work`` ends.
 
-    Returns ``work``'s exit status, or 2 when the testbed stayed in use."""
+    Returns ``work``'s exit status, or 2 when the testbed stayed in use.
+    """
     testbed = Testbed()
     if not wait_for_testbed(testbed, minutes):
         return 2

@@ -1,6 +1,7 @@
 """The site's no-op re-run on 1, 4 and 8 testbed hosts, and where its time goes.
 
-    python bench/fleet_noop.py [--hosts 1 4 8] [--rounds 5] [--wait-minutes 30]
+    python bench/fleet_noop.py [--hosts 1 4 8] [--rounds 5] [--compare-no-wait]
+                               [--wait-minutes 30]
 
 Boots max(--hosts) testbed hosts and converges `pyinfra inventories/testbed.py deploy/site.py`
 on all of them once (untimed). What the hosts run is the site on hosts that serve no model:
@@ -11,8 +12,11 @@ command limited to the first 1, 4 and 8 hosts (tb1 in every set: it has the most
 the order of the sizes rotated each round. Every timed run must change nothing. Each run's
 time is split by pyinfra's own progress lines: start (Python, imports, config and
 inventory), connect (SSH to every host), prepare (the deploy code per host, facts gathered
-over SSH) and execute (the operations, none of which changes anything). Medians over the
-rounds, and each size's total over one host's. Waits while another run holds the testbed,
+over SSH) and execute (the operations, none of which changes anything); cpu is the CPU time
+the pyinfra process used (user and system). Medians over the
+rounds, and each size's total over one host's. With --compare-no-wait every size is also run
+with pyinfra's --no-wait, side by side: by default pyinfra runs each operation on every host
+and waits for the slowest before the next one. Waits while another run holds the testbed,
 and takes it down at the end. Needs root.
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -41,12 +46,13 @@ MARKS = (
     ("--> Beginning operation run...", "prepare"),
     ("--> Results:", "execute"),
 )
-PHASES = ("start", "connect", "prepare", "execute", "total")
+PHASES = ("start", "connect", "prepare", "execute", "total", "cpu")
 
 
-def timed_noop(names: list[str]) -> dict[str, float]:
+def timed_noop(names: list[str], extra: tuple[str, ...] = ()) -> dict[str, float]:
     """One site run limited to ``names``: each phase's seconds; it must change nothing."""
-    argv = converge.pyinfra_argv(INVENTORY, limit=tuple(names), json_output=True)
+    argv = [*converge.pyinfra_argv(INVENTORY, limit=tuple(names), json_output=True), *extra]
+    used = children_cpu_s()
     start = time.perf_counter()
     process = subprocess.Popen(
         argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -70,7 +76,13 @@ def timed_noop(names: list[str]) -> dict[str, float]:
         )
     marks = [start] + [seen[phase] for _, phase in MARKS]
     times = {phase: marks[i + 1] - marks[i] for i, (_, phase) in enumerate(MARKS)}
-    return {**times, "total": end - start}
+    return {**times, "total": end - start, "cpu": children_cpu_s() - used}
+
+
+def children_cpu_s() -> float:
+    """User and system CPU seconds of this process's finished children (pyinfra's runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def parse(stdout: str) -> dict | None:
@@ -81,33 +93,49 @@ def parse(stdout: str) -> dict | None:
     return report
 
 
-def run_rounds(names: list[str], sizes: list[int], rounds: int) -> dict[int, list[dict]]:
-    runs: dict[int, list[dict]] = {size: [] for size in sizes}
+Variant = tuple[int, tuple[str, ...]]  # hosts, and pyinfra's extra arguments
+
+
+def label(variant: Variant) -> str:
+    size, extra = variant
+    return " ".join([f"{size} host(s)", *extra])
+
+
+def run_rounds(names: list[str], variants: list[Variant], rounds: int) -> dict[Variant, list[dict]]:
+    runs: dict[Variant, list[dict]] = {variant: [] for variant in variants}
     for number in range(1, rounds + 1):
-        shift = (number - 1) % len(sizes)
-        order = sizes[shift:] + sizes[:shift]
+        shift = (number - 1) % len(variants)
+        order = variants[shift:] + variants[:shift]
         line = []
-        for size in order:
-            times = timed_noop(names[:size])
-            runs[size].append(times)
+        for variant in order:
+            size, extra = variant
+            times = timed_noop(names[:size], extra)
+            runs[variant].append(times)
             line.append(
-                f"{size} host(s) {times['total']:.1f} s ("
-                + ", ".join(f"{phase} {times[phase]:.1f}" for phase in PHASES[:-1])
+                f"{label(variant)} {times['total']:.1f} s ("
+                + ", ".join(f"{phase} {times[phase]:.1f}" for phase in PHASES[:4])
+                + f"; CPU {times['cpu']:.1f} s"
                 + ")"
             )
         print(f"  round {number}: " + "; ".join(line), flush=True)
     return runs
 
 
-def summarise(runs: dict[int, list[dict]]) -> str:
-    smallest = min(runs)
-    base = statistics.median(times["total"] for times in runs[smallest])
-    lines = ["medians (s):  " + "  ".join(f"{phase:>8}" for phase in PHASES) + "  vs 1 host"]
-    for size, samples in sorted(runs.items()):
+def summarise(runs: dict[Variant, list[dict]]) -> str:
+    """Each variant's median phases, and its total over the smallest size's with the same
+    arguments."""
+    width = max(len(label(variant)) for variant in runs)
+    header = "  ".join(f"{phase:>8}" for phase in PHASES)
+    lines = [f"  {'medians (s)':<{width}}  {header}  vs 1 host"]
+    for variant, samples in sorted(runs.items()):
+        smallest = min(v for v in runs if v[1] == variant[1])
+        base = statistics.median(times["total"] for times in runs[smallest])
         medians = [statistics.median(times[phase] for times in samples) for phase in PHASES]
-        ratio = medians[-1] / base
+        ratio = medians[PHASES.index("total")] / base
         lines.append(
-            f"  {size} host(s): " + "  ".join(f"{m:8.2f}" for m in medians) + f"  {ratio:.2f}x"
+            f"  {label(variant):<{width}}  "
+            + "  ".join(f"{m:8.2f}" for m in medians)
+            + f"  {ratio:.2f}x"
         )
     return "\n".join(lines)
 
@@ -117,22 +145,30 @@ def main() -> int:
     parser.add_argument("--hosts", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--wait-minutes", type=float, default=30)
+    parser.add_argument(
+        "--compare-no-wait",
+        action="store_true",
+        help="also run every size with pyinfra's --no-wait (each host through its operations "
+        "without waiting for the others at each one)",
+    )
     args = parser.parse_args()
     sizes = sorted(set(args.hosts))
+    variants: list[Variant] = [(size, ()) for size in sizes]
+    variants += [(size, ("--no-wait",)) for size in sizes] if args.compare_no_wait else []
 
-    return on_testbed(args.wait_minutes, lambda testbed: fleet_noop(testbed, sizes, args.rounds))
+    return on_testbed(args.wait_minutes, lambda testbed: fleet_noop(testbed, variants, args.rounds))
 
 
-def fleet_noop(testbed: Testbed, sizes: list[int], rounds: int) -> int:
-    hosts = testbed.up(max(sizes))
+def fleet_noop(testbed: Testbed, variants: list[Variant], rounds: int) -> int:
+    hosts = testbed.up(max(size for size, _ in variants))
     first = converge.run(INVENTORY)
     if first.returncode != 0 or first.errors:
         print(first.stderr[-3000:], file=sys.stderr)
         return 2
     names = [host.name for host in hosts]
     timed_noop(names)  # untimed: the first re-run settles what the first run started
-    print(f"site no-op re-runs, {rounds} rounds, sizes {sizes}:", flush=True)
-    print(summarise(run_rounds(names, sizes, rounds)))
+    print(f"site no-op re-runs, {rounds} rounds: {', '.join(map(label, variants))}", flush=True)
+    print(summarise(run_rounds(names, variants, rounds)))
     return 0
 
 
