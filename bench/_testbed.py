@@ -1,15 +1,25 @@
-"""What every bench shares: the testbed, waited for until free (two runs never share it),
-and taken down at the end."""
+"""What the benches share: the testbed, waited for until free (two runs never share it) and
+taken down at the end, and tiny models published to its registry for a host to serve."""
 
 from __future__ import annotations
 
 import fcntl
+import os
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
+from llmhost import converge
+from llmhost.catalog import model_toml
+from llmhost.paths import REPO_ROOT
+from llmhost.secrets import add_api_key, api_keys
 from llmhost.testing.testbed import Testbed
 from llmhost.testing.testbed.testbed import MACHINE_LOCK
+from llmhost.testing.testmodels import write_tiny_gguf
+
+TESTBED_INVENTORY = "inventories/testbed.py"
 
 
 def testbed_free(testbed: Testbed) -> bool:
@@ -53,3 +63,51 @@ def on_testbed(minutes: float, work: Callable[[Testbed], int]) -> int:
         return work(testbed)
     finally:
         testbed.down()
+
+
+def use_tiny_catalog(root: Path, names: Sequence[str], first_seed: int) -> None:
+    """A model catalog of its own under ``root``: one tiny GGUF model per name (seeds from
+    ``first_seed``), for this process and the commands it runs."""
+    catalog = root / "catalog"
+    catalog.mkdir()
+    for seed, name in enumerate(names, start=first_seed):
+        weights = write_tiny_gguf(root / "src" / name / f"{name}.gguf", seed=seed)
+        source = {"kind": "local", "path": str(weights.parent)}
+        (catalog / f"{name}.toml").write_text(
+            model_toml(name, "gguf", source, [(weights.name, weights)])
+        )
+    os.environ.update(
+        {
+            "LLMHOST_MODELS_DIR": str(catalog),
+            "LLMHOST_RUNTIME_BUILDS": str(root / "runtime-builds.toml"),
+        }
+    )
+
+
+def publish(testbed: Testbed, identity: str, names: Sequence[str]) -> bool:
+    """The site on every testbed host, ``identity`` given a key (the gateway admits no one
+    without), each model mirrored and llama.cpp built and pushed; False (said) on a failure."""
+    secrets = testbed.root / "secrets"
+    if identity not in api_keys(secrets):
+        add_api_key(secrets, identity)
+    if not succeeded(converge.run(TESTBED_INVENTORY), "the site's converge"):
+        return False
+    steps: list[tuple[tuple[str, ...], str]]
+    steps = [(("models", "mirror", name), f"mirroring {name}") for name in names]
+    steps.append((("runtimes", "build", "--class", "cpu"), "building llama.cpp"))
+    for command, what in steps:
+        if not succeeded(llmhost_cli(*command, "--inventory", TESTBED_INVENTORY), what):
+            return False
+    return True
+
+
+def llmhost_cli(*command: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "llmhost.cli", *command]
+    return subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+
+
+def succeeded(done: subprocess.CompletedProcess[str] | converge.RunResult, what: str) -> bool:
+    """Whether a command or a converge exited 0; if not, says so with its last stderr."""
+    if done.returncode != 0:
+        print(f"{what} failed (exit {done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr)
+    return done.returncode == 0

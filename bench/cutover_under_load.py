@@ -28,7 +28,6 @@ import argparse
 import http.client
 import itertools
 import json
-import os
 import ssl
 import subprocess
 import sys
@@ -43,15 +42,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._testbed import on_testbed  # noqa: E402
+from bench._testbed import llmhost_cli, on_testbed, publish, succeeded, use_tiny_catalog  # noqa: E402
 from llmhost import converge  # noqa: E402
-from llmhost.catalog import model_toml  # noqa: E402
 from llmhost.onhost.layout import COLOURS, STATE_FILE  # noqa: E402
 from llmhost.onhost.soak import percentile  # noqa: E402
-from llmhost.secrets import add_api_key, api_keys  # noqa: E402
+from llmhost.secrets import api_keys  # noqa: E402
 from llmhost.settings import from_data  # noqa: E402
 from llmhost.testing.testbed import Testbed, TestbedHost  # noqa: E402
-from llmhost.testing.testmodels import write_tiny_gguf  # noqa: E402
 from roles.gateway.defaults import GatewaySettings  # noqa: E402
 from roles.runtime.defaults import unit_name  # noqa: E402
 
@@ -156,11 +153,6 @@ def release_on(state: dict[str, Any], colour: str | None) -> dict[str, Any]:
     return (state.get("colours") or {}).get(colour) or {}
 
 
-def llmhost(*command: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "llmhost.cli", *command]
-    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False)
-
-
 @dataclass(frozen=True)
 class Switch:
     """A switch command run under load, and the host's state around it."""
@@ -204,7 +196,7 @@ def switch_under_load(
     """Run ``llmhost name command...``, then let the load run on for SETTLE_S."""
     before = host_state(testbed, host)
     start = time.monotonic()
-    done = llmhost(name, *command)
+    done = llmhost_cli(name, *command)
     seconds = time.monotonic() - start
     switched = Switch(name, done, seconds, before, host_state(testbed, host), model or None)
     if switched.problem():
@@ -214,45 +206,6 @@ def switch_under_load(
 
 
 # -- the testbed: three releases, both colours warm --------------------------------------------
-
-
-def write_catalog(root: Path) -> None:
-    """Three tiny GGUF models (releases A, B and C) in a catalog of their own, for every step."""
-    catalog = root / "catalog"
-    catalog.mkdir()
-    for seed, name in enumerate(RELEASES, start=31):
-        weights = write_tiny_gguf(root / "src" / name / f"{name}.gguf", seed=seed)
-        source = {"kind": "local", "path": str(weights.parent)}
-        (catalog / f"{name}.toml").write_text(
-            model_toml(name, "gguf", source, [(weights.name, weights)])
-        )
-    os.environ.update(
-        {
-            "LLMHOST_MODELS_DIR": str(catalog),
-            "LLMHOST_RUNTIME_BUILDS": str(root / "runtime-builds.toml"),
-        }
-    )
-
-
-def succeeded(done: subprocess.CompletedProcess[str] | converge.RunResult, what: str) -> bool:
-    if done.returncode != 0:
-        print(f"{what} failed (exit {done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr)
-    return done.returncode == 0
-
-
-def publish(testbed: Testbed) -> bool:
-    """Site deploy of the testbed, the three models mirrored, and llama.cpp built and pushed."""
-    secrets = testbed.root / "secrets"
-    if IDENTITY not in api_keys(secrets):
-        add_api_key(secrets, IDENTITY)  # the gateway admits no one without a key
-    site = "inventories/testbed.py"
-    if not succeeded(converge.run(site), "site deploy"):
-        return False
-    for name in RELEASES:
-        if not succeeded(llmhost("models", "mirror", name, "--inventory", site), f"mirror {name}"):
-            return False
-    built = llmhost("runtimes", "build", "--class", "cpu", "--inventory", site)
-    return succeeded(built, "llama.cpp build")
 
 
 def serving_data(testbed: Testbed, host: TestbedHost, model: str) -> dict[str, Any]:
@@ -379,9 +332,10 @@ def report(
 
 def run_bench(testbed: Testbed, scratch: Path, args: argparse.Namespace) -> int:
     hosts = testbed.up(2)
-    write_catalog(scratch)
+    use_tiny_catalog(scratch, RELEASES, first_seed=31)
     inventory = scratch / "inventory.py"
-    if not (publish(testbed) and both_colours_warm(testbed, hosts, inventory)):
+    ready = publish(testbed, IDENTITY, RELEASES) and both_colours_warm(testbed, hosts, inventory)
+    if not ready:
         return 2
     gateway = gateway_of(testbed, hosts[0])
     probe = streamed_completion(gateway)

@@ -23,7 +23,6 @@ and takes it down at the end. Needs root.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import subprocess
@@ -68,7 +67,7 @@ def timed_noop(names: list[str], extra: tuple[str, ...] = ()) -> dict[str, float
     stdout = process.stdout.read()
     returncode = process.wait()
     end = time.perf_counter()
-    result = converge.RunResult(returncode, stdout, "".join(stderr), parse(stdout))
+    result = converge.RunResult(returncode, stdout, "".join(stderr), converge.parse_report(stdout))
     if returncode != 0 or result.errors or result.changes:
         raise SystemExit(
             f"the re-run on {len(names)} host(s) failed or changed something:\n"
@@ -83,14 +82,6 @@ def children_cpu_s() -> float:
     """User and system CPU seconds of this process's finished children (pyinfra's runs)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def parse(stdout: str) -> dict | None:
-    try:
-        report: dict = json.loads(stdout)
-    except json.JSONDecodeError:
-        return None
-    return report
 
 
 Variant = tuple[int, tuple[str, ...]]  # hosts, and pyinfra's extra arguments

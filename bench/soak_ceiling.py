@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -32,14 +30,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._testbed import on_testbed  # noqa: E402
+from bench._testbed import on_testbed, publish, succeeded, use_tiny_catalog  # noqa: E402
 from llmhost import converge  # noqa: E402
-from llmhost.catalog import model_toml  # noqa: E402
 from llmhost.onhost.layout import ONHOST_APP  # noqa: E402
-from llmhost.secrets import add_api_key, api_keys  # noqa: E402
 from llmhost.settings import from_data  # noqa: E402
 from llmhost.testing.testbed import Testbed, TestbedHost  # noqa: E402
-from llmhost.testing.testmodels import write_tiny_gguf  # noqa: E402
 from roles.runtime.defaults import RuntimeSettings  # noqa: E402
 
 MODEL = "bench-soak"
@@ -74,43 +69,16 @@ def static_conf(tokens: int) -> str:
     )
 
 
-def cli(*command: str) -> bool:
-    argv = [sys.executable, "-m", "llmhost.cli", *command, "--inventory", "inventories/testbed.py"]
-    return subprocess.run(argv, cwd=REPO, check=False).returncode == 0
-
-
-def serve_tiny_model(testbed: Testbed, hosts: list[TestbedHost]) -> bool:
-    """Site deploy, a tiny model mirrored, llama.cpp built, and tb1 serving the model."""
-    secrets = testbed.root / "secrets"
-    if "bench" not in api_keys(secrets):
-        add_api_key(secrets, "bench")  # the gateway admits no one without a key
-    with tempfile.TemporaryDirectory() as scratch:
-        root = Path(scratch)
-        catalog = root / "catalog"
-        catalog.mkdir()
-        weights = write_tiny_gguf(root / "src" / f"{MODEL}.gguf", seed=23)
-        source = {"kind": "local", "path": str(weights.parent)}
-        (catalog / f"{MODEL}.toml").write_text(
-            model_toml(MODEL, "gguf", source, [(weights.name, weights)])
-        )
-        os.environ.update(
-            {
-                "LLMHOST_MODELS_DIR": str(catalog),
-                "LLMHOST_RUNTIME_BUILDS": str(root / "runtime-builds.toml"),
-            }
-        )
-        if converge.run("inventories/testbed.py").returncode != 0:
-            return False
-        if not (cli("models", "mirror", MODEL) and cli("runtimes", "build", "--class", "cpu")):
-            return False
-        data = {**testbed.inventory_data(hosts[0]), "model_name": MODEL}
-        entries = [(hosts[0].name, data), (hosts[1].name, testbed.inventory_data(hosts[1]))]
-        inventory = root / "inventory.py"
-        inventory.write_text(f"testbed = {entries!r}\nregistry = testbed[:2]\n")
-        served = converge.run(str(inventory))
-        if served.returncode != 0:
-            print(served.stderr[-3000:], file=sys.stderr)
-        return served.returncode == 0
+def serve_tiny_model(testbed: Testbed, hosts: list[TestbedHost], scratch: Path) -> bool:
+    """A tiny model published to the registry and served by tb1 (the active colour)."""
+    use_tiny_catalog(scratch, [MODEL], first_seed=23)
+    if not publish(testbed, "bench", [MODEL]):
+        return False
+    data = {**testbed.inventory_data(hosts[0]), "model_name": MODEL}
+    entries = [(hosts[0].name, data), (hosts[1].name, testbed.inventory_data(hosts[1]))]
+    inventory = scratch / "inventory.py"
+    inventory.write_text(f"testbed = {entries!r}\nregistry = testbed[:2]\n")
+    return succeeded(converge.run(str(inventory)), f"serving {MODEL}")
 
 
 def runtime_url(testbed: Testbed, host: TestbedHost) -> str:
@@ -200,8 +168,9 @@ def main() -> int:
 def soak_ceiling(testbed: Testbed, args: argparse.Namespace) -> int:
     hosts = testbed.up(2)
     host = hosts[0]
-    if not serve_tiny_model(testbed, hosts):
-        return 2
+    with tempfile.TemporaryDirectory() as scratch:
+        if not serve_tiny_model(testbed, hosts, Path(scratch)):
+            return 2
     testbed.put(host, "/tmp/soak-ceiling.py", DRIVER, mode="0644")
     try:
         static = add_static_sse(testbed, host, args.max_tokens)

@@ -120,11 +120,16 @@ def run(
     else:
         done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
         code, stdout, stderr = done.returncode, done.stdout, done.stderr
+    return RunResult(code, stdout, stderr, parse_report(stdout))
+
+
+def parse_report(stdout: str) -> dict[str, Any] | None:
+    """pyinfra's ``--json`` report, or None where it printed none (a run that failed early)."""
     try:
-        report = json.loads(stdout) if stdout.strip() else None
+        report: dict[str, Any] = json.loads(stdout)
     except json.JSONDecodeError:
-        report = None
-    return RunResult(code, stdout, stderr, report)
+        return None
+    return report
 
 
 # -- rolling rollouts -----------------------------------------------------------------------
