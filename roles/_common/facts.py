@@ -83,3 +83,92 @@ class KeyringFingerprints(FactBase[list[str]]):
 
     def process(self, output: list[str]) -> list[str]:
         return [line.strip() for line in output if FINGERPRINT.fullmatch(line.strip())]
+
+
+class FileSummary(FactBase[dict[str, Any] | None]):
+    """A regular file's owner, group, mode and SHA1 in one command; ``None`` for anything else.
+
+    ``None`` (no file, a symlink, a directory, unreadable) means "not known to match": the
+    caller hands over to pyinfra's own operation, which reads its own facts and decides.
+    """
+
+    def command(self, path: str) -> str:
+        file = shlex.quote(path)
+        return (
+            f"if test -f {file} && ! test -L {file}; then "
+            f"stat -c '%U %G %a' {file} && sha1sum {file}; fi 2>/dev/null || true"
+        )
+
+    @staticmethod
+    def default() -> None:
+        return None
+
+    def process(self, output: list[str]) -> dict[str, Any] | None:
+        if len(output) != 2:
+            return None
+        owner = output[0].split()
+        digest = output[1].split()
+        if len(owner) != 3 or not owner[2].isdigit() or not digest:
+            return None
+        user, group, mode = owner
+        # sha1sum marks a line whose name it escaped (a backslash, a newline) with a "\\"
+        return {"user": user, "group": group, "mode": int(mode), "sha1": digest[0].lstrip("\\")}
+
+
+class UnitSummary(FactBase[dict[str, str]]):
+    """A systemd unit's ``SubState`` and ``UnitFileState`` (and ``LoadState``) in one command,
+    where pyinfra's ``systemd.service`` reads each in a command of its own.
+
+    Empty on a host without systemctl: the caller then hands over to pyinfra's operation.
+    """
+
+    def requires_command(self, unit: str) -> str:
+        return "systemctl"
+
+    def command(self, unit: str) -> str:
+        return (
+            "systemctl show --property Id --property LoadState --property SubState "
+            f"--property UnitFileState {shlex.quote(unit)}"
+        )
+
+    @staticmethod
+    def default() -> dict[str, str]:
+        return {}
+
+    def process(self, output: list[str]) -> dict[str, str]:
+        properties = dict(line.strip().split("=", 1) for line in output if "=" in line)
+        return {key: properties[key] for key in UNIT_PROPERTIES if key in properties}
+
+
+UNIT_PROPERTIES = ("Id", "LoadState", "SubState", "UnitFileState")
+
+
+class PackageStatus(FactBase[dict[str, str]]):
+    """The installed version of each of ``packages`` that dpkg has fully installed.
+
+    One ``dpkg-query`` for just these packages, where pyinfra's ``DebPackages`` lists every
+    package of the host. A package that is missing, removed with its configuration left
+    (``rc``) or half-installed is not in the result.
+    """
+
+    def requires_command(self, packages: list[str]) -> str:
+        return "dpkg-query"
+
+    def command(self, packages: list[str]) -> str:
+        names = " ".join(shlex.quote(name) for name in sorted(set(packages)))
+        return (
+            "dpkg-query --show --showformat '${db:Status-Abbrev}\\t${Package}\\t${Version}\\n' "
+            f"-- {names} 2>/dev/null || true"
+        )
+
+    @staticmethod
+    def default() -> dict[str, str]:
+        return {}
+
+    def process(self, output: list[str]) -> dict[str, str]:
+        installed = {}
+        for line in output:
+            fields = line.split("\t")
+            if len(fields) == 3 and fields[0].strip() == "ii":
+                installed[fields[1]] = fields[2]
+        return installed

@@ -24,6 +24,7 @@ from pyinfra.operations import files, server
 
 from llmhost.onhost.layout import HELPERS_DIR, ONHOST_APP
 from llmhost.paths import REPO_ROOT
+from roles._common import checked
 from roles._common.facts import DirectoryEntries
 
 # Entries in the archive, besides llmhost/onhost itself: the package marker above it.
@@ -68,7 +69,7 @@ def install_onhost_tools() -> None:
         return
     planned.add(host.name)
     files.directory(name="llmhost helpers directory", path=HELPERS_DIR, mode="0755")
-    files.put(
+    checked.put(
         name=f"Host-side tools {ONHOST_APP} (puller, runtime control, soak)",
         src=io.BytesIO(build_app()),
         dest=ONHOST_APP,

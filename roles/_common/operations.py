@@ -16,15 +16,16 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import StringCommand, operation
 from pyinfra.api.operation import OperationMeta
-from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import Home
-from pyinfra.operations import apt, files, server
+from pyinfra.operations import files, server
 from pyinfra.operations.util import any_changed
 
 from llmhost.errors import ConfigError
 from llmhost.onhost.layout import CONFIG_DIR
-from llmhost.render import put_template, render
-from roles._common.facts import FINGERPRINT, KeyringFingerprints
+from llmhost.render import render
+from roles._common import checked
+from roles._common.checked import put_template
+from roles._common.facts import FINGERPRINT, KeyringFingerprints, PackageStatus
 
 # The base role's firewall unit loads every drop-in in this directory.
 FIREWALL_RULES_DIR = f"{CONFIG_DIR}/firewall.d"
@@ -142,10 +143,10 @@ APT_KEYRINGS_DIR = "/etc/apt/keyrings"  # where third-party repository keys live
 
 def apt_key_tools(owner: str) -> None:
     """What ``apt_key_trusted`` needs on the host: gpg, and the keyrings directory."""
-    apt.packages(
+    checked.packages(
         name=f"gpg (checks {owner}'s repository key)",
         packages=["gpg"],
-        update="gpg" not in host.get_fact(DebPackages),
+        update="gpg" not in host.get_fact(PackageStatus, packages=["gpg"]),
         no_recommends=True,
     )
     files.directory(name=f"{APT_KEYRINGS_DIR}: APT keyrings", path=APT_KEYRINGS_DIR, mode="0755")

@@ -20,15 +20,16 @@ from urllib.parse import urlsplit
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
-from pyinfra.facts.deb import DebPackages
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server, systemd
 
 from llmhost.endpoints import EGRESS_PROXY, NTP, PACKAGE_MIRROR, Call, call_via_proxy
 from llmhost.onhost.layout import CONFIG_DIR, LLMHOST_CA, SERVICE_USER, STATE_DIR
 from llmhost.packagelock import APT_PINS_FILE, apt_preferences, read_lock
-from llmhost.render import put_template
 from llmhost.secrets import certificate_authority, secrets_directory
 from llmhost.settings import from_data
+from roles._common import checked
+from roles._common.checked import put_template
+from roles._common.facts import PackageStatus
 from roles._common.operations import (
     FIREWALL_RULES_DIR,
     FIREWALL_UNIT,
@@ -127,8 +128,9 @@ def preflight() -> tuple[HostIdentity, PlatformDict]:
 def install(settings: BaseSettings, platform: PlatformDict) -> None:
     apt_sources = configure_apt_egress(settings, platform)
     pin_packages(settings)
-    missing = [name for name in PACKAGES if name not in host.get_fact(DebPackages)]
-    apt.packages(
+    installed = host.get_fact(PackageStatus, packages=PACKAGES)
+    missing = [name for name in PACKAGES if name not in installed]
+    checked.packages(
         name="Install base packages (time sync, firewall, CA store)",
         packages=PACKAGES,
         update=bool(missing) or any(op.will_change for op in apt_sources),
@@ -143,7 +145,7 @@ def pin_packages(settings: BaseSettings) -> None:
         files.file(name="APT: no package lock", path=APT_PINS_FILE, present=False)
         return
     packages = read_lock(lock, host.name)
-    files.put(
+    checked.put(
         name=f"APT: {len(packages)} packages pinned by {lock}",
         src=StringIO(apt_preferences(packages, lock)),
         dest=APT_PINS_FILE,
@@ -258,7 +260,7 @@ class TimeConfig(NamedTuple):
 def trust_llmhost_ca() -> None:
     """Every host trusts the llmhost CA, which signs the registry's (and later services') TLS."""
     ca = certificate_authority(secrets_directory(host.data, host.name))
-    certificate = files.put(
+    certificate = checked.put(
         name="Trust the llmhost CA",
         src=StringIO(ca.certificate_pem),
         dest=LLMHOST_CA,
@@ -339,7 +341,7 @@ def sshd_hardening() -> None:
 
 def firewall(settings: BaseSettings) -> None:
     if not settings.base_firewall_enabled:
-        systemd.service(
+        checked.service(
             name="Firewall: disabled (base_firewall_enabled = false)",
             service=FIREWALL_UNIT,
             running=False,
@@ -409,14 +411,14 @@ def service(settings: BaseSettings, time_config: TimeConfig) -> None:
         commands=["systemctl restart chrony.service"],
         _if=time_config_changed,
     )
-    systemd.service(
+    checked.service(
         name="chrony: running and enabled",
         service="chrony.service",
         running=True,
         enabled=True,
     )
     if settings.base_firewall_enabled:
-        systemd.service(
+        checked.service(
             name="Firewall: active and enabled at boot",
             service=FIREWALL_UNIT,
             running=True,

@@ -24,15 +24,16 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import File
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server
 from pyinfra.operations.util import any_changed
 
 from llmhost.errors import ConfigError
 from llmhost.onhost.layout import COLOURS, GATEWAY_DIR, GATEWAY_UPSTREAM, STATE_FILE
 from llmhost.onhost.runtimectl import upstream_text
-from llmhost.render import put_template
 from llmhost.secrets import api_keys, certificate_authority, secrets_directory
 from llmhost.settings import from_data
+from roles._common import checked
+from roles._common.checked import put_template
 from roles._common.checks import check_at_least, check_hostname, check_networks, on_host
 from roles._common.facts import HostState
 from roles._common.operations import firewall_rules, reload_firewall, secret_upload_options
@@ -123,7 +124,7 @@ def admitted_keys(settings: GatewaySettings) -> dict[str, str]:
 
 
 def install() -> None:
-    installed = apt.packages(name="Install nginx and its njs module", packages=PACKAGES)
+    installed = checked.packages(name="Install nginx and its njs module", packages=PACKAGES)
     default_site = "/etc/nginx/sites-enabled/default"
     # The package enables its default site (port 80) as it installs, after facts were read.
     server.shell(
@@ -169,7 +170,7 @@ def configure(settings: GatewaySettings, keys: dict[str, str]) -> list[Operation
         certificate, key = tls_material(settings)
         for content, dest, mode in ((certificate, TLS_CERT, "0644"), (key, TLS_KEY, "0600")):
             changed.append(
-                files.put(
+                checked.put(
                     **upload,
                     name=f"Gateway: {dest.rsplit('/', 1)[1]}",
                     src=StringIO(content),
@@ -231,7 +232,7 @@ def initial_upstream() -> None:
     active = host.get_fact(HostState, path=STATE_FILE).get("active")
     colour = active if isinstance(active, str) and active in COLOURS else None
     port = from_data(RuntimeSettings, host.data, host.name).runtime_ports[colour or "blue"]
-    files.put(
+    checked.put(
         name=f"Gateway: upstream include, first pointed at {colour or 'no colour (502)'}",
         src=StringIO(upstream_text(colour, port)),
         dest=GATEWAY_UPSTREAM,
@@ -246,6 +247,6 @@ def service(changed: list[OperationMeta]) -> None:
         commands=["nginx -t -q && systemctl reload-or-restart nginx.service"],
         _if=any_changed(*changed),
     )
-    systemd.service(
+    checked.service(
         name="nginx: running and enabled", service="nginx.service", running=True, enabled=True
     )

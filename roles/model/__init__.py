@@ -26,6 +26,7 @@ from llmhost.mirror import hub_endpoint
 from llmhost.onhost.layout import SERVICE_USER, STATE_DIR
 from llmhost.secrets import registry_credentials, secrets_directory
 from llmhost.settings import from_data
+from roles._common import checked
 from roles._common.checks import check_at_least, check_host_port, on_host
 from roles._common.egress import through_proxy
 from roles._common.onhost import install_onhost_tools
@@ -168,7 +169,7 @@ def install_puller() -> None:
     """The puller and the registry credentials it reads (the runtime role pulls with it too)."""
     install_onhost_tools()
     credentials = registry_credentials(secrets_directory(host.data, host.name))
-    files.put(
+    checked.put(
         **secret_upload_options(),
         name="Registry credentials for pulls",
         src=StringIO(credentials.auth_json()),

@@ -32,7 +32,7 @@ from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import File
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from llmhost.endpoints import ALERT_WEBHOOK, MONITORING, Call
@@ -47,8 +47,10 @@ from llmhost.onhost.layout import (
     STATE_FILE,
     STATE_METRICS_FILE,
 )
-from llmhost.render import put_template, render
+from llmhost.render import render
 from llmhost.settings import from_data
+from roles._common import checked
+from roles._common.checked import put_template
 from roles._common.checks import check_at_least, check_networks, check_url, join_host_port
 from roles._common.onhost import install_onhost_tools, runtimectl
 from roles._common.operations import (
@@ -191,7 +193,7 @@ def target(name: str, data: Any, port: int) -> str:
 
 def exporters(plan: Plan) -> None:
     settings = plan.settings
-    apt.packages(
+    checked.packages(
         name="Install node exporter",
         packages=["prometheus-node-exporter"],
         extra_install_args="--no-install-recommends",
@@ -234,7 +236,7 @@ def exporters(plan: Plan) -> None:
     running += [(GPU_EXPORTER_UNIT, units[1])] if plan.gpu_exporter else []
     running += [(AUDIT_EXPORTER_UNIT, units[2])] if plan.audit_exporter else []
     for unit, changed in running:
-        systemd.service(
+        checked.service(
             name=f"{unit}: running and enabled",
             service=unit,
             running=True,
@@ -260,7 +262,7 @@ def own_unit(unit: str, template: str, wanted: bool, **variables: Any) -> Operat
             name=f"{unit} (hardened)", path=template, dest=path, mode="0644", app=ONHOST_APP,
             **variables,
         )  # fmt: skip
-    systemd.service(name=f"{unit}: not running here", service=unit, running=False, enabled=False)
+    checked.service(name=f"{unit}: not running here", service=unit, running=False, enabled=False)
     return files.file(name=f"{unit}: not installed here", path=path, present=False)
 
 
@@ -297,7 +299,7 @@ def exporter_firewall(plan: Plan) -> None:
 
 
 def server_side(settings: MonitoringSettings) -> None:
-    apt.packages(
+    checked.packages(
         name="Install Prometheus and Alertmanager",
         packages=["prometheus", "prometheus-alertmanager"],
         extra_install_args="--no-install-recommends",
@@ -380,7 +382,7 @@ def scrape_targets() -> list[OperationMeta]:
         for job, entry in member_targets(member.name, member.data, member.groups):
             groups[job].append(entry)
     return [
-        files.put(
+        checked.put(
             name=f"Prometheus targets: {job} ({len(entries)})",
             src=StringIO(json.dumps(entries, indent=2, sort_keys=True) + "\n"),
             dest=f"{FILE_SD_DIR}/{job}.json",
@@ -460,14 +462,14 @@ def service(unit: str, restart: list[OperationMeta], reload: list[OperationMeta]
     so it is not restarted. Alertmanager, installed and reloaded in one run, was left
     stopped that way.
     """
-    started = systemd.service(
+    started = checked.service(
         name=f"{unit}: running and enabled",
         service=unit,
         running=True,
         enabled=True,
         restarted=any(op.will_change for op in restart),
     )
-    systemd.service(
+    checked.service(
         name=f"{unit}: reloaded for changed configuration",
         service=unit,
         reloaded=True,

@@ -40,7 +40,8 @@ from llmhost.onhost.layout import (
     ONHOST_APP,
     SERVICE_USER,
 )
-from llmhost.render import put_template
+from roles._common import checked
+from roles._common.checked import put_template
 from roles._common.checks import check_at_least, on_host
 from roles._common.onhost import install_onhost_tools
 from roles._common.ports import ports_in_use
@@ -162,7 +163,7 @@ def on(settings: MonitoringSettings, wanted: EvalDrift) -> None:
         ensure_home=False,
         shell="/usr/sbin/nologin",
     )
-    files.put(
+    checked.put(
         name=f"{EVAL_SET_FILE}: {wanted.model}'s eval set, for the production eval",
         src=StringIO(eval_set_document(wanted.model, wanted.eval_set)),
         dest=EVAL_SET_FILE,
@@ -188,7 +189,7 @@ def on(settings: MonitoringSettings, wanted: EvalDrift) -> None:
         ),
     ]
     changed = any(unit.will_change for unit in units)
-    systemd.service(
+    checked.service(
         name=f"{EVAL_DRIFT_TIMER}: running and enabled",
         service=EVAL_DRIFT_TIMER,
         running=True,
@@ -224,7 +225,7 @@ def on(settings: MonitoringSettings, wanted: EvalDrift) -> None:
 
 
 def off(why: str) -> None:
-    systemd.service(
+    checked.service(
         name=f"{EVAL_DRIFT_TIMER}: off ({why})",
         service=EVAL_DRIFT_TIMER,
         running=False,

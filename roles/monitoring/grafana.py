@@ -32,14 +32,16 @@ from pyinfra import host
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server, systemd
 
 from llmhost.endpoints import GRAFANA_REPOSITORY, Call
 from llmhost.errors import ConfigError
 from llmhost.onhost.layout import CONFIG_DIR
 from llmhost.paths import TEMPLATES
-from llmhost.render import put_template, render
+from llmhost.render import render
 from llmhost.secrets import grafana_admin_password, secrets_directory
+from roles._common import checked
+from roles._common.checked import put_template
 from roles._common.checks import check_url, on_host
 from roles._common.egress import apt_through_proxy
 from roles._common.facts import DirectoryEntries
@@ -203,7 +205,7 @@ def provisioning(settings: MonitoringSettings) -> list[OperationMeta]:
     wanted = provisioning_files(settings)
     restart = []
     for item in wanted:
-        put = files.put(
+        put = checked.put(
             name=f"Grafana: {item.path.removeprefix(HOME + '/')}",
             src=StringIO(item.content),
             dest=item.path,
@@ -255,7 +257,7 @@ def install(settings: MonitoringSettings) -> None:
         version=version,
     )
     installed = host.get_fact(DebPackages).get("grafana") or []
-    apt.packages(
+    checked.packages(
         name=f"Install Grafana {version}",
         packages=[f"grafana={version}"],
         update=version not in installed or any(op.will_change for op in (trusted, sources, pin)),
@@ -267,7 +269,7 @@ def unit_configuration(
     settings: MonitoringSettings, password: str
 ) -> tuple[OperationMeta, OperationMeta]:
     """The admin password (a root-only file, the unit's credential) and our drop-in."""
-    password_file = files.put(
+    password_file = checked.put(
         **secret_upload_options(),
         name="Grafana: admin password (root only, handed to the unit as a credential)",
         src=StringIO(password + "\n"),
@@ -302,7 +304,7 @@ def service(
     password_file: OperationMeta,
 ) -> None:
     systemd.daemon_reload(name="systemd: load Grafana's drop-in", _if=dropin.did_change)
-    started = systemd.service(
+    started = checked.service(
         name=f"{GRAFANA_UNIT}: running and enabled",
         service=GRAFANA_UNIT,
         running=True,
@@ -342,7 +344,7 @@ def firewall(settings: MonitoringSettings) -> None:
 
 def absent() -> None:
     """Grafana turned off: stopped and its port closed; the package and its data are kept."""
-    systemd.service(
+    checked.service(
         name=f"{GRAFANA_UNIT}: not running (monitoring_grafana is false)",
         service=GRAFANA_UNIT,
         running=False,

@@ -30,15 +30,16 @@ from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.connectors.local import LocalConnector
 from pyinfra.facts.server import Arch, KernelVersion
-from pyinfra.operations import server, systemd
+from pyinfra.operations import server
 from pyinfra.operations.util import any_changed
 
 from llmhost.endpoints import NVIDIA_REPOSITORY, Call
 from llmhost.errors import ConfigError
 from llmhost.hardware import HardwareClass, check_hardware, load_classes
 from llmhost.onhost.layout import ONHOST_APP
-from llmhost.render import put_template
 from llmhost.settings import from_data
+from roles._common import checked
+from roles._common.checked import put_template
 from roles._common.checks import check_at_least, check_url
 from roles._common.egress import apt_through_proxy
 from roles._common.onhost import install_onhost_tools, onhost_command
@@ -473,14 +474,14 @@ def stop(problem: str, fix: str) -> None:
 def service(plan: Plan, target: Target) -> None:
     """Started where GPUs are present (they need the module); enabled everywhere."""
     running = True if target.gpus_present else None
-    systemd.service(
+    checked.service(
         name=f"{PERSISTENCED_UNIT}: running and enabled",
         service=PERSISTENCED_UNIT,
         running=running,
         enabled=True,
     )
     if plan.hardware.nvswitch:
-        systemd.service(
+        checked.service(
             name=f"{FABRIC_MANAGER_UNIT}: running and enabled (NVSwitch class)",
             service=FABRIC_MANAGER_UNIT,
             running=running,

@@ -19,11 +19,10 @@ from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import FileContents
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from llmhost.errors import ConfigError
-from llmhost.render import put_template
 from llmhost.secrets import (
     RegistryCredentials,
     certificate_authority,
@@ -31,6 +30,8 @@ from llmhost.secrets import (
     secrets_directory,
 )
 from llmhost.settings import from_data
+from roles._common import checked
+from roles._common.checked import put_template
 from roles._common.checks import check_hostname, check_networks
 from roles._common.operations import (
     firewall_only_from,
@@ -79,7 +80,7 @@ def check() -> RegistrySettings:
 
 
 def install() -> None:
-    apt.packages(name="Install the distribution registry", packages=["docker-registry"])
+    checked.packages(name="Install the distribution registry", packages=["docker-registry"])
 
 
 def htpasswd_line(credentials: RegistryCredentials, existing: list[str] | None) -> str:
@@ -129,7 +130,7 @@ def configure(settings: RegistrySettings) -> list[OperationMeta]:
     ]
     upload = secret_upload_options()
     changed = [
-        files.put(
+        checked.put(
             **upload,
             name=f"Registry: {name}",
             src=StringIO(content),
@@ -228,7 +229,7 @@ def units(settings: RegistrySettings) -> OperationMeta:
 
 
 def service(changed: list[OperationMeta], settings: RegistrySettings) -> None:
-    started = systemd.service(
+    started = checked.service(
         name="Registry: running and enabled",
         service=VENDOR_UNIT,
         running=True,
@@ -242,7 +243,7 @@ def service(changed: list[OperationMeta], settings: RegistrySettings) -> None:
         commands=[wait_for_port(settings.registry_port, VENDOR_UNIT)],
         _if=started.did_change,
     )
-    systemd.service(
+    checked.service(
         name="Registry: garbage collection scheduled",
         service=f"{GC_UNIT}.timer",
         running=True,

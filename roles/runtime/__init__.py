@@ -27,7 +27,7 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server, systemd
 
 from llmhost.catalog import Model
 from llmhost.endpoints import CONTROL_SIDE, REGISTRY, RUNTIME_SOURCE, Call
@@ -42,9 +42,10 @@ from llmhost.onhost.layout import (
     SERVICE_USER,
     STATE_FILE,
 )
-from llmhost.render import put_template
 from llmhost.runtimes import current_vllm_wheels, find_build, load_sources, sha256_file
 from llmhost.settings import from_data
+from roles._common import checked
+from roles._common.checked import put_template
 from roles._common.checks import check_at_least, on_host
 from roles._common.egress import through_proxy
 from roles._common.facts import HostState
@@ -348,17 +349,17 @@ def install_vllm() -> None:
             fix="generate it: llmhost runtimes lock-vllm",
             host=host.name,
         )
-    apt.packages(name="Python venv support for vLLM", packages=["python3-venv"])
+    checked.packages(name="Python venv support for vLLM", packages=["python3-venv"])
     files.directory(name=f"{VLLM_DIR}: vLLM versions", path=VLLM_DIR, mode="0755")
     lock = f"{VLLM_DIR}/{pin.version}.lock.txt"
-    files.put(
+    checked.put(
         name=f"vLLM {pin.version} lock (every distribution hashed)",
         src=str(pin.lock),
         dest=lock,
         mode="0644",
         create_remote_dir=False,
     )
-    files.put(
+    checked.put(
         name="vLLM: its log records as JSON lines (logging config)",
         src=StringIO(vllm_logging_config()),
         dest=VLLM_LOGGING_CONFIG,
@@ -396,7 +397,7 @@ def restart_timers(settings: RuntimeSettings) -> None:
     timers = [RESTART_TIMER.replace("@", f"@{colour}") for colour in COLOURS]
     if not schedule:
         for timer in timers:
-            systemd.service(
+            checked.service(
                 name=f"No scheduled restart: {timer} off",
                 service=timer,
                 running=False,
@@ -420,7 +421,7 @@ def restart_timers(settings: RuntimeSettings) -> None:
         for name, template in units
     ]
     for timer in timers:
-        systemd.service(
+        checked.service(
             name=f"Scheduled restart: {timer} on ({schedule})",
             service=timer,
             running=True,
@@ -469,7 +470,7 @@ def service(plan: Plan, unit: OperationMeta) -> None:
             f"systemctl stop {ROLLBACK_WINDOW_UNIT.format(colour)}.timer 2>/dev/null || true"
         ],
     )
-    systemd.service(
+    checked.service(
         name=f"{colour}: start release {plan.release.id} on port {port}",
         service=unit_name(colour),
         running=True,

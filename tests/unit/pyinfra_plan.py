@@ -13,6 +13,11 @@ A fact is given by its class name, as one of:
   arguments get the fact's ``default()``;
 - a callable, for a rule no table can list (``Which`` of any command): it is called
   with the fact's arguments.
+
+The one-command facts of ``roles._common.checked`` (``FileSummary``, ``UnitSummary``,
+``PackageStatus``) follow from pyinfra's own (``File`` with ``Sha1File``, ``SystemdStatus``
+with ``SystemdEnabled``, ``DebPackages``) unless a test gives them: a test describes the
+host once, and the check and pyinfra's operation it hands over to see the same host.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from pyinfra.api.arguments import all_global_arguments
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.host import Host
 from pyinfra.context import ctx_host, ctx_inventory, ctx_state
+from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.files import File, Sha1File
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 # Roles make a CA and credentials on first use: keep them out of the repository.
 SECRETS_DIR = tempfile.mkdtemp(prefix="llmhost-unit-secrets-")
@@ -142,6 +150,45 @@ def fact_value(given: Any, cls: type, arguments: dict[str, Any]) -> Any:
     return given
 
 
+FactReader = Callable[..., Any]  # (fact class, **arguments) -> the fact's value
+
+
+def file_summary(read: FactReader, path: str) -> dict[str, Any] | None:
+    """``FileSummary`` of a host whose ``File`` and ``Sha1File`` are given: ``None`` unless
+    both say a regular file with a known owner, group and mode."""
+    found, sha1 = read(File, path=path), read(Sha1File, path=path)
+    if not isinstance(found, dict) or not sha1 or {"user", "group", "mode"} - set(found):
+        return None
+    return {"user": found["user"], "group": found["group"], "mode": found["mode"], "sha1": sha1}
+
+
+def unit_summary(read: FactReader, unit: str) -> dict[str, str]:
+    """``UnitSummary`` of a host whose ``SystemdStatus`` and ``SystemdEnabled`` are given:
+    empty (the check hands over) for a unit that neither names."""
+    running = read(SystemdStatus, services=[unit])
+    enabled = read(SystemdEnabled, services=[unit])
+    if unit not in running and unit not in enabled:
+        return {}
+    return {
+        "Id": unit,
+        "SubState": "running" if running.get(unit) else "dead",
+        "UnitFileState": "enabled" if enabled.get(unit) else "disabled",
+    }
+
+
+def package_status(read: FactReader, packages: list[str]) -> dict[str, str]:
+    """``PackageStatus`` of a host whose ``DebPackages`` is given (its last version of each)."""
+    installed = read(DebPackages)
+    return {name: installed[name][-1] for name in packages if installed.get(name)}
+
+
+DERIVED: dict[str, Callable[..., Any]] = {
+    "FileSummary": file_summary,
+    "UnitSummary": unit_summary,
+    "PackageStatus": package_status,
+}
+
+
 def plan(
     deploy: Callable[[], None],
     data: dict[str, Any],
@@ -158,11 +205,15 @@ def plan(
     known = {**FRESH_DEBIAN_12, **(facts or {})}
     data = {"secrets_dir": SECRETS_DIR, **data}
 
-    def get_fact(self: Host, cls: type, *args: Any, **kwargs: Any) -> Any:
-        arguments = fact_arguments(cls, args, kwargs)
+    def read(cls: type, **arguments: Any) -> Any:
+        if cls.__name__ in DERIVED and cls.__name__ not in known:
+            return DERIVED[cls.__name__](read, **arguments)
         if cls.__name__ not in known:
             return cls.default()  # type: ignore[attr-defined]
         return fact_value(known[cls.__name__], cls, arguments)
+
+    def get_fact(self: Host, cls: type, *args: Any, **kwargs: Any) -> Any:
+        return read(cls, **fact_arguments(cls, args, kwargs))
 
     original = Host.get_fact
     Host.get_fact = get_fact  # type: ignore[method-assign]

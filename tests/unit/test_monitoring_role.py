@@ -8,9 +8,9 @@ import json
 import pytest
 from pyinfra.api import Inventory
 from pyinfra.context import ctx_inventory
-from pyinfra.operations import systemd
 
 from llmhost.errors import ConfigError
+from roles._common import checked
 from roles._common.scrapers import scrape_sources
 from roles.monitoring import alert_rules, member_targets, monitoring
 from tests.unit import test_runtime_role as runtime_tests
@@ -114,7 +114,7 @@ def test_a_unit_started_or_restarted_in_the_run_is_not_also_reloaded(
     monkeypatch, unit, start_commands, reloaded
 ):
     # A SIGHUP right after a (re)start ended Alertmanager before it handled the signal.
-    made = record_calls(monkeypatch, systemd, "service")
+    made = record_calls(monkeypatch, checked, "service")
     plan(monitoring, dict(CPU), groups=["monitoring"])
     started, _ = made[f"{unit}: running and enabled"]
     _config_changed, not_started = made[f"{unit}: reloaded for changed configuration"][1]["_if"]

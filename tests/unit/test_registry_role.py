@@ -9,11 +9,12 @@ import bcrypt
 import pytest
 import yaml
 from cryptography import x509
-from pyinfra.operations import server, systemd
+from pyinfra.operations import server
 
 from llmhost.errors import ConfigError
 from llmhost.render import render
 from llmhost.secrets import RegistryCredentials, certificate_authority, registry_credentials
+from roles._common import checked
 from roles.registry import DROPIN, htpasswd_line, registry, staggered_gc_schedule
 from roles.registry.defaults import CONFIG_DIR
 from tests.unit.pyinfra_plan import SECRETS_DIR, per_argument, plan, record_calls
@@ -111,7 +112,7 @@ def test_running_registry_is_restarted_when_its_files_change():
 def test_port_is_waited_for_only_when_the_service_operation_changed(monkeypatch):
     # plan() lists `_if` operations' commands; the condition itself is checked here.
     shells = record_calls(monkeypatch, server, "shell")
-    services = record_calls(monkeypatch, systemd, "service")
+    services = record_calls(monkeypatch, checked, "service")
     plan(registry, HOST)
     condition = shells["Registry: listening"][1]["_if"]
     started = services["Registry: running and enabled"][0]
