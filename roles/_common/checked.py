@@ -1,18 +1,19 @@
-"""pyinfra's file, unit and package operations, checked first in one command.
+"""pyinfra's file, unit, package, user and group operations, checked first in one command.
 
 On a host that already matches, pyinfra's ``files.put`` reads two facts (the file's
 ``stat``, then its ``sha1sum``), ``systemd.service`` two (``systemctl show`` for the
-state, again for the enablement) and ``apt.packages`` one that lists every package of the
-host. Each is a round trip over SSH, one after another, and a re-run of the site on a
-fleet spends most of its time on them. These operations read one small fact instead and,
-when it shows the host already matches, change nothing; otherwise, or when the fact cannot
-tell (a symlink, a host without systemctl), they hand over to pyinfra's own operation,
-which reads its facts and decides as always. A check only says "matches" where pyinfra's
-operation would change nothing either.
+state, again for the enablement), ``apt.packages`` one that lists every package of the
+host, ``server.user`` four and ``server.group`` two. Each is a round trip over SSH, one
+after another, and a re-run of the site on a fleet spends most of its time on them. These
+operations read one small fact instead and, when it shows the host already matches, change
+nothing; otherwise, or when the fact cannot tell (a symlink, a host without systemctl),
+they hand over to pyinfra's own operation, which reads its facts and decides as always. A
+check only says "matches" where pyinfra's operation would change nothing either.
 
 Usage is pyinfra's: ``checked.put(name=..., src=..., dest=..., mode="0644")``,
 ``checked.service(name=..., service="chrony.service", enabled=True)``,
-``checked.packages(name=..., packages=["chrony"])``.
+``checked.packages(name=..., packages=["chrony"])``, ``checked.group(name=..., group=...)``,
+``checked.user(name=..., user=..., group=..., home=..., shell=...)``.
 """
 
 from __future__ import annotations
@@ -26,11 +27,17 @@ from pyinfra.api import operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.api.util import get_file_sha1
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util.files import ensure_mode_int
 
 from llmhost.render import render
-from roles._common.facts import FileSummary, PackageStatus, UnitSummary
+from roles._common.facts import (
+    FileSummary,
+    GroupPresent,
+    PackageStatus,
+    UnitSummary,
+    UserSummary,
+)
 
 UNIT_SUFFIXES = (
     ".service", ".socket", ".device", ".mount", ".automount", ".swap",
@@ -190,4 +197,51 @@ def packages(
         update=update,
         no_recommends=no_recommends,
         extra_install_args=extra_install_args,
+    )
+
+
+@operation()
+def group(group: str, system: bool = False) -> Any:
+    """``server.group``: ``group`` exists (made a system group with ``system``)."""
+    if host.get_fact(GroupPresent, group=group):
+        host.noop(f"group {group} exists")
+        return
+    yield from server.group._inner(group=group, system=system)
+
+
+def user_matches(
+    found: dict[str, str] | None, user: str, group: str, home: str, shell: str
+) -> bool:
+    """Whether ``found`` (``user``'s ``UserSummary``) has this primary group, home and shell,
+    and its home is a directory owned by ``user`` and ``group`` (what ``server.user`` makes
+    sure of)."""
+    return (
+        found is not None
+        and (found["group"], found["home"], found["shell"]) == (group, home, shell)
+        and found.get("home_type") == "directory"
+        and (found.get("home_user"), found.get("home_group")) == (user, group)
+    )
+
+
+@operation()
+def user(
+    user: str,
+    group: str,
+    home: str,
+    shell: str,
+    system: bool = False,
+    create_home: bool = False,
+) -> Any:
+    """``server.user``: ``user`` exists with this primary group, home and shell, and owns its
+    home directory."""
+    if user_matches(host.get_fact(UserSummary, user=user), user, group, home, shell):
+        host.noop(f"user {user} exists")
+        return
+    yield from server.user._inner(
+        user=user,
+        group=group,
+        home=home,
+        shell=shell,
+        system=system,
+        create_home=create_home,
     )

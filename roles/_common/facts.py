@@ -172,3 +172,49 @@ class PackageStatus(FactBase[dict[str, str]]):
             if len(fields) == 3 and fields[0].strip() == "ii":
                 installed[fields[1]] = fields[2]
         return installed
+
+
+class GroupPresent(FactBase[bool]):
+    """Whether /etc/group has ``group`` (where pyinfra's ``Groups`` looks, as one line)."""
+
+    def command(self, group: str) -> str:
+        return f"awk -F: -v name={shlex.quote(group)} '$1 == name {{ print $1; exit }}' /etc/group"
+
+    @staticmethod
+    def default() -> bool:
+        return False
+
+    def process(self, output: list[str]) -> bool:
+        return bool(output and output[0].strip())
+
+
+class UserSummary(FactBase[dict[str, str] | None]):
+    """An /etc/passwd user's home, shell and primary group, and its home directory's owner,
+    in one command (pyinfra's ``server.user`` reads every user, every group, the OS and the
+    home directory, one command each); ``None`` when /etc/passwd has no such user.
+    """
+
+    def command(self, user: str) -> str:
+        name = shlex.quote(user)
+        return (
+            f"entry=$(awk -F: -v name={name} '$1 == name {{ print; exit }}' /etc/passwd); "
+            'test -n "$entry" || exit 0; '
+            'printf "%s\\n" "$entry"; '
+            f"id -gn {name}; "
+            'home=$(printf "%s" "$entry" | cut -d: -f6); '
+            "stat -c '%U %G %F' \"$home\" 2>/dev/null || true"
+        )
+
+    @staticmethod
+    def default() -> None:
+        return None
+
+    def process(self, output: list[str]) -> dict[str, str] | None:
+        fields = output[0].split(":")
+        if len(fields) != 7 or len(output) < 2:
+            return None
+        summary = {"home": fields[5], "shell": fields[6], "group": output[1].strip()}
+        owner = output[2].split(" ", 2) if len(output) > 2 else []
+        if len(owner) == 3:
+            summary.update(home_user=owner[0], home_group=owner[1], home_type=owner[2])
+        return summary

@@ -224,8 +224,8 @@ def configure(settings: BaseSettings, platform: PlatformDict) -> TimeConfig:
 
 
 def service_user() -> None:
-    server.group(name="Group llmhost", group=SERVICE_USER, system=True)
-    server.user(
+    checked.group(name="Group llmhost", group=SERVICE_USER, system=True)
+    checked.user(
         name="System user llmhost (runs every llmhost service)",
         user=SERVICE_USER,
         group=SERVICE_USER,

@@ -15,9 +15,10 @@ A fact is given by its class name, as one of:
   with the fact's arguments.
 
 The one-command facts of ``roles._common.checked`` (``FileSummary``, ``UnitSummary``,
-``PackageStatus``) follow from pyinfra's own (``File`` with ``Sha1File``, ``SystemdStatus``
-with ``SystemdEnabled``, ``DebPackages``) unless a test gives them: a test describes the
-host once, and the check and pyinfra's operation it hands over to see the same host.
+``PackageStatus``, ``GroupPresent``, ``UserSummary``) follow from pyinfra's own (``File`` with
+``Sha1File``, ``SystemdStatus`` with ``SystemdEnabled``, ``DebPackages``, ``Groups``,
+``Users`` with ``Directory``) unless a test gives them: a test describes the host once, and
+the check and pyinfra's operation it hands over to see the same host.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from pyinfra.api.deploy import add_deploy
 from pyinfra.api.host import Host
 from pyinfra.context import ctx_host, ctx_inventory, ctx_state
 from pyinfra.facts.deb import DebPackages
-from pyinfra.facts.files import File, Sha1File
+from pyinfra.facts.files import Directory, File, Sha1File
+from pyinfra.facts.server import Groups, Users
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 # Roles make a CA and credentials on first use: keep them out of the repository.
@@ -182,10 +184,29 @@ def package_status(read: FactReader, packages: list[str]) -> dict[str, str]:
     return {name: installed[name][-1] for name in packages if installed.get(name)}
 
 
+def group_present(read: FactReader, group: str) -> bool:
+    """``GroupPresent`` of a host whose ``Groups`` is given."""
+    return group in read(Groups)
+
+
+def user_summary(read: FactReader, user: str) -> dict[str, str] | None:
+    """``UserSummary`` of a host whose ``Users`` (and its home's ``Directory``) are given."""
+    found = read(Users).get(user)
+    if not found:
+        return None
+    summary = {"home": found["home"], "shell": found["shell"], "group": found["group"]}
+    home = read(Directory, path=found["home"])
+    if isinstance(home, dict) and {"user", "group"} <= set(home):
+        summary.update(home_user=home["user"], home_group=home["group"], home_type="directory")
+    return summary
+
+
 DERIVED: dict[str, Callable[..., Any]] = {
     "FileSummary": file_summary,
     "UnitSummary": unit_summary,
     "PackageStatus": package_status,
+    "GroupPresent": group_present,
+    "UserSummary": user_summary,
 }
 
 
