@@ -13,7 +13,9 @@ check only says "matches" where pyinfra's operation would change nothing either.
 Usage is pyinfra's: ``checked.put(name=..., src=..., dest=..., mode="0644")``,
 ``checked.service(name=..., service="chrony.service", enabled=True)``,
 ``checked.packages(name=..., packages=["chrony"])``, ``checked.group(name=..., group=...)``,
-``checked.user(name=..., user=..., group=..., home=..., shell=...)``.
+``checked.user(name=..., user=..., group=..., home=..., shell=...)``; and
+``checked.retired(name=..., units=[...], paths=[...])`` for what a host no longer runs,
+where pyinfra needs an operation (and its facts) for each unit and each file.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from io import StringIO
 from typing import IO, Any
 
 from pyinfra import host
-from pyinfra.api import operation
+from pyinfra.api import QuoteString, StringCommand, operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.api.util import get_file_sha1
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
@@ -34,6 +36,7 @@ from llmhost.render import render
 from roles._common.facts import (
     FileSummary,
     GroupPresent,
+    Leftovers,
     PackageStatus,
     UnitSummary,
     UserSummary,
@@ -245,3 +248,29 @@ def user(
         system=system,
         create_home=create_home,
     )
+
+
+@operation()
+def retired(
+    units: Sequence[str] = (), paths: Sequence[str] = (), directories: Sequence[str] = ()
+) -> Any:
+    """``units`` stopped and disabled, then ``paths`` (files, symlinks) and ``directories``
+    (with what they hold) removed, all checked in one command.
+
+    A unit still running or enabled goes through ``systemd.service`` (stopped, disabled);
+    a path still there is removed as ``files.file`` and ``files.link`` remove theirs
+    (``rm -f``, which fails on a directory), a directory as ``files.directory`` does
+    (``rm -rf``).
+    """
+    everything = [*paths, *directories]
+    left = host.get_fact(Leftovers, units=list(units), paths=everything)
+    stale = [unit for unit in units if unit in left["running"] or unit in left["enabled"]]
+    if not stale and not set(everything) & set(left["paths"]):
+        host.noop(f"retired: {', '.join([*units, *everything])}")
+        return
+    for unit in stale:
+        yield from systemd.service._inner(service=unit, running=False, enabled=False)
+    for flag, removed in (("-f", paths), ("-rf", directories)):
+        for path in removed:
+            if path in left["paths"]:
+                yield StringCommand("rm", flag, QuoteString(path))

@@ -8,6 +8,7 @@ import shlex
 from typing import Any
 
 from pyinfra.api import FactBase
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 from llmhost.onhost.layout import empty_state
 
@@ -218,3 +219,45 @@ class UserSummary(FactBase[dict[str, str] | None]):
         if len(owner) == 3:
             summary.update(home_user=owner[0], home_group=owner[1], home_type=owner[2])
         return summary
+
+
+class Leftovers(FactBase[dict[str, list[str]]]):
+    """Which of ``units`` run or are enabled, and which of ``paths`` exist, in one command.
+
+    A unit counts as running or enabled by the states pyinfra's ``SystemdStatus`` and
+    ``SystemdEnabled`` count; a path exists when it is anything at all, a dangling
+    symlink included.
+    """
+
+    def command(self, units: list[str], paths: list[str]) -> str:
+        show = ""
+        if units:
+            names = " ".join(shlex.quote(unit) for unit in units)
+            show = (
+                "systemctl show --property Id --property SubState --property UnitFileState "
+                f"-- {names} 2>/dev/null; "
+            )
+        checks = "".join(
+            f"if test -e {p} || test -L {p}; then echo Path={p}; fi; "
+            for p in (shlex.quote(path) for path in paths)
+        )
+        return f"{show}{checks}true"
+
+    @staticmethod
+    def default() -> dict[str, list[str]]:
+        return {"running": [], "enabled": [], "paths": []}
+
+    def process(self, output: list[str]) -> dict[str, list[str]]:
+        found = self.default()
+        unit = None
+        for line in output:
+            key, _, value = line.strip().partition("=")
+            if key == "Id":
+                unit = value
+            elif key == "SubState" and unit and value in SystemdStatus.state_values:
+                found["running"].append(unit)
+            elif key == "UnitFileState" and unit and value in SystemdEnabled.state_values:
+                found["enabled"].append(unit)
+            elif key == "Path":
+                found["paths"].append(value)
+        return found

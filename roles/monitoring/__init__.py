@@ -262,8 +262,9 @@ def own_unit(unit: str, template: str, wanted: bool, **variables: Any) -> Operat
             name=f"{unit} (hardened)", path=template, dest=path, mode="0644", app=ONHOST_APP,
             **variables,
         )  # fmt: skip
-    checked.service(name=f"{unit}: not running here", service=unit, running=False, enabled=False)
-    return files.file(name=f"{unit}: not installed here", path=path, present=False)
+    return checked.retired(
+        name=f"{unit}: not running, not installed here", units=[unit], paths=[path]
+    )
 
 
 def state_metrics() -> None:

@@ -24,7 +24,6 @@ from typing import Any
 
 from pyinfra import host
 from pyinfra.operations import files, server, systemd
-from pyinfra.operations.util import any_changed
 
 from llmhost.catalog import find
 from llmhost.errors import ConfigError
@@ -225,24 +224,17 @@ def on(settings: MonitoringSettings, wanted: EvalDrift) -> None:
 
 
 def off(why: str) -> None:
-    checked.service(
-        name=f"{EVAL_DRIFT_TIMER}: off ({why})",
-        service=EVAL_DRIFT_TIMER,
-        running=False,
-        enabled=False,
-    )
-    removed = [
-        files.file(name=f"No production eval: no {path}", path=path, present=False)
-        for path in (
+    removed = checked.retired(
+        name=f"No production eval ({why}): timer off, units and files removed",
+        units=[EVAL_DRIFT_TIMER],
+        paths=[
             f"{UNITS_DIR}/{EVAL_DRIFT_TIMER}",
             f"{UNITS_DIR}/{EVAL_DRIFT_SERVICE}",
             EVAL_SET_FILE,
-        )
-    ]
-    files.link(
-        name=f"No production eval: no {EVAL_METRICS_LINK}", path=EVAL_METRICS_LINK, present=False
+            EVAL_METRICS_LINK,
+        ],
+        directories=[EVAL_DIR],
     )
-    files.directory(name=f"No production eval: no {EVAL_DIR}", path=EVAL_DIR, present=False)
     systemd.daemon_reload(
-        name="systemd: forget the production eval's units", _if=any_changed(*removed[:2])
+        name="systemd: forget the production eval's units", _if=removed.did_change
     )

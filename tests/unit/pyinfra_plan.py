@@ -15,9 +15,10 @@ A fact is given by its class name, as one of:
   with the fact's arguments.
 
 The one-command facts of ``roles._common.checked`` (``FileSummary``, ``UnitSummary``,
-``PackageStatus``, ``GroupPresent``, ``UserSummary``) follow from pyinfra's own (``File`` with
-``Sha1File``, ``SystemdStatus`` with ``SystemdEnabled``, ``DebPackages``, ``Groups``,
-``Users`` with ``Directory``) unless a test gives them: a test describes the host once, and
+``PackageStatus``, ``GroupPresent``, ``UserSummary``, ``Leftovers``) follow from pyinfra's own
+(``File`` with ``Sha1File``, ``SystemdStatus`` with ``SystemdEnabled``, ``DebPackages``,
+``Groups``, ``Users`` with ``Directory``; ``File``, ``Link`` and ``Directory`` for whether a
+path exists) unless a test gives them: a test describes the host once, and
 the check and pyinfra's operation it hands over to see the same host.
 """
 
@@ -35,7 +36,7 @@ from pyinfra.api.deploy import add_deploy
 from pyinfra.api.host import Host
 from pyinfra.context import ctx_host, ctx_inventory, ctx_state
 from pyinfra.facts.deb import DebPackages
-from pyinfra.facts.files import Directory, File, Sha1File
+from pyinfra.facts.files import Directory, File, Link, Sha1File
 from pyinfra.facts.server import Groups, Users
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
@@ -201,12 +202,28 @@ def user_summary(read: FactReader, user: str) -> dict[str, str] | None:
     return summary
 
 
+def leftovers(read: FactReader, units: list[str], paths: list[str]) -> dict[str, list[str]]:
+    """``Leftovers`` of a host whose systemd facts and path facts are given."""
+    running = read(SystemdStatus, services=units)
+    enabled = read(SystemdEnabled, services=units)
+    return {
+        "running": [unit for unit in units if running.get(unit)],
+        "enabled": [unit for unit in units if enabled.get(unit)],
+        "paths": [
+            path
+            for path in paths
+            if any(read(fact, path=path) not in (None, {}) for fact in (File, Link, Directory))
+        ],
+    }
+
+
 DERIVED: dict[str, Callable[..., Any]] = {
     "FileSummary": file_summary,
     "UnitSummary": unit_summary,
     "PackageStatus": package_status,
     "GroupPresent": group_present,
     "UserSummary": user_summary,
+    "Leftovers": leftovers,
 }
 
 

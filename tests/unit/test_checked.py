@@ -214,3 +214,53 @@ def test_group_plans_what_server_group_plans(groups):
     ours = planned(checked.group, facts, group="llmhost", system=True)
     assert ours == planned(server.group, facts, group="llmhost", system=True)
     assert (ours == []) is ("llmhost" in groups)
+
+
+TIMER = "llmhost-eval-drift.timer"
+UNIT_FILE = f"/etc/systemd/system/{TIMER}"
+LINK = "/var/lib/prometheus/node-exporter/llmhost-eval.prom"
+STATE_DIR = "/var/lib/prometheus/node-exporter/llmhost-eval"
+RETIRED_STATES = {
+    "all gone": {},
+    "timer running, everything there": {
+        "SystemdStatus": {TIMER: True},
+        "SystemdEnabled": {TIMER: True},
+        "File": per_argument({f"path={UNIT_FILE}": {"user": "root", "mode": 644}}),
+        "Link": per_argument({f"path={LINK}": {"link_target": "/x"}}),
+        "Directory": per_argument({f"path={STATE_DIR}": {"user": "root", "mode": 755}}),
+    },
+    "timer stopped but enabled, the link left": {
+        "SystemdStatus": {TIMER: False},
+        "SystemdEnabled": {TIMER: True},
+        "Link": per_argument({f"path={LINK}": {"link_target": "/x"}}),
+    },
+}
+
+
+@pytest.mark.parametrize("state", RETIRED_STATES)
+def test_retired_plans_what_pyinfra_plans_unit_by_unit_and_path_by_path(state):
+    facts = RETIRED_STATES[state]
+    ours = planned(
+        checked.retired, facts, units=[TIMER], paths=[UNIT_FILE, LINK], directories=[STATE_DIR]
+    )
+
+    @deploy("pyinfra's own")
+    def theirs() -> None:
+        systemd.service(name="unit", service=TIMER, running=False, enabled=False)
+        files.file(name="file", path=UNIT_FILE, present=False)
+        files.link(name="link", path=LINK, present=False)
+        files.directory(name="directory", path=STATE_DIR, present=False)
+
+    pyinfra = plan(theirs, {}, facts=facts)
+    assert ours == [c for op in ("unit", "file", "link", "directory") for c in pyinfra[op]]
+    assert (ours == []) is (state == "all gone")
+
+
+def test_nothing_left_is_settled_in_one_fact():
+    facts = {
+        "Leftovers": {"running": [], "enabled": [], "paths": []},
+        "SystemdStatus": refused,
+        "File": refused,
+        "Directory": refused,
+    }
+    assert planned(checked.retired, facts, units=[TIMER], paths=[UNIT_FILE]) == []

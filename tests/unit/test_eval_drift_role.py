@@ -219,29 +219,27 @@ def test_a_changed_schedule_rewrites_the_timer_and_restarts_it():
 )  # fmt: skip
 def test_with_the_timer_off_nothing_is_installed_and_an_earlier_install_is_removed(host_data, why):
     planned = mine(plan(monitoring, host_data, facts=installed_facts(data())))
-    assert list(planned) == [
-        f"llmhost-eval-drift.timer: off ({why})",
-        f"No production eval: no {TIMER}",
-        f"No production eval: no {SERVICE}",
-        f"No production eval: no {EVAL_SET_FILE}",
-        f"No production eval: no {EVAL_METRICS_LINK}",
-        f"No production eval: no {EVAL_DIR}",
-        "systemd: forget the production eval's units",
-    ]
-    assert planned[f"llmhost-eval-drift.timer: off ({why})"] == [
+    retired = f"No production eval ({why}): timer off, units and files removed"
+    assert list(planned) == [retired, "systemd: forget the production eval's units"]
+    assert planned[retired] == [
         "systemctl stop llmhost-eval-drift.timer",
         "systemctl disable llmhost-eval-drift.timer",
+        f"rm -f {TIMER}",
+        f"rm -f {SERVICE}",
+        f"rm -f {EVAL_SET_FILE}",
+        f"rm -f {EVAL_METRICS_LINK}",
+        f"rm -rf {EVAL_DIR}",
     ]
-    assert planned[f"No production eval: no {EVAL_SET_FILE}"] == [f"rm -f {EVAL_SET_FILE}"]
-    assert planned[f"No production eval: no {EVAL_METRICS_LINK}"] == [f"rm -f {EVAL_METRICS_LINK}"]
-    assert planned[f"No production eval: no {EVAL_DIR}"] == [f"rm -rf {EVAL_DIR}"]
     assert planned["systemd: forget the production eval's units"] == ["systemctl daemon-reload"]
 
 
 def test_a_model_without_an_eval_set_has_no_timer_and_on_a_fresh_host_that_is_all_noops(models):
     write_catalog(models, None)
     planned = mine(plan(monitoring, data()))
-    assert "llmhost-eval-drift.timer: off (model tiny has no eval set)" in planned
+    assert (
+        "No production eval (model tiny has no eval set): timer off, units and files removed"
+        in planned
+    )
     # Conditional (listed): it runs only when a unit file was removed, and none was here.
     assert planned.pop("systemd: forget the production eval's units")
     assert all(commands == [] for commands in planned.values()), planned

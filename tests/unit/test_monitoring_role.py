@@ -41,7 +41,7 @@ def test_every_host_gets_node_exporter_with_textfile_and_systemd_collectors():
 
 def test_a_cpu_host_runs_no_gpu_exporter_and_a_gpu_class_does():
     cpu = plan(monitoring, dict(CPU))
-    assert "llmhost-gpu-exporter.service: not installed here" in cpu
+    assert "llmhost-gpu-exporter.service: not running, not installed here" in cpu
     assert not any(n.startswith("llmhost-gpu-exporter.service (hardened)") for n in cpu)
     gpu = plan(monitoring, {**CPU, "hardware": "l40s"})
     assert commands(gpu, "llmhost-gpu-exporter.service (hardened)")
