@@ -158,7 +158,9 @@ def service(
     unit = unit_name(service)
     settled = not (restarted or reloaded or daemon_reload)
     if settled and unit_matches(host.get_fact(UnitSummary, unit=unit), unit, running, enabled):
-        host.noop(f"unit {unit} is {'running' if running else 'as wanted'}")
+        running_word = {True: "running", False: "stopped", None: "either"}[running]
+        enabled_word = {True: "enabled", False: "disabled", None: "either"}[enabled]
+        host.noop(f"unit {unit} is as wanted (running: {running_word}, at boot: {enabled_word})")
         return
     yield from systemd.service._inner(
         service=unit,
