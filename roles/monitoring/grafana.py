@@ -30,7 +30,6 @@ from urllib.parse import urlsplit
 
 from pyinfra import host
 from pyinfra.api.operation import OperationMeta
-from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File
 from pyinfra.operations import files, server, systemd
 
@@ -44,7 +43,7 @@ from roles._common import checked
 from roles._common.checked import put_template
 from roles._common.checks import check_url, on_host
 from roles._common.egress import apt_through_proxy
-from roles._common.facts import DirectoryEntries
+from roles._common.facts import DirectoryEntries, PackageStatus
 from roles._common.operations import (
     APT_KEYRINGS_DIR,
     apt_key_tools,
@@ -256,11 +255,11 @@ def install(settings: MonitoringSettings) -> None:
         mode="0644",
         version=version,
     )
-    installed = host.get_fact(DebPackages).get("grafana") or []
+    installed = host.get_fact(PackageStatus, packages=["grafana"]).get("grafana")
     checked.packages(
         name=f"Install Grafana {version}",
         packages=[f"grafana={version}"],
-        update=version not in installed or any(op.will_change for op in (trusted, sources, pin)),
+        update=version != installed or any(op.will_change for op in (trusted, sources, pin)),
         extra_install_args="--no-install-recommends",
     )
 
