@@ -13,6 +13,7 @@ from pyinfra import host
 
 from roles._common.site import require_residency
 from roles.base import base
+from roles.edge import edge
 from roles.gate import gate
 from roles.gateway import gateway
 from roles.gateway.cutover import cutover
@@ -30,6 +31,9 @@ if "registry" in host.groups:
     registry()
 
 monitoring()
+
+if "edge" in host.groups:
+    edge()
 
 if host.data.get("model_name"):
     gateway()

@@ -47,7 +47,7 @@ def settings_classes() -> list[tuple[str, type]]:
 INVENTORY_KEYS = ("region", "hardware")
 # Prefixes of the roles still to land: their keys are reserved, so a setting written
 # ahead of its role is refused instead of ignored.
-RESERVED_PREFIXES = ("edge",)
+RESERVED_PREFIXES: tuple[str, ...] = ()
 
 
 @cache

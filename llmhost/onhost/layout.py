@@ -44,6 +44,10 @@ GATEWAY_DIR = "/etc/nginx/llmhost"  # root-only: the API keys live here
 GATEWAY_UPSTREAM = f"{GATEWAY_DIR}/upstream.conf"
 # One JSON line per request (nginx), which the audit exporter turns into metrics.
 GATEWAY_AUDIT_LOG = "/var/log/nginx/llmhost-audit.log"
+# While this file exists the gateway's /healthz answers 503, so the edges in front of the
+# host stop sending it requests: `runtimectl cutover` makes it for the switch alone. In
+# /run, so a host that restarts mid-switch comes back in the pool.
+GATEWAY_DRAIN_FLAG = "/run/llmhost-gateway-drain"
 
 
 def empty_state() -> dict[str, Any]:

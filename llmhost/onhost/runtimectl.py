@@ -481,6 +481,28 @@ def wait_watched(urls: Sequence[str], host: str, deadline_s: float) -> None:
         time.sleep(2.0)
 
 
+@contextlib.contextmanager
+def drained(drain: tuple[Path, float, float] | None) -> Iterator[None]:
+    """Out of the edges' pools while the body runs; ``drain``: (flag, leave_s, rejoin_s).
+
+    While the flag exists the gateway's /healthz answers 503: after ``leave_s`` every edge
+    has stopped sending new requests, and ``rejoin_s`` after it is gone every edge sends
+    again, so the next host of a serial rollout leaves a full pool. Requests already in
+    flight finish either way (the gateway reloads gracefully).
+    """
+    if drain is None:
+        yield
+        return
+    flag, leave_s, rejoin_s = drain
+    flag.touch()
+    time.sleep(leave_s)
+    try:
+        yield
+    finally:
+        flag.unlink(missing_ok=True)
+        time.sleep(rejoin_s)
+
+
 def cutover(
     *,
     to: str,
@@ -493,11 +515,13 @@ def cutover(
     reason: str,
     require_gate: bool = False,
     watched: tuple[Sequence[str], str, float] | None = None,
+    drain: tuple[Path, float, float] | None = None,
 ) -> str:
     """Readiness, switch, record; returns what happened. Raises NotReady or RuntimeError.
 
     ``watched``: (Prometheus URLs, this host's inventory name, seconds to wait) that must
-    watch this host first.
+    watch this host first. ``drain``: the host leaves its edges' pools for the switch
+    (see ``drained``).
     """
     if require_gate and not gate_passed(read_state(state_path), to):
         raise RuntimeError(f"the release on {to} has not passed its gate; nothing was switched")
@@ -508,7 +532,8 @@ def cutover(
     before = colour_in(upstream.read_text()) if upstream.exists() else None
     text = upstream_text(to, port)
     if before != to or upstream.read_text() != text:
-        switch_gateway(upstream, text)
+        with drained(drain):
+            switch_gateway(upstream, text)
     with locked(state_path):
         state = read_state(state_path)
         previous = state.get("active")
@@ -616,6 +641,13 @@ def _parser() -> argparse.ArgumentParser:
             )
             sub.add_argument("--host", help="this host's inventory name, as Prometheus labels it")
             sub.add_argument("--watched-timeout", type=float, default=90.0)
+            sub.add_argument(
+                "--drain-flag",
+                type=Path,
+                help="out of the edges' pools for the switch: /healthz is 503 while it exists",
+            )
+            sub.add_argument("--drain-wait", type=float, default=0.0, help="seconds to leave")
+            sub.add_argument("--rejoin-wait", type=float, default=0.0, help="seconds to rejoin")
     status = commands.add_parser("status", help="this host's colours, releases and health")
     status.add_argument("--ports", default="blue=8001,green=8002")
     status.add_argument("--upstream", type=Path, default=Path(layout.GATEWAY_UPSTREAM))
@@ -819,6 +851,9 @@ def switch_command(args: argparse.Namespace) -> int:
                 require_gate=getattr(args, "require_gate", False),
                 watched=(args.watched_by, args.host, args.watched_timeout)
                 if getattr(args, "watched_by", None)
+                else None,
+                drain=(args.drain_flag, args.drain_wait, args.rejoin_wait)
+                if getattr(args, "drain_flag", None)
                 else None,
             )
         )

@@ -20,6 +20,7 @@ def ports_in_use(host: str, data: Any, groups: Collection[str]) -> dict[str, int
     """key -> port, for every service the host runs (``data``: a mapping or HostData)."""
     # Imported here: each role's package imports this module while it initialises.
     from roles.base.defaults import BaseSettings
+    from roles.edge.defaults import EdgeSettings
     from roles.gateway.defaults import GatewaySettings
     from roles.monitoring import runs_gpu_exporter
     from roles.monitoring.defaults import MonitoringSettings
@@ -42,6 +43,10 @@ def ports_in_use(host: str, data: Any, groups: Collection[str]) -> dict[str, int
         registry = from_data(RegistrySettings, data, host)
         ports["registry_port"] = registry.registry_port
         ports["registry_metrics_port"] = registry.registry_metrics_port
+    if "edge" in groups:
+        edge = from_data(EdgeSettings, data, host)
+        ports["edge_port"] = edge.edge_port
+        ports["edge_metrics_port"] = edge.edge_metrics_port
     if data.get("model_name"):
         ports["gateway_port"] = from_data(GatewaySettings, data, host).gateway_port
         colours = from_data(RuntimeSettings, data, host).runtime_ports

@@ -45,7 +45,7 @@ def serves_a_model(host: Any) -> bool:
 
 def stages() -> list[Stage]:
     """The roles of deploy/site.py, in its order, each with when it runs and its check."""
-    from roles import base, gate, gateway, model, monitoring, nvidia, registry, runtime
+    from roles import base, edge, gate, gateway, model, monitoring, nvidia, registry, runtime
 
     everyone: Callable[[Any], bool] = lambda host: True  # noqa: E731
     return [
@@ -53,6 +53,7 @@ def stages() -> list[Stage]:
         Stage("nvidia", everyone, nvidia.check),  # a noop on classes without GPUs
         Stage("registry", lambda host: "registry" in host.groups, registry.check),
         Stage("monitoring", everyone, monitoring.check, monitoring.warnings),
+        Stage("edge", lambda host: "edge" in host.groups, edge.check),
         Stage("gateway", serves_a_model, gateway.check),
         Stage("model", serves_a_model, model.check),
         Stage("runtime", serves_a_model, runtime.check),

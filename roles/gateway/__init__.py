@@ -28,7 +28,13 @@ from pyinfra.operations import files, server
 from pyinfra.operations.util import any_changed
 
 from llmhost.errors import ConfigError
-from llmhost.onhost.layout import COLOURS, GATEWAY_DIR, GATEWAY_UPSTREAM, STATE_FILE
+from llmhost.onhost.layout import (
+    COLOURS,
+    GATEWAY_DIR,
+    GATEWAY_DRAIN_FLAG,
+    GATEWAY_UPSTREAM,
+    STATE_FILE,
+)
 from llmhost.onhost.runtimectl import upstream_text
 from llmhost.secrets import api_keys, certificate_authority, secrets_directory
 from llmhost.settings import from_data
@@ -180,6 +186,11 @@ def configure(settings: GatewaySettings, keys: dict[str, str]) -> list[Operation
                 )
             )
     initial_upstream()
+    files.file(
+        name="Gateway: in its edges' pools (no drain left by an interrupted cutover)",
+        path=GATEWAY_DRAIN_FLAG,
+        present=False,
+    )
     changed.append(
         put_template(
             name="Gateway: usage.js (token counts for the audit line)",
@@ -202,6 +213,7 @@ def configure(settings: GatewaySettings, keys: dict[str, str]) -> list[Operation
             max_body_kb=settings.gateway_max_body_kb,
             read_timeout=settings.gateway_read_timeout_s,
             audit_log=AUDIT_LOG,
+            drain_flag=GATEWAY_DRAIN_FLAG,
             usage_script=USAGE_SCRIPT,
             runtime_ports=sorted(
                 from_data(RuntimeSettings, host.data, host.name).runtime_ports.items()

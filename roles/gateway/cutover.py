@@ -9,6 +9,8 @@ service    when they differ: on the host, one step that cannot half-happen
            (in-flight requests finish on the old colour), state.json records the switch,
            and the old colour stays warm for `gateway_rollback_window_s`, then stops.
            Any failure puts the previous include back; the active colour keeps serving.
+           Behind an edge the host leaves the edge's pool for the switch (its /healthz
+           answers 503) and rejoins before the next host, which waits its turn.
 
 It runs last in deploy/site.py, after the runtime has staged the idle colour and the gate
 has passed it; with the gate enabled, the switch itself refuses a release whose verdict
@@ -23,9 +25,10 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import server
 
-from llmhost.onhost.layout import GATEWAY_UPSTREAM
+from llmhost.onhost.layout import GATEWAY_DRAIN_FLAG, GATEWAY_UPSTREAM
 from llmhost.onhost.runtimectl import colour_in
 from llmhost.settings import from_data
+from roles._common.edges import edges_in_front_of
 from roles._common.onhost import runtimectl
 from roles._common.scrapers import cutover_wait_s, watchers
 from roles.gate import preflight as gate_plan
@@ -43,6 +46,7 @@ def cutover() -> None:
         return
     ports = ",".join(f"{c}={p}" for c, p in sorted(plan.settings.runtime_ports.items()))
     gated = gate.settings.gate_enabled
+    drain = drain_arguments()
     server.shell(
         name=f"Cutover: gateway to {plan.wanted_on} (release {plan.release.id})",
         commands=[
@@ -60,9 +64,33 @@ def cutover() -> None:
                 str(settings.gateway_rollback_window_s),
                 *(["--require-gate"] if gated else []),
                 *watched_arguments(),
+                *drain,
             )
         ],
+        # Behind an edge, one host at a time leaves its pool: the others keep serving.
+        _serial=bool(drain),
     )
+
+
+def drain_arguments() -> list[str]:
+    """Behind an edge, the host leaves its pool for the switch and rejoins before the next.
+
+    The waits are the slowest edge's: checks between leaving (or rejoining) and being
+    seen to, plus a margin.
+    """
+    edges = edges_in_front_of(host.name)
+    if not edges:
+        return []
+    leave = max(settings.drain_wait_s() for settings in edges)
+    rejoin = max(settings.rejoin_wait_s() for settings in edges)
+    return [
+        "--drain-flag",
+        GATEWAY_DRAIN_FLAG,
+        "--drain-wait",
+        f"{leave:g}",
+        "--rejoin-wait",
+        f"{rejoin:g}",
+    ]
 
 
 def watched_arguments() -> list[str]:

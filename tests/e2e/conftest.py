@@ -32,9 +32,10 @@ from llmhost.testing.testmodels import write_tiny_gguf, write_tiny_safetensors_m
 
 HOSTS = 2
 # Modules that change the standing hosts for good run after all others, in this order:
+# the edge boots tb3 as its edge and leaves it blank for the fleet's serving twin;
 # the fleet replaces tb2 (the disaster-recovery registry) with a blank serving host, and
 # the walkthrough's `llmhost demo --down` takes the testbed down.
-RUN_LAST = ("test_fleet.py", "test_single_box.py", "test_walkthrough.py")
+RUN_LAST = ("test_edge.py", "test_fleet.py", "test_single_box.py", "test_walkthrough.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -234,11 +234,13 @@ def plan(
     config: dict[str, Any] | None = None,
     groups: list[str] | None = None,
     name: str = "host1",
+    others: Mapping[str, tuple[dict[str, Any], list[str]]] | None = None,
 ) -> dict[str, list[str]]:
     """Operation name (without the deploy's prefix) -> the commands it would run, in order.
 
     An empty list is a noop. Conditional operations (``_if``) list their commands.
     ``name`` "@local" plans for the control machine (pyinfra's local connector).
+    ``others``: more hosts of the inventory (name -> (data, groups)), never planned for.
     """
     known = {**FRESH_DEBIAN_12, **(facts or {})}
     data = {"secrets_dir": SECRETS_DIR, **data}
@@ -256,8 +258,14 @@ def plan(
     original = Host.get_fact
     Host.get_fact = get_fact  # type: ignore[method-assign]
     try:
+        members = {name: (data, groups or []), **(others or {})}
+        in_group: dict[str, list[str]] = {}
+        for member, (_, member_groups) in members.items():
+            for group in member_groups:
+                in_group.setdefault(group, []).append(member)
         inventory = Inventory(
-            ([(name, data)], {}), **{group: ([name], {}) for group in groups or []}
+            ([(member, member_data) for member, (member_data, _) in members.items()], {}),
+            **{group: (names, {}) for group, names in in_group.items()},
         )
         state = State(inventory, Config(**(config or {})))
         host = inventory.get_host(name)

@@ -40,8 +40,18 @@ def site_conf(**overrides: object) -> str:
         runtime_ports=[("blue", 8001), ("green", 8002)],
         metrics_allow=["10.231.1.2/32"],
         usage_script="/etc/nginx/llmhost/usage.js",
+        drain_flag="/run/llmhost-gateway-drain",
     )
     return render("gateway/llmhost-gateway.conf.j2", **{**values, **overrides})
+
+
+def test_the_health_check_answers_503_while_the_host_drains_and_the_engine_otherwise():
+    conf = site_conf()
+    health = conf[conf.index("location = /healthz {") :]
+    health = health[: health.index("\n    }\n")]
+    assert "if (-f /run/llmhost-gateway-drain) {" in health
+    assert "return 503 " in health
+    assert health.rstrip().endswith("proxy_pass http://llmhost_runtime/health;")
 
 
 def test_answers_pass_through_the_usage_counter_and_their_tokens_reach_the_audit_line():

@@ -405,6 +405,38 @@ def test_a_configuration_nginx_refuses_is_rolled_back_and_nothing_is_recorded(
     assert json.loads((tmp_path / "state.json").read_text())["active"] == "blue"
 
 
+def test_behind_an_edge_the_switch_happens_out_of_the_pool_and_the_host_rejoins_after(
+    tmp_path, server, host_tools, monkeypatch
+):
+    base, _ = server
+    port = int(base.rsplit(":", 1)[1])
+    staged_state(tmp_path / "state.json")
+    (tmp_path / "upstream.conf").write_text(runtimectl.upstream_text("blue", 9))
+    flag = tmp_path / "drain"
+    seen: list[tuple[str, bool]] = []
+    monkeypatch.setattr(
+        runtimectl.time, "sleep", lambda s: seen.append((f"sleep {s}", flag.exists()))
+    )
+    switched = runtimectl.switch_gateway
+    monkeypatch.setattr(
+        runtimectl,
+        "switch_gateway",
+        lambda *a: (seen.append(("switch", flag.exists())), switched(*a)),
+    )
+    drain = ["--drain-flag", str(flag), "--drain-wait", "3.5", "--rejoin-wait", "2.5"]
+    assert runtimectl.main([*switch_args(tmp_path, port, "cutover", "--to", "green"), *drain]) == 0
+    assert seen[-3:] == [("sleep 3.5", True), ("switch", True), ("sleep 2.5", False)]
+    assert not flag.exists()
+
+    staged_state(tmp_path / "state.json")
+    (tmp_path / "upstream.conf").write_text(runtimectl.upstream_text("blue", 9))
+    (tmp_path / "fail-nginx").touch()  # a switch that fails still puts the host back
+    seen.clear()
+    assert runtimectl.main([*switch_args(tmp_path, port, "cutover", "--to", "green"), *drain]) == 1
+    assert seen[-3:] == [("sleep 3.5", True), ("switch", True), ("sleep 2.5", False)]
+    assert not flag.exists()
+
+
 def test_a_colour_that_is_not_ready_is_never_switched_to(tmp_path, server, host_tools):
     base, handler = server
     handler.health = 503

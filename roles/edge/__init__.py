@@ -1,0 +1,279 @@
+"""Role edge: one endpoint for the fleet, HAProxy over the serving hosts' gateways.
+
+preflight  settings and ports; the serving hosts it fronts (`edge_serving_group`), each
+           gateway open to this edge; the CA its gateways' certificates must chain to
+install    Debian's HAProxy
+configure  its certificate (from the llmhost CA), the CA it verifies the gateways by, our
+           configuration and a drop-in that points the vendor unit at it, the firewall
+service    HAProxy checked (`haproxy -c`) and reloaded gracefully when a file changed:
+           listeners are handed over, requests in flight finish
+
+Every serving host is health-checked (`GET /healthz` on its gateway, which answers 503
+while the host drains for a cutover) and requests go to the one with the fewest in
+flight. A request whose host failed before the first byte of an answer is sent to
+another; an answer under way is never repeated. The gateways check the API keys.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
+from pyinfra.operations import files, server
+from pyinfra.operations.util import any_changed
+
+from llmhost.errors import ConfigError
+from llmhost.secrets import certificate_authority, secrets_directory
+from llmhost.settings import from_data
+from roles._common import checked
+from roles._common.checked import put_template
+from roles._common.checks import check_at_least, check_hostname, check_networks, on_host
+from roles._common.edges import fronted
+from roles._common.operations import (
+    firewall_only_from,
+    firewall_rules,
+    reload_firewall,
+    secret_upload_options,
+    wait_for_port,
+)
+from roles._common.ports import check_host_ports
+from roles._common.scrapers import address_of, scrape_sources
+from roles.edge.defaults import (
+    ADMIN_SOCKET,
+    BACKEND,
+    CA_FILE,
+    CERTIFICATE,
+    CONFIG,
+    DROPIN,
+    EDGE_DIR,
+    PACKAGES,
+    VENDOR_UNIT,
+    EdgeSettings,
+)
+from roles.gateway.defaults import GatewaySettings
+
+
+@dataclass(frozen=True)
+class Member:
+    """A serving host as the edge reaches it: its gateway's address and certificate name."""
+
+    name: str
+    address: str  # host:port, as HAProxy's `server` line takes it
+    tls: bool
+    verify_name: str  # the name its gateway's certificate is issued for
+
+
+@deploy("llmhost edge")
+def edge() -> None:
+    settings, members = check()  # the data alone: no fact is needed
+    install()
+    changed, dropin = configure(settings, members)
+    service(changed, dropin, settings)
+
+
+def check() -> tuple[EdgeSettings, list[Member]]:
+    """Settings, ports and the serving hosts this edge fronts, with no host contacted."""
+    settings = from_data(EdgeSettings, host.data, host.name)
+    check_host_ports(host.name, host.data, {*host.groups, "edge"}, mine=["edge_port"])
+    check_at_least(
+        host.name,
+        settings,
+        ("edge_check_interval_ms", "edge_check_fall", "edge_check_rise", "edge_timeout_s"),
+        1,
+    )
+    check_at_least(host.name, settings, ("edge_retries",), 0)
+    check_networks(host.name, "edge_allow_from", settings.edge_allow_from)
+    for name in settings.edge_server_names:
+        check_hostname(host.name, "edge_server_names", name)
+    gateway_ca(settings)
+    return settings, members(settings)
+
+
+def serving_hosts(settings: EdgeSettings) -> list[Any]:
+    """The hosts this edge fronts; at least one, or the edge would answer nothing."""
+    found = fronted(settings)
+    if not found:
+        where = (
+            f"group {settings.edge_serving_group!r}"
+            if settings.edge_serving_group
+            else "this inventory"
+        )
+        raise ConfigError(
+            f"no host of {where} serves a model: the edge would have nothing to send to",
+            key="edge_serving_group",
+            fix="name the group of the serving hosts (hosts with `model_name`)",
+            host=host.name,
+        )
+    return found
+
+
+def members(settings: EdgeSettings) -> list[Member]:
+    me = address_of(host.name, host.data)
+    found = []
+    for member in serving_hosts(settings):
+        gateway = from_data(GatewaySettings, member.data, member.name)
+        check_admits(member.name, gateway.gateway_allow_from, me)
+        address = address_of(member.name, member.data)
+        found.append(
+            Member(
+                name=member.name,
+                address=f"[{address}]:{gateway.gateway_port}"
+                if ":" in address
+                else f"{address}:{gateway.gateway_port}",
+                tls=gateway.gateway_tls,
+                verify_name=(gateway.gateway_server_names or [address])[0],
+            )
+        )
+    return found
+
+
+def check_admits(member: str, allow_from: list[str], edge_address: str) -> None:
+    """A serving host whose gateway admits only some networks must admit this edge."""
+    if not allow_from:
+        return
+    try:
+        address = ipaddress.ip_address(edge_address)
+    except ValueError:
+        return  # a name: the firewall admits networks, and only the operator knows this one's
+    if not any(address in ipaddress.ip_network(net, strict=False) for net in allow_from):
+        raise ConfigError(
+            f"serving host {member}'s gateway admits only {', '.join(allow_from)}, "
+            f"not this edge ({edge_address})",
+            key="gateway_allow_from",
+            fix=f"add {edge_address}/32 to {member}'s gateway_allow_from",
+            host=host.name,
+        )
+
+
+def gateway_ca(settings: EdgeSettings) -> str:
+    """The PEM the gateways' certificates must chain to: the operator's, else the llmhost CA."""
+    if settings.edge_gateway_ca is None:
+        return certificate_authority(secrets_directory(host.data, host.name)).certificate_pem
+    path = Path(settings.edge_gateway_ca)
+    if not path.is_file():
+        raise ConfigError(
+            f"{path} does not exist on this machine",
+            key="edge_gateway_ca",
+            fix="give the path of the CA certificate (PEM) that signs the gateways'",
+            host=host.name,
+        )
+    return path.read_text()
+
+
+def install() -> None:
+    checked.packages(name="Install HAProxy", packages=PACKAGES)
+
+
+def certificate_pem(settings: EdgeSettings) -> str:
+    """The edge's certificate, the CA's and its key, in the one file HAProxy reads."""
+    names = settings.edge_server_names or [address_of(host.name, host.data)]
+    with on_host(host.name, key="secrets_dir"):
+        authority = certificate_authority(secrets_directory(host.data, host.name))
+        issued = authority.issue(f"edge-{host.name}", names)
+    return issued.certificate_pem + authority.certificate_pem + issued.key_pem
+
+
+def configure(
+    settings: EdgeSettings, members: list[Member]
+) -> tuple[list[OperationMeta], OperationMeta]:
+    """Write every file HAProxy reads; returns the files' operations and the drop-in's."""
+    files.directory(
+        name=f"{EDGE_DIR}: the edge's configuration and key",
+        path=EDGE_DIR,
+        user="root",
+        group="haproxy",
+        mode="0750",
+    )
+    changed = [
+        checked.put(
+            **secret_upload_options(),
+            name="Edge: its certificate and key",
+            src=StringIO(certificate_pem(settings)),
+            dest=CERTIFICATE,
+            user="root",
+            group="root",
+            mode="0600",
+            create_remote_dir=False,
+        ),
+        checked.put(
+            name="Edge: the CA the gateways' certificates are checked against",
+            src=StringIO(gateway_ca(settings)),
+            dest=CA_FILE,
+            mode="0644",
+            create_remote_dir=False,
+        ),
+        put_template(
+            name=f"Edge: HAProxy over {len(members)} serving host(s)",
+            path="edge/edge.cfg.j2",
+            dest=CONFIG,
+            mode="0640",
+            group="haproxy",
+            port=settings.edge_port,
+            metrics_port=settings.edge_metrics_port,
+            certificate=CERTIFICATE,
+            ca_file=CA_FILE,
+            admin_socket=ADMIN_SOCKET,
+            backend=BACKEND,
+            timeout=settings.edge_timeout_s,
+            retries=settings.edge_retries,
+            interval_ms=settings.edge_check_interval_ms,
+            fall=settings.edge_check_fall,
+            rise=settings.edge_check_rise,
+            servers=members,
+        ),
+    ]
+    files.directory(name="HAProxy: drop-in directory", path=DROPIN.rsplit("/", 1)[0], mode="0755")
+    dropin = put_template(
+        name="HAProxy: our configuration, in a sandbox (drop-in)",
+        path="edge/haproxy-llmhost.conf.j2",
+        dest=DROPIN,
+        mode="0644",
+        config=CONFIG,
+    )
+    reload_firewall(
+        firewall_rules(
+            role="edge",
+            purpose="LLM edge",
+            name="30-edge",
+            ports=[settings.edge_port],
+            sources=settings.edge_allow_from,
+        ),
+        firewall_only_from(
+            role="edge",
+            purpose="edge metrics",
+            name="31-edge-metrics",
+            ports=[settings.edge_metrics_port],
+            sources=scrape_sources(host.name, host.data),
+            closed="edge metrics: no monitoring host, no rule",
+        ),
+    )
+    return changed, dropin
+
+
+def service(changed: list[OperationMeta], dropin: OperationMeta, settings: EdgeSettings) -> None:
+    """Reload for a changed file; restart for a changed drop-in (a reload re-reads the
+    configuration the running HAProxy was started with, not the one the unit now names)."""
+    valid = f"haproxy -c -q -f {CONFIG}"
+    listening = wait_for_port(settings.edge_port, VENDOR_UNIT)
+    server.shell(
+        name="HAProxy: our configuration and sandbox, restarted onto them",
+        commands=[
+            f"{valid} && systemctl daemon-reload && systemctl restart {VENDOR_UNIT}",
+            listening,
+        ],
+        _if=dropin.did_change,
+    )
+    server.shell(
+        name="HAProxy: configuration valid, reloaded gracefully",
+        commands=[f"{valid} && systemctl reload-or-restart {VENDOR_UNIT}", listening],
+        _if=lambda: any_changed(*changed)() and not dropin.did_change(),
+    )
+    checked.service(
+        name="HAProxy: running and enabled", service=VENDOR_UNIT, running=True, enabled=True
+    )

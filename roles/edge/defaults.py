@@ -1,0 +1,64 @@
+"""Public settings of the edge role: HAProxy in front of the serving hosts' gateways."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmhost.settings import setting
+
+EDGE_DIR = "/etc/haproxy/llmhost"  # root:haproxy 0750: the certificate's key lives here
+CONFIG = f"{EDGE_DIR}/edge.cfg"
+CERTIFICATE = f"{EDGE_DIR}/edge.pem"  # certificate, chain and key in one file, as HAProxy reads
+CA_FILE = f"{EDGE_DIR}/gateways-ca.crt"  # what a gateway's certificate must be signed by
+VENDOR_UNIT = "haproxy.service"
+DROPIN = f"/etc/systemd/system/{VENDOR_UNIT}.d/llmhost.conf"
+ADMIN_SOCKET = "/run/haproxy/llmhost-admin.sock"  # root-only: `show servers state`, drain
+PACKAGES = ["haproxy", "socat"]  # socat: the admin socket, by hand (runbook)
+BACKEND = "llmhost_serving"  # the backend of the serving hosts, as the admin socket names it
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    edge_port: int = setting(8443, "TCP port clients reach the edge on (HTTPS)")
+    edge_server_names: list[str] = setting(
+        [], "Names clients use for the edge (certificate SANs); empty: `ssh_hostname`"
+    )
+    edge_serving_group: str | None = setting(
+        None,
+        "Inventory group whose serving hosts the edge spreads requests over; unset: every "
+        "host of the inventory with a `model_name`",
+    )
+    edge_gateway_ca: str | None = setting(
+        None,
+        "Control-machine path of the CA (PEM) that signs the serving hosts' gateway "
+        "certificates, which the edge verifies; unset: the llmhost CA",
+    )
+    edge_check_interval_ms: int = setting(
+        1000, "Milliseconds between two health checks (`/healthz`) of each serving host"
+    )
+    edge_check_fall: int = setting(
+        2, "Failed checks in a row that take a serving host out of the pool"
+    )
+    edge_check_rise: int = setting(2, "Passed checks in a row that put it back")
+    edge_retries: int = setting(
+        2,
+        "Times a request is sent again to another host when its host failed before the "
+        "first byte of an answer (refused, reset, or a 502/503 from its gateway)",
+    )
+    edge_timeout_s: int = setting(
+        600, "Longest wait for a serving host's answer, and between two of its streamed parts"
+    )
+    edge_metrics_port: int = setting(
+        8405, "Port of HAProxy's Prometheus metrics (`/metrics`), open to the monitoring hosts"
+    )
+    edge_allow_from: list[str] = setting(
+        [], "Source networks (CIDR) allowed to reach the edge; empty means from anywhere"
+    )
+
+    def drain_wait_s(self) -> float:
+        """Long enough for this edge to take a host out of its pool after it asked."""
+        return (self.edge_check_fall + 1) * self.edge_check_interval_ms / 1000 + 1
+
+    def rejoin_wait_s(self) -> float:
+        """Long enough for this edge to put a host back in its pool after it is ready."""
+        return (self.edge_check_rise + 1) * self.edge_check_interval_ms / 1000 + 1
