@@ -52,7 +52,7 @@ url, total, clients, key_file = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
 tokens = int(sys.argv[5])
 tls = url.startswith("https")
 host, port = url.split("://")[1].split(":")
-key = open(key_file).read().strip() if port == "8000" else None
+key = open(key_file).read().strip() if key_file != "-" else None  # "-": no key (the engine)
 context = ssl.create_default_context(cafile="/usr/local/share/ca-certificates/llmhost-ca.crt")
 body = json.dumps({"prompt": "Hello", "max_tokens": tokens, "temperature": 0, "ignore_eos": True})
 headers = {"Content-Type": "application/json"}
@@ -188,10 +188,10 @@ def measure(args: argparse.Namespace, testbed: Testbed) -> int:
     testbed.put(host, "/root/gw-key", api_keys(secrets)["bench"], mode="0600")
 
     def measure(url: str) -> dict:
+        key = "/root/gw-key" if url == gateway else "-"
         out = testbed.ssh(
             host,
-            f"python3 /root/gw-client.py {url} {args.requests} {args.clients} /root/gw-key "
-            f"{args.tokens}",
+            f"python3 /root/gw-client.py {url} {args.requests} {args.clients} {key} {args.tokens}",
         )
         result = json.loads(out)
         assert result["failed"] == 0, result

@@ -48,10 +48,11 @@ ALERT_WEBHOOK = "alert-webhook"
 MONITORING = "monitoring"
 GRAFANA_REPOSITORY = "grafana-repository"
 NVIDIA_REPOSITORY = "nvidia-repository"
-FALLBACK = "fallback"  # the edge role's fallback endpoints, when it lands
+SERVING_GATEWAY = "serving-gateway"  # an edge's pool: the serving hosts' gateways
+FALLBACK = "fallback"  # the edge role's fallback tiers: another region's edge, a hosted API
 KINDS = (
     PACKAGE_MIRROR, EGRESS_PROXY, NTP, REGISTRY, MODEL_SOURCE, RUNTIME_SOURCE, ALERT_WEBHOOK,
-    MONITORING, GRAFANA_REPOSITORY, NVIDIA_REPOSITORY, FALLBACK,
+    MONITORING, GRAFANA_REPOSITORY, NVIDIA_REPOSITORY, SERVING_GATEWAY, FALLBACK,
 )  # fmt: skip
 
 HOST_SIDE = "host"  # the host itself calls it
@@ -72,6 +73,7 @@ class Call:
     side: str = HOST_SIDE
     note: str = ""  # what calls it, or why it is there
     secret_path: bool = False  # the URL's path and query may hold a token: never shown
+    region: str | None = None  # the region its setting states (a fallback tier's `region`)
 
 
 def call_via_proxy(
@@ -399,6 +401,9 @@ def classify(call: Call, context: HostContext) -> Endpoint:
     address = address_of(call.target)
     location = locate(address, call.side, context)
     region, region_from = location.region, location.source
+    stated = call.region
+    if stated is not None and region is None:
+        region, region_from = stated, f"stated by `{call.key}`"
     endpoint = shown(call)
     what = f"{call.kind} {endpoint}" + (f" ({call.note})" if call.note else "")
     if call.side == CONTROL_SIDE:
@@ -410,7 +415,13 @@ def classify(call: Call, context: HostContext) -> Endpoint:
         and REGION_PATTERN.fullmatch(region) is not None
         and region_allowed(region, context.allowed)
     )
-    if location.host is not None and not allowed:
+    if stated is not None and location.region is not None and stated != location.region:
+        problem = (
+            f"{what} is stated to be in {stated!r} by `{call.key}`, but is in "
+            f"{location.region!r} ({location.source})"
+        )
+        fix = f"correct the `region` in `{call.key}`, or the other place that locates it"
+    elif location.host is not None and not allowed:
         problem = f"{what} is {region_from}, whose `region` {region!r} is not an allowed region"
         fix = f"correct the `region` of {location.host} (its own check says how)"
     elif region is None:

@@ -475,3 +475,33 @@ def grafana_admin_password(directory: Path) -> str:
     values = _checked_fields(path, document, GRAFANA_FILE, GRAFANA_FIELDS, regenerate)
     _check_private(path, GRAFANA_FILE)
     return values["admin_password"]
+
+
+def hosted_api_key(directory: Path, name: str) -> str:
+    """The key of a hosted API the edge falls back to: one line in ``directory/name``.
+
+    The operator puts it there (the provider issues it); it must be private like every
+    file here, and it is never printed.
+    """
+    path = directory / name
+    if Path(name).name != name or name.startswith("."):
+        raise ConfigError(
+            f"{name!r} is not a file name in the secrets directory",
+            key="edge_hosted_fallback.key_file",
+            fix="give the name of a file in secrets_dir, e.g. hosted-api-key",
+        )
+    if not path.is_file():
+        raise ConfigError(
+            f"{path} does not exist: the hosted API's key goes there",
+            key="edge_hosted_fallback.key_file",
+            fix=f"(umask 077; printf '%s\\n' \"$KEY\" > {path})",
+        )
+    _check_private(path, "edge_hosted_fallback.key_file")
+    key = path.read_text().strip()
+    if not key or any(c.isspace() or ord(c) < 33 for c in key):
+        raise ConfigError(
+            f"{path} holds no key on its one line (or one with spaces or control characters)",
+            key="edge_hosted_fallback.key_file",
+            fix=f"write the key alone on one line into {path}",
+        )
+    return key

@@ -22,18 +22,25 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from pyinfra import host
+from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files, server
 from pyinfra.operations.util import any_changed
 
+from llmhost.endpoints import FALLBACK, SERVING_GATEWAY, Call
 from llmhost.errors import ConfigError
-from llmhost.secrets import certificate_authority, secrets_directory
+from llmhost.secrets import api_keys, certificate_authority, secrets_directory
 from llmhost.settings import from_data
 from roles._common import checked
 from roles._common.checked import put_template
-from roles._common.checks import check_at_least, check_hostname, check_networks, on_host
+from roles._common.checks import (
+    check_at_least,
+    check_hostname,
+    check_networks,
+    join_host_port,
+    on_host,
+)
 from roles._common.edges import fronted
 from roles._common.operations import (
     firewall_only_from,
@@ -44,18 +51,25 @@ from roles._common.operations import (
 )
 from roles._common.ports import check_host_ports
 from roles._common.scrapers import address_of, scrape_sources
+from roles.edge import policy
 from roles.edge.defaults import (
     ADMIN_SOCKET,
+    AUDIT_TAG,
     BACKEND,
     CA_FILE,
     CERTIFICATE,
     CONFIG,
     DROPIN,
     EDGE_DIR,
+    HOSTED_BACKEND,
+    HOSTED_CA_FILE,
+    IDENTITIES_MAP,
     PACKAGES,
+    TEAM_REQUESTS,
     VENDOR_UNIT,
     EdgeSettings,
 )
+from roles.edge.policy import SYSTEM_CA
 from roles.gateway.defaults import GatewaySettings
 
 
@@ -69,16 +83,29 @@ class Member:
     verify_name: str  # the name its gateway's certificate is issued for
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What the edge sends where, and for whom: everything its configuration is made of."""
+
+    settings: EdgeSettings
+    members: list[Member]
+    identities: list[policy.Identity]
+    features: list[str]
+    team_quotas: list[policy.TeamQuota]
+    fallback_clusters: list[policy.FallbackCluster]
+    hosted: policy.HostedFallback | None
+
+
 @deploy("llmhost edge")
 def edge() -> None:
-    settings, members = check()  # the data alone: no fact is needed
+    plan = check()  # the data alone: no fact is needed
     install()
-    changed, dropin = configure(settings, members)
-    service(changed, dropin, settings)
+    changed, dropin = configure(plan)
+    service(changed, dropin, plan.settings)
 
 
-def check() -> tuple[EdgeSettings, list[Member]]:
-    """Settings, ports and the serving hosts this edge fronts, with no host contacted."""
+def check() -> Plan:
+    """Settings, ports, the serving hosts, identities and fallback tiers; no host contacted."""
     settings = from_data(EdgeSettings, host.data, host.name)
     check_host_ports(host.name, host.data, {*host.groups, "edge"}, mine=["edge_port"])
     check_at_least(
@@ -92,7 +119,75 @@ def check() -> tuple[EdgeSettings, list[Member]]:
     for name in settings.edge_server_names:
         check_hostname(host.name, "edge_server_names", name)
     gateway_ca(settings)
-    return settings, members(settings)
+    secrets = secrets_directory(host.data, host.name)
+    with on_host(host.name):
+        keys = api_keys(secrets)
+    clusters = policy.fallback_clusters(host.name, settings)
+    check_fallback_edges(settings, clusters)
+    return Plan(
+        settings,
+        members(settings),
+        policy.identities(host.name, settings, keys),
+        policy.features(host.name, settings),
+        policy.team_quotas(host.name, settings),
+        clusters,
+        policy.hosted_fallback(host.name, settings, secrets),
+    )
+
+
+def check_fallback_edges(settings: EdgeSettings, clusters: list[policy.FallbackCluster]) -> None:
+    """A fallback cluster whose edge is in this inventory must accept what this one sends:
+    it checks the same feature tags again, and would refuse a tag it does not know."""
+    by_address = {}
+    for member in inventory.get_group("edge", []):
+        theirs = from_data(EdgeSettings, member.data, member.name)
+        address = join_host_port(address_of(member.name, member.data), theirs.edge_port)
+        by_address[address] = (member.name, theirs)
+    for cluster in clusters:
+        if cluster.address not in by_address:
+            continue  # another inventory's edge: its operators keep its policy
+        name, theirs = by_address[cluster.address]
+        missing = sorted(set(settings.edge_features) - set(theirs.edge_features))
+        if missing:
+            raise ConfigError(
+                f"fallback cluster {cluster.name} is edge {name}, which refuses the feature "
+                f"tags {', '.join(missing)} this edge accepts",
+                key="edge_features",
+                fix="give every edge the same edge_features (group_data/all.py)",
+                host=host.name,
+            )
+
+
+def endpoints() -> list[Call]:
+    """What the edge calls: the serving hosts' gateways, then each fallback tier, whose
+    `region` must be an allowed one."""
+    settings = from_data(EdgeSettings, host.data, host.name)
+    calls = [
+        Call(SERVING_GATEWAY, member.address, "edge_serving_group", note="the edge's pool")
+        for member in members(settings)
+    ]
+    for index, entry in enumerate(settings.edge_fallback_clusters):
+        calls.append(
+            Call(
+                FALLBACK,
+                str(entry.get("address", "")),
+                f"edge_fallback_clusters[{index}]",
+                note=f"fallback cluster {entry.get('name')}",
+                region=entry.get("region"),
+            )
+        )
+    hosted = settings.edge_hosted_fallback
+    if hosted is not None:
+        calls.append(
+            Call(
+                FALLBACK,
+                str(hosted.get("url", "")),
+                "edge_hosted_fallback",
+                note="hosted API, the last resort",
+                region=hosted.get("region"),
+            )
+        )
+    return calls
 
 
 def serving_hosts(settings: EdgeSettings) -> list[Any]:
@@ -179,10 +274,10 @@ def certificate_pem(settings: EdgeSettings) -> str:
     return issued.certificate_pem + authority.certificate_pem + issued.key_pem
 
 
-def configure(
-    settings: EdgeSettings, members: list[Member]
-) -> tuple[list[OperationMeta], OperationMeta]:
+def configure(plan: Plan) -> tuple[list[OperationMeta], OperationMeta]:
     """Write every file HAProxy reads; returns the files' operations and the drop-in's."""
+    settings = plan.settings
+    upload = secret_upload_options()
     files.directory(
         name=f"{EDGE_DIR}: the edge's configuration and key",
         path=EDGE_DIR,
@@ -192,7 +287,7 @@ def configure(
     )
     changed = [
         checked.put(
-            **secret_upload_options(),
+            **upload,
             name="Edge: its certificate and key",
             src=StringIO(certificate_pem(settings)),
             dest=CERTIFICATE,
@@ -208,12 +303,27 @@ def configure(
             mode="0644",
             create_remote_dir=False,
         ),
+        checked.put(
+            **upload,
+            name=f"Edge: API keys of {len(plan.identities)} identities (root-only map)",
+            src=StringIO("".join(f"{identity.map_line()}\n" for identity in plan.identities)),
+            dest=IDENTITIES_MAP,
+            user="root",
+            group="root",
+            mode="0600",
+            create_remote_dir=False,
+        ),
+        hosted_ca(plan.hosted),
         put_template(
-            name=f"Edge: HAProxy over {len(members)} serving host(s)",
+            **upload,
+            name=f"Edge: HAProxy over {len(plan.members)} serving host(s)"
+            + f", {len(plan.fallback_clusters)} fallback cluster(s)"
+            + (", the hosted API" if plan.hosted else ""),
             path="edge/edge.cfg.j2",
             dest=CONFIG,
-            mode="0640",
-            group="haproxy",
+            mode="0600",
+            user="root",
+            group="root",
             port=settings.edge_port,
             metrics_port=settings.edge_metrics_port,
             certificate=CERTIFICATE,
@@ -225,7 +335,16 @@ def configure(
             interval_ms=settings.edge_check_interval_ms,
             fall=settings.edge_check_fall,
             rise=settings.edge_check_rise,
-            servers=members,
+            servers=plan.members,
+            audit_tag=AUDIT_TAG,
+            identities_map=IDENTITIES_MAP,
+            features=plan.features,
+            team_quotas=plan.team_quotas,
+            team_requests=TEAM_REQUESTS,
+            fallback_clusters=plan.fallback_clusters,
+            hosted=plan.hosted,
+            hosted_backend=HOSTED_BACKEND,
+            hosted_ca_file=HOSTED_CA_FILE if plan.hosted and plan.hosted.ca_pem else SYSTEM_CA,
         ),
     ]
     files.directory(name="HAProxy: drop-in directory", path=DROPIN.rsplit("/", 1)[0], mode="0755")
@@ -254,6 +373,21 @@ def configure(
         ),
     )
     return changed, dropin
+
+
+def hosted_ca(hosted: policy.HostedFallback | None) -> OperationMeta:
+    """The CA of the hosted API's certificate, when the operator gives one (else the system's)."""
+    if hosted is None or hosted.ca_pem is None:
+        return files.file(
+            name="Edge: no CA of its own for the hosted API", path=HOSTED_CA_FILE, present=False
+        )
+    return checked.put(
+        name="Edge: the CA the hosted API's certificate is checked against",
+        src=StringIO(hosted.ca_pem),
+        dest=HOSTED_CA_FILE,
+        mode="0644",
+        create_remote_dir=False,
+    )
 
 
 def service(changed: list[OperationMeta], dropin: OperationMeta, settings: EdgeSettings) -> None:

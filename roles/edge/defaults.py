@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from llmhost.settings import setting
 
@@ -10,11 +11,16 @@ EDGE_DIR = "/etc/haproxy/llmhost"  # root:haproxy 0750: the certificate's key li
 CONFIG = f"{EDGE_DIR}/edge.cfg"
 CERTIFICATE = f"{EDGE_DIR}/edge.pem"  # certificate, chain and key in one file, as HAProxy reads
 CA_FILE = f"{EDGE_DIR}/gateways-ca.crt"  # what a gateway's certificate must be signed by
+HOSTED_CA_FILE = f"{EDGE_DIR}/hosted-ca.crt"  # the hosted API's CA, when the operator gives one
+IDENTITIES_MAP = f"{EDGE_DIR}/identities.map"  # root-only: API key -> identity:team:hosted
+AUDIT_TAG = "llmhost_edge"  # the journal's tag of the edge's audit lines (`journalctl -t`)
 VENDOR_UNIT = "haproxy.service"
 DROPIN = f"/etc/systemd/system/{VENDOR_UNIT}.d/llmhost.conf"
 ADMIN_SOCKET = "/run/haproxy/llmhost-admin.sock"  # root-only: `show servers state`, drain
 PACKAGES = ["haproxy", "socat"]  # socat: the admin socket, by hand (runbook)
 BACKEND = "llmhost_serving"  # the backend of the serving hosts, as the admin socket names it
+HOSTED_BACKEND = "llmhost_hosted"
+TEAM_REQUESTS = "llmhost_team_requests"  # the stick table of each team's request rate
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,32 @@ class EdgeSettings:
     )
     edge_metrics_port: int = setting(
         8405, "Port of HAProxy's Prometheus metrics (`/metrics`), open to the monitoring hosts"
+    )
+    edge_identities: dict[str, dict[str, Any]] = setting(
+        {},
+        "Policy of each identity (of `api-keys.json`): `team` (its quota and cost are "
+        "counted there) and `hosted_fallback` (true: may be served by the hosted API); an "
+        "identity not listed is admitted, with no team and no hosted fallback",
+    )
+    edge_teams: dict[str, dict[str, int]] = setting(
+        {},
+        "Quota of each team: `requests_per_minute` (over it: 429 naming the team, counted "
+        "at this edge over the last 60 s); a team not listed has none",
+    )
+    edge_features: list[str] = setting(
+        [],
+        "Feature tags a request may carry in `X-Llmhost-Feature`; any other tag gets 400",
+    )
+    edge_fallback_clusters: list[dict[str, str]] = setting(
+        [],
+        "Other regions' edges, tried in this order when no serving host here is up: each "
+        "`{name, address (host:port), region}`; its region passes the residency audit",
+    )
+    edge_hosted_fallback: dict[str, str] | None = setting(
+        None,
+        "The last resort when no cluster is up, an OpenAI-compatible API: `{url (https, "
+        "base URL with /v1), key_file (in secrets_dir), region, ca_file (optional)}`; only "
+        "for identities whose policy has `hosted_fallback`",
     )
     edge_allow_from: list[str] = setting(
         [], "Source networks (CIDR) allowed to reach the edge; empty means from anywhere"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import secrets as secrets_module
 import shlex
 import threading
 import time
@@ -21,9 +22,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from llmhost import converge
-from llmhost.secrets import api_keys
+from llmhost.secrets import add_api_key, api_keys, certificate_authority
+from llmhost.testing.hostedapi import ANSWER, HostedApi
 from llmhost.testing.testbed import Testbed, TestbedHost
-from roles.edge.defaults import ADMIN_SOCKET, CONFIG, EdgeSettings
+from roles.edge.defaults import ADMIN_SOCKET, AUDIT_TAG, CONFIG, EdgeSettings
 from tests.e2e.conftest import connect_testinfra
 from tests.e2e.test_gateway import LOAD_LIMITS, completion_body, state, tls_context
 
@@ -31,28 +33,71 @@ pytestmark = pytest.mark.e2e
 
 EDGE_PORT = EdgeSettings().edge_port
 SERVING = ("tb1", "tb2")
+ALL_UP = {"tb1": "2", "tb2": "2", "fallback-fra": "2"}  # HAProxy's operational state 2: up
+
+
+HOSTED_PORT = 9443  # the hosted API's stand-in, on this machine
+HOSTED_KEY_FILE = "hosted-api-key"
+SECOND_REGION = "de-testbed"
 
 
 def edge_inventory(path, testbed: Testbed, hosts: list[TestbedHost], model: str) -> str:
-    """tb1 and tb2 serve ``model`` (tb1 is also the registry and monitoring host); tb3 is
-    the edge over them."""
-    entries = []
-    for host in hosts:
-        data = testbed.inventory_data(host)
-        if host.name in SERVING:
-            data.update({"model_name": model, **LOAD_LIMITS})
-        entries.append((host.name, data))
+    """tb1 and tb2 serve ``model`` (tb1 is also the registry and monitoring host) behind
+    tb3, the edge; tb4 is a second cluster in another region, its own edge in front of its
+    own gateway. tb3 falls back to tb4's edge, then to the hosted API (a stand-in on this
+    machine) for the `tests` identity alone."""
+    tb3, tb4 = hosts[2:]
+    secrets = testbed.root / "secrets"
+    # Identities and features are the organisation's, the same on every edge (in a real
+    # inventory: group_data/all.py); what differs is each edge's pool and tiers.
+    policy = {
+        "edge_identities": {
+            "tests": {"team": "research", "hosted_fallback": True},
+            "team-b": {"team": "b"},
+        },
+        "edge_features": ["chat", "summarise"],
+        "edge_teams": {"b": {"requests_per_minute": 4}},
+    }
+    edge = {
+        **policy,
+        "edge_serving_group": "serving",
+        "edge_fallback_clusters": [
+            {"name": "fra", "address": f"{tb4.address}:{EDGE_PORT}", "region": SECOND_REGION}
+        ],
+        "edge_hosted_fallback": {
+            "url": f"https://{tb3.gateway}:{HOSTED_PORT}/v1",
+            "key_file": HOSTED_KEY_FILE,
+            "region": "gb-testbed",
+            "ca_file": str(secrets / "ca" / "ca.crt"),
+        },
+    }
+    serving = {"model_name": model, **LOAD_LIMITS}
+    data = {
+        "tb1": serving,
+        "tb2": serving,
+        "tb3": edge,
+        "tb4": {**serving, **policy, "region": SECOND_REGION, "edge_serving_group": "cluster2"},
+    }
+    entries = [(h.name, {**testbed.inventory_data(h), **data[h.name]}) for h in hosts]
     path.write_text(
         f"testbed = {entries!r}\nregistry = testbed[:2]\nmonitoring = testbed[:1]\n"
-        "serving = testbed[:2]\nedge = testbed[2:]\n"
+        "serving = testbed[:2]\nedge = testbed[2:]\ncluster2 = testbed[3:]\n"
     )
     return str(path)
 
 
 @pytest.fixture(scope="module")
 def edge_hosts(testbed, published, tmp_path_factory):
-    """The three converged: tb1 and tb2 serving rt-one, tb3 the edge; tb3 blank after."""
-    hosts = testbed.up(3)
+    """The four converged: tb1 and tb2 serving rt-one behind tb3, and tb4 (serving, its own
+    edge) as the second cluster; then tb3 blank again and tb4 gone."""
+    secrets = testbed.root / "secrets"
+    if "team-b" not in api_keys(secrets):
+        add_api_key(secrets, "team-b")
+    key_file = secrets / HOSTED_KEY_FILE
+    if not key_file.exists():
+        key_file.write_text(secrets_module.token_urlsafe(24) + "\n")
+        key_file.chmod(0o600)
+    hosts = testbed.up(4)
     path = edge_inventory(
         tmp_path_factory.mktemp("edge") / "inventory.py", testbed, hosts, "rt-one"
     )
@@ -62,21 +107,32 @@ def edge_hosts(testbed, published, tmp_path_factory):
     try:
         yield hosts, path
     finally:
+        testbed.up(3)  # tb4 gone
         testbed.recreate("tb3")
 
 
-def through_edge(testbed, edge: TestbedHost, key: str | None, body: bytes, path="/v1/completions"):
+def through_edge(
+    testbed, edge: TestbedHost, key: str | None, body: bytes, feature: str | None = None
+):
+    status, data, _ = through_edge_with_id(testbed, edge, key, body, feature)
+    return status, data
+
+
+def through_edge_with_id(testbed, edge, key, body, feature=None):
+    """(status, body, the edge's request id as the gateway or the audit line names it)."""
     connection = http.client.HTTPSConnection(
         edge.address, EDGE_PORT, context=tls_context(testbed), timeout=60
     )
     headers = {"Content-Type": "application/json"}
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
-    connection.request("POST", path, body, headers)
+    if feature is not None:
+        headers["X-Llmhost-Feature"] = feature
+    connection.request("POST", "/v1/completions", body, headers)
     response = connection.getresponse()
     data = response.read()
     connection.close()
-    return response.status, data
+    return response.status, data, response.getheader("X-Llmhost-Edge-Request")
 
 
 def servers_state(testbed, edge: TestbedHost) -> dict[str, str]:
@@ -99,7 +155,7 @@ def test_the_edge_converges_serves_through_both_hosts_and_changes_nothing_again(
     assert status == 200, data
     assert json.loads(data)["choices"]
     assert through_edge(testbed, edge, None, completion_body())[0] == 401, "gateways check keys"
-    assert servers_state(testbed, edge) == {"tb1": "2", "tb2": "2"}
+    assert servers_state(testbed, edge) == ALL_UP
     for _ in range(6):
         assert through_edge(testbed, edge, key, completion_body(1))[0] == 200
     for host in hosts[:2]:
@@ -190,7 +246,7 @@ def pool_changes(testbed, edge: TestbedHost, since: str) -> list[tuple[str, str]
     HAProxy reports each change on its stderr and to syslog, so the journal has it twice.
     """
     log = testbed.ssh(edge, f"journalctl -u haproxy --since '{since}' -o cat --no-pager")
-    found = re.findall(r"Server llmhost_serving/(\w+) is (DOWN|UP)", log)
+    found = re.findall(r"Server llmhost_serving/([\w-]+) is (DOWN|UP)", log)
     return [change for i, change in enumerate(found) if i == 0 or found[i - 1] != change]
 
 
@@ -208,7 +264,7 @@ def test_each_host_leaves_the_pool_for_its_cutover_in_turn_and_no_request_fails(
         deployed = converge.run(path)  # both hosts: pull, stage, gate, then cut over in turn
         load.wait_for(load.ok + len(load.failed) + 100)
     total = load.ok + len(load.failed)
-    changes = pool_changes(testbed, edge, since)
+    changes = [c for c in pool_changes(testbed, edge, since) if c[0] in SERVING]
     print(f"through the edge: {total} requests, {len(load.failed)} failed; pool: {changes}")
     assert deployed.returncode == 0 and deployed.errors == 0, deployed.stderr[-4000:]
     assert load.failed == [], load.failed[:3]
@@ -219,7 +275,149 @@ def test_each_host_leaves_the_pool_for_its_cutover_in_turn_and_no_request_fails(
         [("tb1", "DOWN"), ("tb1", "UP"), ("tb2", "DOWN"), ("tb2", "UP")],
         [("tb2", "DOWN"), ("tb2", "UP"), ("tb1", "DOWN"), ("tb1", "UP")],
     ), "one host at a time left the pool, and came back before the next left"
-    assert servers_state(testbed, edge) == {"tb1": "2", "tb2": "2"}
+    assert servers_state(testbed, edge) == ALL_UP
     for host in hosts[:2]:
         flag = testbed.ssh(host, "test -e /run/llmhost-gateway-drain && echo left || echo gone")
         assert flag.strip() == "gone"
+
+
+def audit_lines(testbed, edge: TestbedHost) -> list[dict]:
+    text = testbed.ssh(edge, f"journalctl -t {AUDIT_TAG} -o cat --no-pager")
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def start_gateway(testbed, host: TestbedHost) -> None:
+    """nginx started again; its log is printed (and the test fails) if it will not start."""
+    started = testbed.ssh(host, "systemctl start nginx && echo started", check=False)
+    if "started" not in started:
+        print(testbed.ssh(host, "journalctl -u nginx -n 40 --no-pager", check=False))
+        print(testbed.ssh(host, "tail -n 20 /var/log/nginx/error.log", check=False))
+        testbed.ssh(host, "sleep 2; systemctl start nginx")
+
+
+def wait_until(condition, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
+        time.sleep(0.5)
+
+
+def test_with_its_cluster_down_the_edge_falls_back_to_the_other_region_then_the_hosted_api(
+    testbed, edge_hosts
+):
+    hosts, _ = edge_hosts
+    tb1, tb2, edge, tb4 = hosts
+    keys = api_keys(testbed.root / "secrets")
+    hosted_key = (testbed.root / "secrets" / HOSTED_KEY_FILE).read_text().strip()
+    issued = certificate_authority(testbed.root / "secrets").issue(
+        "hosted-stand-in", [edge.gateway]
+    )
+    cert, key = testbed.root / "hosted.crt", testbed.root / "hosted.key"
+    cert.write_text(issued.certificate_pem)
+    key.write_text(issued.key_pem)
+    key.chmod(0o600)
+    answers: dict[str, tuple[int, bytes, str | None]] = {}
+
+    def ask(label: str, identity: str) -> None:
+        answers[label] = through_edge_with_id(
+            testbed, edge, keys[identity], completion_body(), feature="chat"
+        )
+
+    with HostedApi(hosted_key, cert, key, port=HOSTED_PORT) as hosted:
+        try:
+            ask("local", "tests")
+            for host in (tb1, tb2):
+                testbed.ssh(host, "systemctl stop nginx")
+            wait_until(
+                lambda: servers_state(testbed, edge) == {**ALL_UP, "tb1": "0", "tb2": "0"},
+                "tb1 and tb2 out of the pool",
+            )
+            ask("fallback", "team-b")
+            testbed.ssh(tb4, "systemctl stop nginx")
+            wait_until(
+                lambda: servers_state(testbed, edge)["fallback-fra"] == "0",
+                "the second cluster out of the pool (its edge's /healthz fails)",
+            )
+            ask("hosted", "tests")
+            ask("refused", "team-b")
+        finally:
+            for host in (tb1, tb2, tb4):
+                start_gateway(testbed, host)
+        wait_until(lambda: servers_state(testbed, edge) == ALL_UP, "every tier back")
+        seen = list(hosted.seen)
+
+    assert [answers[label][0] for label in ("local", "fallback", "hosted")] == [200] * 3, answers
+    assert json.loads(answers["hosted"][1])["choices"][0]["text"] == ANSWER
+    status, body, _ = answers["refused"]
+    assert status == 503 and b"may not use the hosted fallback" in body, body
+    (reached,) = seen
+    assert reached.headers["authorization"] == f"Bearer {hosted_key}", (
+        "the edge's key, not the client's"
+    )
+    assert keys["tests"] not in json.dumps(reached.headers)
+    (at_tb4,) = [
+        line
+        for line in audit_lines(testbed, tb4)
+        if line["via_request_id"] == answers["fallback"][2]
+    ]
+    assert (at_tb4["identity"], at_tb4["team"], at_tb4["tier"]) == ("team-b", "b", "local")
+    served_by_tb4 = testbed.ssh(tb4, "cat /var/log/nginx/llmhost-audit.log")
+    assert at_tb4["request_id"] in served_by_tb4, "tb4's gateway names its edge's request id"
+
+    lines = {line["request_id"]: line for line in audit_lines(testbed, edge)}
+    expected = {
+        "local": ("tests", "research", "local"),
+        "fallback": ("team-b", "b", "fallback:fra"),
+        "hosted": ("tests", "research", "hosted"),
+        "refused": ("team-b", "b", "edge"),
+    }
+    for label, (identity, team, tier) in expected.items():
+        line = lines[answers[label][2]]
+        assert (line["identity"], line["team"], line["tier"], line["feature"]) == (
+            identity,
+            team,
+            tier,
+            "chat",
+        ), line
+
+
+def test_a_bad_key_or_an_unknown_feature_is_refused_at_the_edge(testbed, edge_hosts):
+    hosts, _ = edge_hosts
+    edge = hosts[2]
+    key = api_keys(testbed.root / "secrets")["tests"]
+    status, body = through_edge(testbed, edge, "not-a-key", completion_body())
+    assert status == 401 and b"invalid API key" in body
+    status, body = through_edge(testbed, edge, key, completion_body(), feature="poetry")
+    assert status == 400 and b"known: chat, summarise" in body
+    assert through_edge(testbed, edge, key, completion_body(), feature="summarise")[0] == 200
+    health = http.client.HTTPSConnection(
+        edge.address, EDGE_PORT, context=tls_context(testbed), timeout=10
+    )
+    health.request("GET", "/healthz")
+    assert health.getresponse().status == 200, "the edge's own health needs no key"
+
+
+def test_a_team_over_its_request_quota_gets_429_naming_it_and_others_are_not_held_back(
+    testbed, edge_hosts
+):
+    hosts, _ = edge_hosts
+    edge = hosts[2]
+    keys = api_keys(testbed.root / "secrets")
+    answers = [
+        through_edge_with_id(testbed, edge, keys["team-b"], completion_body(1)) for _ in range(6)
+    ]
+    statuses = [status for status, _, _ in answers]
+    assert 429 in statuses and statuses.count(200) <= 4, statuses
+    refused = next(answer for answer in answers if answer[0] == 429)
+    assert json.loads(refused[1])["error"]["message"] == (
+        "team b is over its quota of 4 requests a minute"
+    )
+    assert through_edge(testbed, edge, keys["tests"], completion_body(1))[0] == 200
+    lines = {line["request_id"]: line for line in audit_lines(testbed, edge)}
+    line = lines[refused[2]]
+    assert (line["identity"], line["team"], line["tier"], line["status"]) == (
+        "team-b",
+        "b",
+        "edge",
+        429,
+    )

@@ -10,9 +10,10 @@ from cryptography import x509
 
 from llmhost.errors import ConfigError
 from llmhost.render import render
-from llmhost.secrets import certificate_authority
+from llmhost.secrets import add_api_key, api_keys, certificate_authority, hosted_api_key
 from roles.edge import Member, edge
 from roles.edge.defaults import CA_FILE, CERTIFICATE, CONFIG, DROPIN, EdgeSettings
+from roles.edge.policy import FallbackCluster, HostedFallback, Identity, TeamQuota
 from roles.gateway.cutover import drain_arguments
 from tests.unit.pyinfra_plan import SECRETS_DIR, plan
 
@@ -22,6 +23,11 @@ TWO_SERVING = {
     "gpu-a": ({**SERVING, "ssh_hostname": "10.0.0.1"}, ["serving"]),
     "gpu-b": ({**SERVING, "ssh_hostname": "10.0.0.2", "gateway_port": 9000}, ["serving"]),
 }
+
+
+def setup_module() -> None:
+    if "team-a" not in api_keys(Path(SECRETS_DIR)):
+        add_api_key(Path(SECRETS_DIR), "team-a")
 
 
 def edge_plan(data=None, others=None, facts=None):
@@ -58,6 +64,25 @@ def configuration(**overrides):
             Member("gpu-a", "10.0.0.1:8000", True, "gpu-a.internal"),
             Member("gpu-b", "10.0.0.2:9000", False, "10.0.0.2"),
         ],
+        audit_tag="llmhost_edge",
+        identities_map="/etc/haproxy/llmhost/identities.map",
+        features=["chat", "summarise"],
+        team_quotas=[TeamQuota("research", 600)],
+        team_requests="llmhost_team_requests",
+        fallback_clusters=[
+            FallbackCluster("fra", "edge-fra.example:8443", "edge-fra.example", "de-fra1")
+        ],
+        hosted=HostedFallback(
+            url="https://api.example.eu/openai/v1",
+            address="api.example.eu:443",
+            host="api.example.eu",
+            path="/openai/v1",
+            key="hosted-secret",
+            region="fr-par1",
+            ca_pem=None,
+        ),
+        hosted_backend="llmhost_hosted",
+        hosted_ca_file="@system-ca",
     )
     return render("edge/edge.cfg.j2", **{**values, **overrides})
 
@@ -113,17 +138,31 @@ def test_haproxy_accepts_the_configuration(tmp_path):
     issued = authority.issue("edge", ["10.0.0.9"])
     (tmp_path / "edge.pem").write_text(issued.certificate_pem + issued.key_pem)
     (tmp_path / "ca.crt").write_text(authority.certificate_pem)
+    (tmp_path / "identities.map").write_text("k1 team-a:research:1\n")
     path = tmp_path / "edge.cfg"
-    path.write_text(configuration(certificate=tmp_path / "edge.pem", ca_file=tmp_path / "ca.crt"))
+    path.write_text(
+        configuration(
+            certificate=tmp_path / "edge.pem",
+            ca_file=tmp_path / "ca.crt",
+            identities_map=tmp_path / "identities.map",
+        )
+    )
     checked = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    warnings = [
+        line
+        for line in (checked.stdout + checked.stderr).splitlines()
+        if "WARNING" in line and "could not resolve address" not in line
+    ]
+    assert warnings == [], "only the example names, which do not resolve here, are warned of"
 
 
 def test_the_members_come_from_the_serving_group_with_their_own_ports():
     others = {**TWO_SERVING, "box": ({**SERVING, "ssh_hostname": "10.0.0.3"}, [])}
     planned = edge_plan({"edge_serving_group": "serving"}, others)
-    assert "Edge: HAProxy over 2 serving host(s)" in planned
-    assert "Edge: HAProxy over 3 serving host(s)" in edge_plan(others=others)
+    assert any(name.startswith("Edge: HAProxy over 2 serving host(s)") for name in planned)
+    everyone = edge_plan(others=others)
+    assert any(name.startswith("Edge: HAProxy over 3 serving host(s)") for name in everyone)
 
 
 @pytest.mark.parametrize(
@@ -183,3 +222,176 @@ def test_a_serving_host_behind_an_edge_drains_for_its_cutover_with_that_edges_wa
 def test_the_waits_cover_the_checks_that_move_a_host_out_and_back():
     settings = EdgeSettings(edge_check_interval_ms=2000, edge_check_fall=3, edge_check_rise=1)
     assert settings.drain_wait_s() == 9 and settings.rejoin_wait_s() == 5
+
+
+def test_the_fallback_tiers_come_after_every_serving_host_and_the_hosted_api_only_for_some():
+    text = configuration()
+    serving = text[text.index("\nbackend llmhost_serving") : text.index("\nbackend llmhost_hosted")]
+    lines = [line.strip() for line in serving.splitlines() if line.strip().startswith("server ")]
+    assert [line.split()[1] for line in lines] == ["gpu-a", "gpu-b", "fallback-fra"]
+    assert " backup " in lines[-1] and "verifyhost edge-fra.example" in lines[-1]
+    assert (
+        "http-response set-var(txn.tier) str(fallback:fra) if { srv_name fallback-fra }" in serving
+    )
+    assert "use_backend llmhost_hosted if no_cluster hosted_allowed" in text
+    assert "may not use the hosted fallback" in text
+    hosted = text[text.index("\nbackend llmhost_hosted") :]
+    assert 'http-request set-header Authorization "Bearer hosted-secret"' in hosted
+    assert "replace-path ^/v1(/.*)?$ /openai/v1\\1" in hosted
+    assert "ca-file @system-ca verifyhost api.example.eu sni str(api.example.eu)" in hosted
+    assert "del-header X-Llmhost-Edge-Request" in hosted, "our ids stay ours"
+
+
+def test_the_edges_own_health_counts_its_serving_hosts_never_its_fallbacks():
+    text = configuration()
+    assert "acl serving_here srv_is_up(llmhost_serving/gpu-a)" in text
+    assert "acl serving_here srv_is_up(llmhost_serving/gpu-b)" in text
+    assert "srv_is_up(llmhost_serving/fallback-fra)" not in text
+    assert "monitor fail unless serving_here" in text
+
+
+def test_without_a_hosted_api_an_edge_with_no_cluster_says_so():
+    text = configuration(hosted=None, fallback_clusters=[])
+    assert "backend llmhost_hosted" not in text and " backup " not in text
+    assert "there is no hosted fallback" in text
+
+
+def test_the_identity_map_and_the_configuration_are_root_only():
+    planned = edge_plan(
+        {"edge_identities": {"team-a": {"team": "research", "hosted_fallback": True}}},
+        TWO_SERVING,
+    )
+    (name,) = [n for n in planned if n.startswith("Edge: API keys of")]
+    assert "chmod 600 /etc/haproxy/llmhost/identities.map" in planned[name]
+    config = next(n for n in planned if n.startswith("Edge: HAProxy over"))
+    assert f"chmod 600 {CONFIG}" in planned[config]
+    key = api_keys(Path(SECRETS_DIR))["team-a"]
+    assert Identity("team-a", key, "research", True).map_line() == f"{key} team-a:research:1"
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "words"),
+    [
+        ({"edge_identities": {"nobody": {}}}, "edge_identities", "no key: nobody"),
+        ({"edge_identities": {"team-a": {"tean": "x"}}}, "edge_identities.team-a", "unknown tean"),
+        (
+            {"edge_identities": {"team-a": {"team": "Has Space"}}},
+            "edge_identities.team-a.team",
+            "not a name",
+        ),
+        ({"edge_features": ["chat", "a b"]}, "edge_features", "'a b' is not a name"),
+        (
+            {"edge_fallback_clusters": [{"name": "fra", "address": "x"}]},
+            "edge_fallback_clusters[0]",
+            "missing region",
+        ),
+        (
+            {
+                "edge_fallback_clusters": [
+                    {"name": "fra", "address": "http://x:1", "region": "de-fra1"}
+                ]
+            },
+            "edge_fallback_clusters[0].address",
+            "not host:port",
+        ),
+        (
+            {"edge_fallback_clusters": [{"name": "fra", "address": "x:1", "region": "Frankfurt"}]},
+            "edge_fallback_clusters[0].region",
+            "not a region",
+        ),
+        (
+            {
+                "edge_hosted_fallback": {
+                    "url": "http://api.example.eu/v1",
+                    "key_file": "k",
+                    "region": "fr-par1",
+                }
+            },
+            "edge_hosted_fallback.url",
+            "not an https:// URL",
+        ),
+        (
+            {
+                "edge_hosted_fallback": {
+                    "url": "https://api.example.eu/v1",
+                    "key_file": "absent",
+                    "region": "fr-par1",
+                }
+            },
+            "edge_hosted_fallback.key_file",
+            "does not exist",
+        ),
+    ],
+    ids=[
+        "no-key",
+        "typo",
+        "team",
+        "feature",
+        "missing",
+        "address",
+        "region",
+        "plain-url",
+        "no-key-file",
+    ],
+)
+def test_bad_policy_or_tiers_are_refused_naming_the_key(data, key, words):
+    with pytest.raises(ConfigError) as refused:
+        edge_plan(data, TWO_SERVING)
+    assert refused.value.key == key, refused.value
+    assert words in str(refused.value)
+
+
+def test_a_hosted_key_file_open_to_others_is_refused(tmp_path):
+    (tmp_path / "k").write_text("secret\n")
+    (tmp_path / "k").chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        hosted_api_key(tmp_path, "k")
+    (tmp_path / "k").chmod(0o600)
+    assert hosted_api_key(tmp_path, "k") == "secret"
+    with pytest.raises(ConfigError, match="not a file name"):
+        hosted_api_key(tmp_path, "../k")
+
+
+def test_a_fallback_edge_of_this_inventory_must_accept_this_edges_feature_tags():
+    other = {**HOST, "ssh_hostname": "10.0.0.8", "edge_serving_group": "serving"}
+    others = {**TWO_SERVING, "edge2": (other, ["edge"])}
+    data = {
+        "edge_serving_group": "serving",
+        "edge_features": ["chat"],
+        "edge_fallback_clusters": [
+            {"name": "two", "address": "10.0.0.8:8443", "region": "gb-lon1"}
+        ],
+    }
+    with pytest.raises(ConfigError) as refused:
+        edge_plan(data, others)
+    assert refused.value.key == "edge_features" and "edge edge2, which refuses" in str(
+        refused.value
+    )
+    agreeing = {**others, "edge2": ({**other, "edge_features": ["chat"]}, ["edge"])}
+    assert edge_plan(data, agreeing)
+
+
+def test_a_team_over_its_request_quota_gets_429_naming_the_team():
+    text = configuration()
+    assert "http-request track-sc0 var(txn.team) table llmhost_team_requests" in text
+    (refusal,) = [line for line in text.splitlines() if "status 429" in line]
+    assert "team research is over its quota of 600 requests a minute" in refusal
+    assert refusal.endswith("if { var(txn.team) -m str research } { sc_http_req_rate(0) gt 600 }")
+    assert "hdr Retry-After 60" in refusal
+    assert "stick-table type string len 32 size 10k expire 2m store http_req_rate(60s)" in text
+    assert "track-sc0" not in configuration(team_quotas=[])
+
+
+@pytest.mark.parametrize(
+    ("teams", "key"),
+    [
+        ({"Research": {"requests_per_minute": 5}}, "edge_teams"),
+        ({"research": {"requests_per_minute": 0}}, "edge_teams.research.requests_per_minute"),
+        ({"research": {"requests_per_hour": 5}}, "edge_teams.research"),
+    ],
+    ids=["name", "zero", "unknown-field"],
+)
+def test_a_bad_team_quota_is_refused(teams, key):
+    with pytest.raises(ConfigError) as refused:
+        edge_plan({"edge_teams": teams}, TWO_SERVING)
+    assert refused.value.key == key

@@ -548,3 +548,46 @@ def test_plain_pyinfra_refuses_deploy_site_on_a_failed_audit_before_any_operatio
     )
     assert "(and 1 more)" in output and "llmhost residency audit INVENTORY" in output
     assert "Beginning operation run" not in output
+
+
+EDGE = (
+    FLEET
+    + """
+edge = [("edge-1", {**_common, "region": "gb-lon1", "hardware": "cpu",
+         "edge_fallback_clusters": [
+             {"name": "fra", "address": "edge-fra.other.example:8443", "region": "de-fra"}],
+         "edge_hosted_fallback": {"url": "https://api.hosted.example/v1",
+                                  "key_file": "hosted-api-key", "region": "fr-par"}})]
+"""
+)
+
+
+def test_each_edge_tier_is_audited_in_the_region_its_setting_states(tmp_path):
+    code, report = audit(tmp_path, EDGE, all=DECLARED)
+    assert code == 0, report["failures"]
+    pool = rows(report, "edge-1", kind="serving-gateway")
+    assert {row["endpoint"] for row in pool} == {"gpu-1:8000", "gpu-2:8000"}
+    tiers = {row["endpoint"]: row for row in rows(report, "edge-1", kind="fallback")}
+    cluster = tiers["edge-fra.other.example:8443"]
+    assert (cluster["region"], cluster["region_from"]) == (
+        "de-fra",
+        "stated by `edge_fallback_clusters[0]`",
+    )
+    assert tiers["https://api.hosted.example/v1"]["region"] == "fr-par"
+
+
+def test_a_fallback_tier_outside_the_policy_or_against_its_declaration_fails(tmp_path):
+    outside = EDGE.replace('"region": "fr-par"', '"region": "us-east"')
+    code, report = audit(tmp_path, outside, all=DECLARED)
+    assert code == 1
+    (failure,) = report["failures"]
+    assert failure["endpoint"] == "https://api.hosted.example/v1"
+    assert "outside `residency_allowed_regions`" in failure["problem"]
+    contradicted = EDGE.replace("edge-fra.other.example", "dr.corp.example")
+    code, report = audit(tmp_path / "again", contradicted, all=DECLARED)
+    assert code == 1
+    (failure,) = report["failures"]
+    assert (
+        "stated to be in 'de-fra' by `edge_fallback_clusters[0]`, but is in 'gb-lon1'"
+        in (failure["problem"])
+    )
