@@ -129,6 +129,8 @@ class Request:
     retried: bool  # nginx sent it again (a dead pooled connection): "502, 200"
     prompt_tokens: int | None = None  # from the answer's usage; None: it reported none
     completion_tokens: int | None = None
+    team: str = ""  # as the edge in front named them ("" straight to the gateway)
+    feature: str = ""
 
 
 class Malformed(ValueError):
@@ -221,6 +223,8 @@ def parse_line(line: bytes) -> Request:
         retried=any(len(group.split(",")) > 1 for group in (upstream_status or "").split(":")),
         prompt_tokens=_tokens(record, "prompt_tokens"),
         completion_tokens=_tokens(record, "completion_tokens"),
+        team=_text(record, "team", optional=True) or "",
+        feature=_text(record, "feature", optional=True) or "",
     )
 
 
@@ -285,6 +289,8 @@ class Metrics:
         self.response_bytes: dict[Key, int] = {}
         self.retries: dict[Key, int] = {}
         self.tokens: dict[Key, int] = {}
+        self.attributed: dict[Key, int] = {}  # (identity, team, feature, kind)
+        self._attributions: set[tuple[str, str]] = set()
         self.without_usage: dict[Key, int] = {}
         self.last_request: dict[Key, float] = {}
         self.lines_read = 0
@@ -347,11 +353,24 @@ class Metrics:
         previous = self.last_request.get((colour,), 0.0)
         self.last_request[(colour,)] = max(previous, request.timestamp)
 
+    def _attribution(self, team: str, feature: str) -> tuple[str, str]:
+        # Teams and features come from the edge's configured lists: a handful. Past the
+        # same bound as identities they fold, as identities do.
+        if (team, feature) in self._attributions or not (team or feature):
+            return team, feature
+        if len(self._attributions) < self.max_identities:
+            self._attributions.add((team, feature))
+            return team, feature
+        return OTHER, OTHER
+
     def _add_tokens(self, pair: tuple[str, str], request: Request) -> None:
         counts = (("prompt", request.prompt_tokens), ("completion", request.completion_tokens))
+        team, feature = self._attribution(request.team, request.feature)
         for kind, tokens in counts:
             if tokens is not None:
                 self.tokens[(*pair, kind)] = self.tokens.get((*pair, kind), 0) + tokens
+                key = (pair[0], team, feature, kind)
+                self.attributed[key] = self.attributed.get(key, 0) + tokens
         if 200 <= request.status < 300:
             missing = request.prompt_tokens is None and request.completion_tokens is None
             colour = (pair[1],)
@@ -420,6 +439,14 @@ class Metrics:
                 "kind (prompt, completion).",
                 ("identity", "colour", "kind"),
                 self.tokens,
+            )
+            family.scalar(
+                "llmhost_gateway_attributed_tokens_total",
+                "counter",
+                "The same tokens by identity, and by the team and feature the edge in front "
+                'named (team="", feature="": no edge, or none given); what cost is counted by.',
+                ("identity", "team", "feature", "kind"),
+                self.attributed,
             )
             family.scalar(
                 "llmhost_gateway_answers_without_usage_total",

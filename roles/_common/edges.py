@@ -1,11 +1,13 @@
 """Which edges send requests to which serving hosts: the one view both sides need.
 
-The edge role writes its pool from it, and a serving host's cutover finds the edges it
-must leave (and rejoin) before it switches.
+The edge role writes its pool from it; a serving host's cutover finds the edges it must
+leave (and rejoin) before it switches, and its gateway the edges whose word on a
+request's team and feature it takes.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from pyinfra import inventory
@@ -21,6 +23,27 @@ def fronted(settings: Any) -> list[Any]:
 
 def edges_in_front_of(name: str) -> list[Any]:
     """The EdgeSettings of each edge of the inventory that sends requests to host ``name``."""
+    return [settings for _, settings in _edges_of(name)]
+
+
+def edge_sources(name: str) -> list[str]:
+    """The networks (one address each) of the edges in front of host ``name``.
+
+    An edge reached by a DNS name is left out: the gateway admits addresses, and would
+    trust a name only by resolving it.
+    """
+    from roles._common.scrapers import address_of
+
+    found = []
+    for member, _ in _edges_of(name):
+        try:
+            found.append(str(ipaddress.ip_network(address_of(member.name, member.data))))
+        except ValueError:
+            continue
+    return sorted(set(found))
+
+
+def _edges_of(name: str) -> list[tuple[Any, Any]]:
     from llmhost.settings import from_data
     from roles.edge.defaults import EdgeSettings  # its package imports this module
 
@@ -28,5 +51,5 @@ def edges_in_front_of(name: str) -> list[Any]:
     for member in inventory.get_group("edge", []):
         settings = from_data(EdgeSettings, member.data, member.name)
         if any(serving.name == name for serving in fronted(settings)):
-            found.append(settings)
+            found.append((member, settings))
     return found

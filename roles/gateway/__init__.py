@@ -41,6 +41,7 @@ from llmhost.settings import from_data
 from roles._common import checked
 from roles._common.checked import put_template
 from roles._common.checks import check_at_least, check_hostname, check_networks, on_host
+from roles._common.edges import edge_sources
 from roles._common.facts import HostState
 from roles._common.operations import firewall_rules, reload_firewall, secret_upload_options
 from roles._common.ports import check_host_ports
@@ -214,6 +215,7 @@ def configure(settings: GatewaySettings, keys: dict[str, str]) -> list[Operation
             read_timeout=settings.gateway_read_timeout_s,
             audit_log=AUDIT_LOG,
             drain_flag=GATEWAY_DRAIN_FLAG,
+            edge_sources=edge_sources(host.name),
             usage_script=USAGE_SCRIPT,
             runtime_ports=sorted(
                 from_data(RuntimeSettings, host.data, host.name).runtime_ports.items()

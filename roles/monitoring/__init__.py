@@ -121,6 +121,7 @@ def check() -> Plan:
         )
     if "monitoring" in host.groups:
         check_grafana(host.name, settings)
+        token_prices(settings)
     evaldrift.check(settings)
     return Plan(
         settings,
@@ -354,7 +355,7 @@ def server_side(settings: MonitoringSettings) -> None:
         *scrape_targets(),
         rules_installed(
             name=f"Alert rules {RULES_FILE} (promtool check rules first)",
-            content=alert_rules(),
+            content=alert_rules(settings),
             dest=RULES_FILE,
         ),
     ]
@@ -427,16 +428,51 @@ def entry(address: str, labels: dict[str, str]) -> dict[str, Any]:
     return {"targets": [address], "labels": labels}
 
 
-def alert_rules() -> str:
-    """The rules, with each serving model's time-to-first-token SLO (its `ttft_p95_ms`)."""
+def alert_rules(settings: MonitoringSettings) -> str:
+    """The rules, with each serving model's time-to-first-token SLO (its `ttft_p95_ms`),
+    and the price table that turns tokens into cost."""
     return render(
         "monitoring/rules.yml.j2",
         ttft_slos=ttft_slos(),
+        token_prices=token_prices(settings),
+        currency=settings.monitoring_currency,
         error_ratio=0.05,
         limited_ratio=0.10,
         gpu_memory_ratio=0.95,
         gpu_temperature_c=85,
     )
+
+
+TOKEN_KINDS = ("prompt", "completion")  # the `kind` label of the token counters
+
+
+def token_prices(settings: MonitoringSettings) -> list[tuple[str, float]]:
+    """(kind, price of a million tokens), checked: a typo'd kind would price nothing."""
+    prices = settings.monitoring_token_prices
+    unknown = sorted(set(prices) - set(TOKEN_KINDS))
+    if unknown:
+        raise ConfigError(
+            f"prices unknown token kinds: {', '.join(unknown)}",
+            key="monitoring_token_prices",
+            fix=f"price {' and '.join(TOKEN_KINDS)} tokens, per million",
+            host=host.name,
+        )
+    for kind, price in prices.items():
+        if price < 0:
+            raise ConfigError(
+                f"{kind}: {price} is below 0",
+                key="monitoring_token_prices",
+                fix="give a price of 0 or more per million tokens",
+                host=host.name,
+            )
+    if not re.fullmatch(r"[A-Z]{3}", settings.monitoring_currency):
+        raise ConfigError(
+            f"{settings.monitoring_currency!r} is not a currency code",
+            key="monitoring_currency",
+            fix="give its ISO 4217 code, e.g. EUR or GBP",
+            host=host.name,
+        )
+    return sorted(prices.items())
 
 
 def ttft_slos() -> list[dict[str, Any]]:

@@ -64,6 +64,13 @@ class MonitoringSettings:
         "URL Alertmanager posts alerts to (a webhook receiver: your pager's or chat's); "
         "unset: alerts are only shown in Alertmanager and Prometheus",
     )
+    monitoring_token_prices: dict[str, float] = setting(
+        {},
+        "Price of a million tokens by kind (`prompt`, `completion`), in "
+        "`monitoring_currency`: turns tokens per identity, team and feature into cost "
+        "(`llmhost:token_cost_per_second`, the Usage and cost dashboard); empty: no cost",
+    )
+    monitoring_currency: str = setting("EUR", "Currency of `monitoring_token_prices` (a label)")
     monitoring_grafana: bool = setting(
         True,
         "Grafana on `monitoring` hosts, from Grafana's signed APT repository, with llmhost's "

@@ -421,3 +421,44 @@ def test_a_team_over_its_request_quota_gets_429_naming_it_and_others_are_not_hel
         "edge",
         429,
     )
+
+
+def gateway_lines(testbed, host: TestbedHost) -> list[dict]:
+    text = testbed.ssh(host, "cat /var/log/nginx/llmhost-audit.log")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_gateways_take_team_and_feature_from_the_edge_alone_and_count_tokens_by_them(
+    testbed, edge_hosts
+):
+    hosts, _ = edge_hosts
+    tb1, tb2, edge = hosts[:3]
+    keys = api_keys(testbed.root / "secrets")
+    status, _, edge_id = through_edge_with_id(
+        testbed, edge, keys["tests"], completion_body(), feature="summarise"
+    )
+    assert status == 200
+    (line,) = [
+        line for host in (tb1, tb2) for line in gateway_lines(testbed, host)
+        if line["edge_request_id"] == edge_id
+    ]  # fmt: skip
+    assert (line["team"], line["feature"]) == ("research", "summarise")
+    assert int(line["completion_tokens"]) > 0
+
+    forged = http.client.HTTPSConnection(tb1.address, 8000, context=tls_context(testbed))
+    headers = {
+        "Authorization": f"Bearer {keys['team-b']}",
+        "X-Llmhost-Team": "research",
+        "X-Llmhost-Feature": "chat",
+    }
+    forged.request("POST", "/v1/completions", completion_body(), headers)
+    answer = forged.getresponse()
+    answer.read()
+    direct_id = answer.getheader("X-Request-Id")
+    (direct,) = [line for line in gateway_lines(testbed, tb1) if line["request_id"] == direct_id]
+    assert (direct["identity"], direct["team"], direct["feature"]) == ("team-b", "", ""), (
+        "a client straight to the gateway cannot name a team"
+    )
+    exported = [testbed.ssh(host, fetch("http://127.0.0.1:9114/metrics")) for host in (tb1, tb2)]
+    wanted = 'llmhost_gateway_attributed_tokens_total{identity="tests",team="research"'
+    assert any(wanted in metrics for metrics in exported), "the exporter counts by team"

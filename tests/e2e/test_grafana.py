@@ -67,6 +67,8 @@ NO_DATA_HERE = {
 }
 SCRAPE_INTERVAL_S = 15  # monitoring_scrape_interval_s's default, which the testbed keeps
 MIRROR_PORT = 8079
+# A price table on the monitoring host, so the cost panels have data (the tokens of the load).
+PRICED = {"monitoring_token_prices": {"prompt": 0.5, "completion": 1.5}}
 MIRROR_DIR = "/root/llmhost-e2e-grafana-mirror"
 MIRROR_UNIT = "llmhost-e2e-grafana-mirror"
 
@@ -78,7 +80,7 @@ def watched(tmp_path_factory, testbed, hosts, published):
         tmp_path_factory.mktemp("grafana") / "inventory.py",
         testbed,
         hosts,
-        **{hosts[1].name: SERVING},
+        **{hosts[0].name: PRICED, hosts[1].name: SERVING},
     )
     first = converge.run(path)
     assert first.returncode == 0 and first.errors == 0, first.stderr[-4000:]
@@ -285,7 +287,11 @@ def refused(tmp_path_factory, testbed, hosts, impostor):
         testbed,
         hosts,
         **{
-            monitor.name: {"monitoring_grafana": True, "monitoring_grafana_apt_mirror": url},
+            monitor.name: {
+                **PRICED,
+                "monitoring_grafana": True,
+                "monitoring_grafana_apt_mirror": url,
+            },
             hosts[1].name: SERVING,  # tb2 keeps serving: tb1 keeps scraping its gateway
         },
     )
@@ -358,7 +364,7 @@ def test_grafana_installs_from_its_repository_and_serves_the_dashboards(
         tmp_path / "inventory.py",
         testbed,
         hosts,
-        **{monitor.name: {"monitoring_grafana": True}, hosts[1].name: SERVING},
+        **{monitor.name: {**PRICED, "monitoring_grafana": True}, hosts[1].name: SERVING},
     )
     first = converge.run(path, limit=(monitor.name,))
     assert first.returncode == 0 and first.errors == 0, first.stderr[-4000:]

@@ -27,10 +27,15 @@ RUNBOOK = "docs/runbooks/monitoring.md#"
 SLO = {"host": "gpu-1", "model": "tiny", "seconds": 0.8}
 
 
+PRICES = [("completion", 1.5), ("prompt", 0.5)]  # per million tokens
+
+
 def rules() -> str:
     return render(
         "monitoring/rules.yml.j2",
         ttft_slos=[SLO],
+        token_prices=PRICES,
+        currency="EUR",
         error_ratio=0.05,
         limited_ratio=0.10,
         gpu_memory_ratio=0.95,
@@ -294,7 +299,9 @@ def test_the_rules_pass_promtool_check(tmp_path):
 
 
 def test_every_alert_has_a_firing_and_a_quiet_case():
-    names = [r["alert"] for g in yaml.safe_load(rules())["groups"] for r in g["rules"]]
+    names = [
+        r["alert"] for g in yaml.safe_load(rules())["groups"] for r in g["rules"] if "alert" in r
+    ]
     fired = [
         c["alert_rule_test"][0]["alertname"] for c in CASES if c["alert_rule_test"][0]["exp_alerts"]
     ]
@@ -311,6 +318,8 @@ def test_every_alert_has_its_section_in_the_runbook():
     sections = {line[3:].strip().lower() for line in runbook.splitlines() if line.startswith("## ")}
     for group in yaml.safe_load(rules())["groups"]:
         for rule in group["rules"]:
+            if "alert" not in rule:
+                continue  # a recording rule
             assert rule["annotations"]["runbook"] == RUNBOOK + rule["alert"].lower()
             assert rule["alert"].lower() in sections, rule["alert"]
 
@@ -318,6 +327,46 @@ def test_every_alert_has_its_section_in_the_runbook():
 def test_each_alert_fires_when_it_should_and_stays_quiet_otherwise(tmp_path):
     result = run_tests(tmp_path, CASES)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_tokens_are_priced_per_identity_team_and_feature_by_the_inventorys_table(tmp_path):
+    tokens = "llmhost_gateway_attributed_tokens_total"
+    labels = 'host="a",identity="alice",team="research",feature="chat"'
+    cost = {
+        "interval": "1m",
+        "input_series": [
+            # 600 prompt and 60 completion tokens a minute: 10/s and 1/s
+            {"series": f'{tokens}{{{labels},kind="prompt"}}', "values": "0+600x20"},
+            {"series": f'{tokens}{{{labels},kind="completion"}}', "values": "0+60x20"},
+        ],
+        "promql_expr_test": [
+            {
+                "expr": "llmhost:token_cost_per_second",
+                "eval_time": "10m",
+                # (10 * 0.5 + 1 * 1.5) / 1e6 per second
+                "exp_samples": [
+                    {
+                        "labels": 'llmhost:token_cost_per_second{identity="alice",team="research",'
+                        'feature="chat",currency="EUR"}',
+                        "value": 6.5e-06,
+                    }
+                ],
+            }
+        ],
+    }
+    result = run_tests(tmp_path, [cost])
+    assert result.returncode == 0, result.stdout + result.stderr
+    unpriced = render(
+        "monitoring/rules.yml.j2",
+        ttft_slos=[SLO],
+        token_prices=[],
+        currency="EUR",
+        error_ratio=0.05,
+        limited_ratio=0.10,
+        gpu_memory_ratio=0.95,
+        gpu_temperature_c=85,
+    )
+    assert "llmhost:token_cost_per_second" not in unpriced, "no price table: no cost series"
 
 
 def test_a_wrong_expectation_fails_the_suite(tmp_path):

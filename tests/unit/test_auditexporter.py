@@ -236,6 +236,32 @@ def test_tokens_are_counted_per_identity_colour_and_kind_from_the_usage_fields(l
     assert 'identity="",colour="blue",kind=' not in text  # the 401 reported no tokens
 
 
+def test_tokens_are_attributed_to_the_team_and_feature_the_edge_named(log: Path):
+    append(
+        log,
+        line(prompt_tokens="12", completion_tokens="30", team="research", feature="chat"),
+        line(prompt_tokens="8", completion_tokens="2", team="research", feature="chat"),
+        line(prompt_tokens="5", completion_tokens="1", team="research", feature=""),
+        line(prompt_tokens="4", completion_tokens="4"),  # straight to the gateway: no edge
+    )
+    metrics = Metrics(max_identities=2)
+    Tailer(str(log), metrics, from_start=True).poll()
+    text = metrics.render()
+    attributed = "llmhost_gateway_attributed_tokens_total"
+    for expected in [
+        f'{attributed}{{identity="alice",team="research",feature="chat",kind="prompt"}} 20',
+        f'{attributed}{{identity="alice",team="research",feature="chat",kind="completion"}} 32',
+        f'{attributed}{{identity="alice",team="research",feature="",kind="prompt"}} 5',
+        f'{attributed}{{identity="alice",team="",feature="",kind="completion"}} 4',
+    ]:
+        assert expected + "\n" in text, expected
+    append(log, line(prompt_tokens="1", completion_tokens="1", team="third", feature="x"))
+    Tailer(str(log), metrics, from_start=True).poll()
+    assert f'{attributed}{{identity="alice",team="_other",feature="_other",kind="prompt"}} 1' in (
+        metrics.render()
+    ), "past the bound, teams and features fold as identities do"
+
+
 @pytest.mark.parametrize("value", ["-1", "1.5", "12a", "١٢", 12])
 def test_a_token_count_that_is_not_digits_makes_the_line_malformed(log: Path, value: Any):
     append(log, line(prompt_tokens=value, completion_tokens="3"))

@@ -180,8 +180,20 @@ def runtimectl_nvml_missing() -> Exception:
     return nvml.NvmlLibraryNotFound(nvml.LIBRARY_NOT_FOUND, "nvmlInit_v2")
 
 
+def recorded() -> set[str]:
+    """The names the project's recording rules make (the cost), as the role renders them."""
+    from tests.unit.test_alert_rules import rules
+
+    return {
+        rule["record"]
+        for group in yaml.safe_load(rules())["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    }
+
+
 def emitted() -> set[str]:
-    return exporter_names() | PROMETHEUS | NODE_EXPORTER | LLAMA_CPP | VLLM
+    return exporter_names() | recorded() | PROMETHEUS | NODE_EXPORTER | LLAMA_CPP | VLLM
 
 
 # -- the queries of a dashboard ----------------------------------------------------------------
@@ -302,9 +314,15 @@ def metric_names(expr: str) -> set[str]:
 # -- the tests ---------------------------------------------------------------------------------
 
 
-def test_the_four_dashboards_are_there_with_their_uids_and_say_they_are_managed():
+def test_the_five_dashboards_are_there_with_their_uids_and_say_they_are_managed():
     titles = {board["title"]: name for name, board in BOARDS.items()}
-    assert set(titles) == {"Cluster health", "Incident timeline", "Runtime", "Quality"}
+    assert set(titles) == {
+        "Cluster health",
+        "Incident timeline",
+        "Runtime",
+        "Quality",
+        "Usage and cost",
+    }
     for name, board in BOARDS.items():
         assert board["uid"] == f"llmhost-{name}", name
         assert board["description"].startswith("managed by llmhost"), name
@@ -436,6 +454,8 @@ def test_the_dashboards_cover_what_each_is_for():
     ]
     assert tokens, "a panel of tokens per identity"
     assert {"llmhost_eval_score", "llmhost_eval_drift_cases"} <= names("quality")
+    cost = names("usage-cost", "Cost per team and feature, per hour")
+    assert cost == {"llmhost:token_cost_per_second"}, "cost from the inventory's price table"
 
 
 # -- with Prometheus's own parser and evaluator ---------------------------------------------

@@ -41,6 +41,7 @@ def site_conf(**overrides: object) -> str:
         metrics_allow=["10.231.1.2/32"],
         usage_script="/etc/nginx/llmhost/usage.js",
         drain_flag="/run/llmhost-gateway-drain",
+        edge_sources=["10.0.0.9/32"],
     )
     return render("gateway/llmhost-gateway.conf.j2", **{**values, **overrides})
 
@@ -52,6 +53,15 @@ def test_the_health_check_answers_503_while_the_host_drains_and_the_engine_other
     assert "if (-f /run/llmhost-gateway-drain) {" in health
     assert "return 503 " in health
     assert health.rstrip().endswith("proxy_pass http://llmhost_runtime/health;")
+
+
+def test_team_and_feature_are_taken_from_the_edges_in_front_alone():
+    conf = site_conf()
+    geo = conf[conf.index("geo $llmhost_from_edge {") :]
+    assert geo[: geo.index("}")].split("\n")[1:3] == ["    default 0;", "    10.0.0.9/32 1;"]
+    assert 'map "$llmhost_from_edge:$http_x_llmhost_team" $llmhost_team {' in conf
+    assert '"~^1:(?<team>[a-z0-9][a-z0-9-]{0,31})$" $team;' in conf
+    assert '"team":"$llmhost_team","feature":"$llmhost_feature"' in conf
 
 
 def test_answers_pass_through_the_usage_counter_and_their_tokens_reach_the_audit_line():

@@ -13,6 +13,7 @@ from llmhost.errors import ConfigError
 from roles._common import checked
 from roles._common.scrapers import scrape_sources
 from roles.monitoring import alert_rules, member_targets, monitoring
+from roles.monitoring.defaults import MonitoringSettings
 from tests.unit import test_runtime_role as runtime_tests
 from tests.unit.pyinfra_plan import per_argument, plan, record_calls
 from tests.unit.test_model_role import host_data as serving_data
@@ -124,7 +125,7 @@ def test_a_unit_started_or_restarted_in_the_run_is_not_also_reloaded(
 
 def test_rules_already_installed_are_not_checked_or_uploaded_again():
     with ctx_inventory.use(Inventory(([("host1", dict(CPU))], {}))):
-        installed = hashlib.sha256(alert_rules().encode()).hexdigest()
+        installed = hashlib.sha256(alert_rules(MonitoringSettings()).encode()).hexdigest()
     facts = {"Sha256File": per_argument({"path=/etc/prometheus/rules/llmhost.yml": installed})}
     planned = plan(monitoring, dict(CPU), facts=facts, groups=["monitoring"])
     assert (
@@ -169,3 +170,21 @@ def test_bad_monitoring_settings_are_refused_naming_the_key(data, key):
     with pytest.raises(ConfigError) as raised:
         plan(monitoring, {**CPU, **data})
     assert raised.value.key == key
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"monitoring_token_prices": {"prompt": 0.5, "input": 1.0}}, "monitoring_token_prices"),
+        ({"monitoring_token_prices": {"prompt": -1.0}}, "monitoring_token_prices"),
+        (
+            {"monitoring_token_prices": {"prompt": 1.0}, "monitoring_currency": "euro"},
+            "monitoring_currency",
+        ),
+    ],
+    ids=["unknown-kind", "negative", "currency"],
+)
+def test_a_bad_price_table_is_refused_on_the_monitoring_host(data, key):
+    with pytest.raises(ConfigError) as refused:
+        plan(monitoring, {**CPU, **data}, groups=["monitoring"])
+    assert refused.value.key == key
