@@ -374,7 +374,7 @@ def server_side(settings: MonitoringSettings) -> None:
     grafana(settings)
 
 
-TARGET_JOBS = ("node", "gpu", "gateway", "runtime", "registry")
+TARGET_JOBS = ("node", "gpu", "gateway", "runtime", "registry", "edge")
 
 
 def scrape_targets() -> list[OperationMeta]:
@@ -421,6 +421,9 @@ def member_targets(
     if "registry" in groups:
         port = ports_in_use(name, data, groups)["registry_metrics_port"]
         found.append(("registry", entry(target(name, data, port), labels)))
+    if "edge" in groups:
+        port = ports_in_use(name, data, groups)["edge_metrics_port"]
+        found.append(("edge", entry(target(name, data, port), labels)))
     return found
 
 

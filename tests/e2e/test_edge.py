@@ -26,7 +26,7 @@ from llmhost.secrets import add_api_key, api_keys, certificate_authority
 from llmhost.testing.hostedapi import ANSWER, HostedApi
 from llmhost.testing.testbed import Testbed, TestbedHost
 from roles.edge.defaults import ADMIN_SOCKET, AUDIT_TAG, CONFIG, EdgeSettings
-from tests.e2e.conftest import connect_testinfra
+from tests.e2e.conftest import connect_testinfra, publish
 from tests.e2e.test_gateway import LOAD_LIMITS, completion_body, state, tls_context
 
 pytestmark = pytest.mark.e2e
@@ -90,6 +90,7 @@ def edge_inventory(path, testbed: Testbed, hosts: list[TestbedHost], model: str)
 def edge_hosts(testbed, published, tmp_path_factory):
     """The four converged: tb1 and tb2 serving rt-one behind tb3, and tb4 (serving, its own
     edge) as the second cluster; then tb3 blank again and tb4 gone."""
+    publish(testbed)  # earlier modules bring hosts back blank: tb1's registry again first
     secrets = testbed.root / "secrets"
     if "team-b" not in api_keys(secrets):
         add_api_key(secrets, "team-b")

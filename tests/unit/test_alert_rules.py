@@ -218,6 +218,18 @@ CASES = [
         'llmhost_gateway_requests_total{host="a",identity="t",colour="blue",status="429"}':
             "0+1x40",
     }, "30m", []),
+    # the edge
+    case("EdgeNoLocalHost", {
+        'haproxy_backend_active_servers{job="edge",host="e",proxy="llmhost_serving"}': "2 0x5",
+    }, "4m", [
+        alert("EdgeNoLocalHost", {"severity": "page", "job": "edge", "host": "e",
+                                  "proxy": "llmhost_serving"},
+              "e: no serving host of the edge's own cluster is up: requests go to the "
+              "fallback tiers, or are refused"),
+    ]),
+    case("EdgeNoLocalHost", {
+        'haproxy_backend_active_servers{job="edge",host="e",proxy="llmhost_serving"}': "2 1x5",
+    }, "4m", []),
     # GPUs
     case("GpuMemoryNearlyFull", {
         f"DCGM_FI_DEV_FB_USED{{{GPU}}}": "47000x10", f"DCGM_FI_DEV_FB_FREE{{{GPU}}}": "1000x10",

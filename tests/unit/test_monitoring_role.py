@@ -188,3 +188,10 @@ def test_a_bad_price_table_is_refused_on_the_monitoring_host(data, key):
     with pytest.raises(ConfigError) as refused:
         plan(monitoring, {**CPU, **data}, groups=["monitoring"])
     assert refused.value.key == key
+
+
+def test_an_edge_host_is_scraped_on_its_metrics_port():
+    edge = {**CPU, "ssh_hostname": "10.0.0.5", "edge_metrics_port": 8406}
+    jobs = {job: entry["targets"] for job, entry in member_targets("edge-1", edge, ["edge"])}
+    assert jobs["edge"] == ["10.0.0.5:8406"]
+    assert "edge" not in dict(member_targets("edge-1", edge, []))
