@@ -1,17 +1,20 @@
 """Role edge: one endpoint for the fleet, HAProxy over the serving hosts' gateways.
 
 preflight  settings and ports; the serving hosts it fronts (`edge_serving_group`), each
-           gateway open to this edge; the CA its gateways' certificates must chain to
+           gateway open to this edge; identities, teams, features and quotas; the fallback
+           tiers (other regions' edges, the hosted API and its key); the CA of the gateways
 install    Debian's HAProxy
-configure  its certificate (from the llmhost CA), the CA it verifies the gateways by, our
-           configuration and a drop-in that points the vendor unit at it, the firewall
-service    HAProxy checked (`haproxy -c`) and reloaded gracefully when a file changed:
-           listeners are handed over, requests in flight finish
+configure  its certificate (from the llmhost CA), the CAs it verifies by, the root-only key
+           map and configuration, a drop-in that points the vendor unit at it, the firewall
+service    HAProxy checked (`haproxy -c`) and reloaded gracefully when a file changed
+           (listeners are handed over, requests in flight finish); restarted when the
+           drop-in changed
 
 Every serving host is health-checked (`GET /healthz` on its gateway, which answers 503
 while the host drains for a cutover) and requests go to the one with the fewest in
 flight. A request whose host failed before the first byte of an answer is sent to
-another; an answer under way is never repeated. The gateways check the API keys.
+another; an answer under way is never repeated. With no serving host up, requests go to
+the fallback tiers in order (policy.py reads them).
 """
 
 from __future__ import annotations
@@ -218,9 +221,7 @@ def members(settings: EdgeSettings) -> list[Member]:
         found.append(
             Member(
                 name=member.name,
-                address=f"[{address}]:{gateway.gateway_port}"
-                if ":" in address
-                else f"{address}:{gateway.gateway_port}",
+                address=join_host_port(address, gateway.gateway_port),
                 tls=gateway.gateway_tls,
                 verify_name=(gateway.gateway_server_names or [address])[0],
             )

@@ -15,9 +15,7 @@ import json
 import re
 import secrets as secrets_module
 import shlex
-import threading
 import time
-from dataclasses import dataclass, field
 
 import pytest
 
@@ -27,7 +25,7 @@ from llmhost.testing.hostedapi import ANSWER, HostedApi
 from llmhost.testing.testbed import Testbed, TestbedHost
 from roles.edge.defaults import ADMIN_SOCKET, AUDIT_TAG, CONFIG, EdgeSettings
 from tests.e2e.conftest import connect_testinfra, publish
-from tests.e2e.test_gateway import LOAD_LIMITS, completion_body, state, tls_context
+from tests.e2e.test_gateway import LOAD_LIMITS, Load, completion_body, state, tls_context
 
 pytestmark = pytest.mark.e2e
 
@@ -192,55 +190,6 @@ def fetch(url: str) -> str:
     return f"python3 -c {shlex.quote(code)}"
 
 
-@dataclass
-class EdgeLoad:
-    """Streaming clients through the edge, each request on a new connection, until stopped."""
-
-    testbed: object
-    edge: TestbedHost
-    key: str
-    clients: int = 12
-    ok: int = 0
-    failed: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def one(self) -> None:
-        try:
-            status, data = through_edge(
-                self.testbed, self.edge, self.key, completion_body(8, stream=True)
-            )
-            good = status == 200 and data.rstrip().endswith(b"data: [DONE]")
-            problem = f"{status}: {data[-200:]!r}"
-        except (OSError, http.client.HTTPException) as error:
-            good, problem = False, repr(error)
-        with self.lock:
-            if good:
-                self.ok += 1
-            else:
-                self.failed.append(problem)
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            self.one()
-
-    def __enter__(self) -> EdgeLoad:
-        self.threads = [threading.Thread(target=self.run) for _ in range(self.clients)]
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=120)
-
-    def wait_for(self, total: int, timeout: float = 600) -> None:
-        deadline = time.monotonic() + timeout
-        while self.ok + len(self.failed) < total and time.monotonic() < deadline:
-            time.sleep(0.5)
-
-
 def pool_changes(testbed, edge: TestbedHost, since: str) -> list[tuple[str, str]]:
     """(server, "DOWN" or "UP") in the order HAProxy logged them since ``since``.
 
@@ -260,7 +209,9 @@ def test_each_host_leaves_the_pool_for_its_cutover_in_turn_and_no_request_fails(
     before = {host.name: state(testbed, host)["active"] for host in hosts[:2]}
     since = testbed.ssh(edge, "date -u '+%Y-%m-%d %H:%M:%S'").strip()
     path = edge_inventory(tmp_path / "inventory.py", testbed, hosts, "rt-two")
-    with EdgeLoad(testbed, edge, key) as load:
+    streamed = completion_body(8, stream=True)
+    send = lambda: through_edge(testbed, edge, key, streamed)  # noqa: E731
+    with Load(testbed, edge, key, clients=12, send=send) as load:
         load.wait_for(100)
         deployed = converge.run(path)  # both hosts: pull, stage, gate, then cut over in turn
         load.wait_for(load.ok + len(load.failed) + 100)

@@ -12,6 +12,7 @@ import json
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,12 +204,16 @@ def test_the_second_run_changes_nothing(tmp_path, testbed, hosts, gateway_host):
 
 @dataclass
 class Load:
-    """Streaming clients in threads, each request on a new connection, until stopped."""
+    """Streaming clients in threads, each request on a new connection, until stopped.
+
+    Each goes to ``host``'s gateway, or through ``send`` (() -> (status, body)) when given.
+    """
 
     testbed: object
     host: object
     key: str
     clients: int = 20
+    send: Callable[[], tuple[int, bytes]] | None = None
     ok: int = 0
     failed: list[str] = field(default_factory=list)
     colours: set[str] = field(default_factory=set)
@@ -217,9 +222,12 @@ class Load:
 
     def one(self) -> None:
         try:
-            status, data, _ = request(
-                self.testbed, self.host, self.key, completion_body(8, stream=True)
-            )
+            if self.send is not None:
+                status, data = self.send()
+            else:
+                status, data, _ = request(
+                    self.testbed, self.host, self.key, completion_body(8, stream=True)
+                )
             good = status == 200 and data.rstrip().endswith(b"data: [DONE]")
             problem = f"{status}: {data[-200:]!r}"
         except (OSError, http.client.HTTPException) as error:
