@@ -11,13 +11,15 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from llmhost.messages import run_relayed
 from llmhost.paths import REPO_ROOT
 
 SITE = "deploy/site.py"
+ROLLBACK = "deploy/rollback.py"
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,23 @@ def rollout_batches(names: list[str], batch_size: int, canary: int) -> list[list
     return [first] + [rest[i : i + batch_size] for i in range(0, len(rest), batch_size)]
 
 
+class Judged(Protocol):
+    """A canary's verdict (llmhost.canary.Verdict)."""
+
+    @property
+    def decision(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
+
+
+class CanaryShare(Protocol):
+    """A percentage canary (llmhost.canary.Canary): its share set on the edges while the
+    first batch converges, the judge it yields called after."""
+
+    def sharing(self) -> AbstractContextManager[Callable[[], Judged]]: ...
+
+
 def roll_out(
     inventory: str,
     deploy: str,
@@ -162,21 +181,31 @@ def roll_out(
     batch_size: int,
     canary: int,
     on_progress: Callable[[BatchProgress], None],
+    share: CanaryShare | None = None,
 ) -> None:
-    """Run ``deploy`` batch by batch; a batch with a failed host stops the rollout.
+    """Run ``deploy`` batch by batch; a batch with a failed host stops the rollout, and so
+    does a canary (``share``: the first batch, judged behind the edges) not promoted.
 
     Stopping there is the point of batching: a bad release reaches the canary, not
     the fleet. A second rollout is safe because hosts already done change nothing.
     """
     batches = rollout_batches(names, batch_size, canary)
     for number, batch in enumerate(batches, 1):
+        untouched = ", ".join(n for b in batches[number:] for n in b) or "none"
         on_progress(BatchProgress(number, len(batches), batch))
-        result = run(inventory, deploy, limit=tuple(batch), stream_stderr=True)
-        if result.returncode != 0 or result.errors:
-            untouched = [n for b in batches[number:] for n in b]
-            raise RolloutFailed(
-                f"batch {number} failed; rollout stopped. Not touched: "
-                f"{', '.join(untouched) or 'none'}. Fix the failure, then deploy again "
-                "(hosts already done change nothing)"
-            )
-        on_progress(BatchProgress(number, len(batches), batch, result))
+        sharing = share.sharing() if share is not None and number == 1 else nullcontext(None)
+        with sharing as judge:
+            result = run(inventory, deploy, limit=tuple(batch), stream_stderr=True)
+            if result.returncode != 0 or result.errors:
+                raise RolloutFailed(
+                    f"batch {number} failed; rollout stopped. Not touched: {untouched}. Fix "
+                    "the failure, then deploy again (hosts already done change nothing)"
+                )
+            on_progress(BatchProgress(number, len(batches), batch, result))
+            if judge is not None:
+                verdict = judge()
+                if verdict.decision != "promoted":
+                    raise RolloutFailed(
+                        f"canary {', '.join(batch)} {verdict.decision}: {verdict.reason}; "
+                        f"rollout stopped. Not touched: {untouched}"
+                    )

@@ -15,10 +15,6 @@ def collect(inventory: str, limit: tuple[str, ...] = ()) -> list[tuple[str, dict
     from pyinfra.context import ctx_host, ctx_state
 
     from llmhost.inventory import load_inventory
-    from llmhost.onhost.layout import GATEWAY_UPSTREAM
-    from llmhost.settings import from_data
-    from roles._common.onhost import runtimectl
-    from roles.runtime.defaults import RuntimeSettings
 
     logging.getLogger("pyinfra").setLevel(logging.CRITICAL)
     found = load_inventory(inventory)
@@ -42,9 +38,7 @@ def collect(inventory: str, limit: tuple[str, ...] = ()) -> list[tuple[str, dict
         if host not in state.activated_hosts:
             rows.append((host.name, {"error": "unreachable over SSH"}))
             continue
-        ports = from_data(RuntimeSettings, host.data, host.name).runtime_ports
-        pairs = ",".join(f"{c}={p}" for c, p in sorted(ports.items()))
-        command = runtimectl("status", "--upstream", GATEWAY_UPSTREAM, "--ports", pairs)
+        command = status_command(host.name, host.data)
         with ctx_state.use(state), ctx_host.use(host):
             ok, output = host.run_shell_command(command)
         text = "\n".join(output.stdout_lines)
@@ -53,3 +47,15 @@ def collect(inventory: str, limit: tuple[str, ...] = ()) -> list[tuple[str, dict
         except ValueError:
             rows.append((host.name, {"error": f"unexpected answer: {text[:200]}"}))
     return rows
+
+
+def status_command(name: str, data: Any) -> str:
+    """The command that prints serving host ``name``'s status as JSON (runtimectl's)."""
+    from llmhost.onhost.layout import GATEWAY_UPSTREAM
+    from llmhost.settings import from_data
+    from roles._common.onhost import runtimectl
+    from roles.runtime.defaults import RuntimeSettings
+
+    ports = from_data(RuntimeSettings, data, name).runtime_ports
+    pairs = ",".join(f"{c}={p}" for c, p in sorted(ports.items()))
+    return runtimectl("status", "--upstream", GATEWAY_UPSTREAM, "--ports", pairs)

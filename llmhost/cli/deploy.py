@@ -140,13 +140,18 @@ def _roll_out(
     inventory: str, deploy: str, names: list[str], batch_size: int, canary: int, yes: bool
 ) -> None:
     """Show the batches, ask once (unless ``yes``), then roll out with progress on stderr."""
+    from llmhost.canary import Canary
+
     batches = converge.rollout_batches(names, batch_size, canary)
     plan = "; ".join(f"{n}: {', '.join(b)}" for n, b in enumerate(batches, 1))
     say(f"rollout in {len(batches)} batch(es): {plan}")
+    share = Canary.planned(inventory, batches[0], say)
+    if share is not None:
+        say(share.describe())
     if not yes:
         click.confirm("Apply, batch by batch?", abort=True, err=True)
     try:
-        converge.roll_out(inventory, deploy, names, batch_size, canary, _echo_batch)
+        converge.roll_out(inventory, deploy, names, batch_size, canary, _echo_batch, share)
     except converge.RolloutFailed as error:
         raise LlmhostFailure(str(error)) from error
 
@@ -174,7 +179,7 @@ def rollback(inventory: str, hosts: tuple[str, ...]) -> None:
     say(f"rollback: {', '.join(names)}")
     result = converge.run(
         os.path.abspath(inventory),
-        str(REPO_ROOT / "deploy" / "rollback.py"),
+        str(REPO_ROOT / converge.ROLLBACK),
         limit=hosts,
         stream_stderr=True,
     )
@@ -212,6 +217,16 @@ def _echo_host_status(name: str, found: dict[str, Any]) -> None:
         label = f"{release.get('id')} {release.get('model')}" if release else "no release"
         click.echo(f"  {colour:5} {label:40} {info['health']}")
     click.echo(f"  last gate: {_gate_line(found['last_gate'])}")
+    if found.get("last_canary"):
+        click.echo(f"  last canary: {_canary_line(found['last_canary'])}")
+
+
+def _canary_line(verdict: dict[str, Any]) -> str:
+    edges = ", ".join(verdict.get("edges") or [])
+    return (
+        f"release {verdict.get('release')} {verdict.get('decision')}: {verdict.get('reason')} "
+        f"({verdict.get('percent')}% through {edges}; {verdict.get('time')})"
+    )
 
 
 def _gate_line(verdict: dict[str, Any] | None) -> str:

@@ -323,6 +323,28 @@ def record_gate(state: dict[str, Any], colour: str, verdict: dict[str, Any]) -> 
     return {**state, "colours": colours, "last_gate": verdict, "history": history[-100:]}
 
 
+CANARY_DECISIONS = ("promoted", "rolled back", "inconclusive")
+
+
+def record_canary(state: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
+    """The state after a rollout judged this host's release as its canary behind the edges."""
+    if verdict.get("decision") not in CANARY_DECISIONS or not isinstance(
+        verdict.get("release"), str
+    ):
+        raise ValueError(
+            f"a canary verdict needs a release and a decision ({', '.join(CANARY_DECISIONS)})"
+        )
+    history = list(state.get("history") or [])
+    history.append(
+        {
+            "time": verdict.get("time"),
+            "event": f"canary {verdict['decision']}",
+            "release": verdict["release"],
+        }
+    )
+    return {**state, "last_canary": verdict, "history": history[-100:]}
+
+
 def gate_passed(state: dict[str, Any], colour: str) -> bool:
     """The release ``colour`` runs now has passed its gate."""
     staged = (state.get("colours") or {}).get(colour) or {}
@@ -586,6 +608,7 @@ def host_status(state_path: Path, ports: dict[str, int], upstream: Path) -> dict
         "gateway_sends_to": gateway,
         "colours": colours,
         "last_gate": state.get("last_gate"),
+        "last_canary": state.get("last_canary"),
         "last_event": (state.get("history") or [None])[-1],
     }
 
@@ -665,6 +688,9 @@ def _parser() -> argparse.ArgumentParser:
     gate_rec.add_argument("--state", type=Path, default=STATE_FILE)
     gate_rec.add_argument("--colour", choices=COLOURS, required=True)
     gate_rec.add_argument("--verdict", type=Path, required=True, help="JSON: release, passed…")
+    canary_rec = commands.add_parser("canary-record", help="record a canary's verdict")
+    canary_rec.add_argument("--state", type=Path, default=STATE_FILE)
+    canary_rec.add_argument("--verdict", required=True, help="JSON: release, decision, reason…")
     commands.add_parser("state-metrics", help="write the state's metrics for node exporter")
     gate_chk = commands.add_parser("gate-check", help="fail unless the release passed its gate")
     gate_chk.add_argument("--state", type=Path, default=STATE_FILE)
@@ -730,6 +756,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return generate_command(base, args)
     if args.command in ("gate-record", "gate-check"):
         return gate_command(args)
+    if args.command == "canary-record":
+        return canary_command(args)
     if args.command == "status":
         ports = parse_ports(args.ports)
         if ports is None:
@@ -807,6 +835,20 @@ def gate_command(args: argparse.Namespace) -> int:
         message += f"; {args.colour} was stopped, {state.get('active') or 'no colour'} serves"
     print(message, file=sys.stderr)
     return EXIT_FAILED
+
+
+def canary_command(args: argparse.Namespace) -> int:
+    try:
+        verdict = json.loads(args.verdict)
+        if not isinstance(verdict, dict):
+            raise ValueError("--verdict must be a JSON object")
+        with locked(args.state):
+            write_state(args.state, record_canary(read_state(args.state), verdict))
+    except (OSError, ValueError) as error:
+        print(f"canary-record: {error}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    print(f"canary {verdict['decision']} recorded for release {verdict['release']}")
+    return EXIT_OK
 
 
 def parse_ports(text: str) -> dict[str, int] | None:

@@ -60,6 +60,8 @@ from roles.edge.defaults import (
     AUDIT_TAG,
     BACKEND,
     CA_FILE,
+    CANARY_BACKEND,
+    CANARY_MAP,
     CERTIFICATE,
     CONFIG,
     DROPIN,
@@ -118,6 +120,7 @@ def check() -> Plan:
         1,
     )
     check_at_least(host.name, settings, ("edge_retries",), 0)
+    policy.canary_rule(host.name, settings)  # read again by a rollout: checked here first
     check_networks(host.name, "edge_allow_from", settings.edge_allow_from)
     for name in settings.edge_server_names:
         check_hostname(host.name, "edge_server_names", name)
@@ -314,6 +317,13 @@ def configure(plan: Plan) -> tuple[list[OperationMeta], OperationMeta]:
             mode="0600",
             create_remote_dir=False,
         ),
+        checked.put(
+            name="Edge: no canary share on disk (a rollout sets one at runtime)",
+            src=StringIO("percent 0\n"),
+            dest=CANARY_MAP,
+            mode="0644",
+            create_remote_dir=False,
+        ),
         hosted_ca(plan.hosted),
         put_template(
             **upload,
@@ -331,6 +341,8 @@ def configure(plan: Plan) -> tuple[list[OperationMeta], OperationMeta]:
             ca_file=CA_FILE,
             admin_socket=ADMIN_SOCKET,
             backend=BACKEND,
+            canary_backend=CANARY_BACKEND,
+            canary_map=CANARY_MAP,
             timeout=settings.edge_timeout_s,
             retries=settings.edge_retries,
             interval_ms=settings.edge_check_interval_ms,

@@ -21,6 +21,10 @@ PACKAGES = ["haproxy", "socat"]  # socat: the admin socket, by hand (runbook)
 BACKEND = "llmhost_serving"  # the backend of the serving hosts, as the admin socket names it
 HOSTED_BACKEND = "llmhost_hosted"
 TEAM_REQUESTS = "llmhost_team_requests"  # the stick table of each team's request rate
+# A rollout's canary: the hosts of its first batch, one server each in this backend
+# (disabled until a rollout enables them), drawn for the share the map's `percent` gives.
+CANARY_BACKEND = "llmhost_canary"
+CANARY_MAP = f"{EDGE_DIR}/canary.map"  # `percent 0` on disk; a rollout sets it at runtime
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,29 @@ class EdgeSettings:
     )
     edge_allow_from: list[str] = setting(
         [], "Source networks (CIDR) allowed to reach the edge; empty means from anywhere"
+    )
+    edge_canary_percent: int = setting(
+        0,
+        "Share of this edge's requests (0-99) the first batch of a rolling deploy "
+        "(`llmhost deploy --batch-size`) takes while it is judged; 0: no percentage canary",
+    )
+    edge_canary_window_s: int = setting(
+        300, "Seconds the canary is judged for before the rollout goes on"
+    )
+    edge_canary_max_error_percent: float = setting(
+        1.0,
+        "Most 5xx answers, in percent of the canary's answers, before it is rolled back "
+        "(judged as soon as it has `edge_canary_min_requests` answers)",
+    )
+    edge_canary_max_latency_ratio: float = setting(
+        2.0,
+        "Most the canary's mean time to an answer's first byte may be, as a multiple of "
+        "the other hosts' (judged at the end of the window); 0: not judged",
+    )
+    edge_canary_min_requests: int = setting(
+        20,
+        "Fewest answers the canary must give within its window to be judged; fewer, and "
+        "the rollout stops there, the canary neither promoted nor rolled back",
     )
 
     def drain_wait_s(self) -> float:

@@ -226,3 +226,55 @@ def hosted_fallback(host: str, settings: EdgeSettings, secrets: Path) -> HostedF
         region=check_region(host, f"{key}.region", entry["region"]),
         ca_pem=ca_pem,
     )
+
+
+@dataclass(frozen=True)
+class CanaryRule:
+    """How a rollout's first batch is judged behind this edge (`edge_canary_*`)."""
+
+    percent: int
+    window_s: int
+    max_error_percent: float
+    max_latency_ratio: float  # 0: latency not judged
+    min_requests: int
+
+
+def canary_rule(host: str, settings: EdgeSettings) -> CanaryRule | None:
+    """The edge's canary rule, or None when it takes no percentage canary (percent 0)."""
+    percent = settings.edge_canary_percent
+    if not 0 <= percent <= 99:
+        raise refuse(
+            host,
+            "edge_canary_percent",
+            f"{percent} is not a share from 0 to 99",
+            "give the canary's percent of the edge's requests (0: no percentage canary)",
+        )
+    if not 0 <= settings.edge_canary_max_error_percent <= 100:
+        raise refuse(
+            host,
+            "edge_canary_max_error_percent",
+            f"{settings.edge_canary_max_error_percent} is not a percentage",
+            "give the most 5xx answers, in percent of the canary's, e.g. 1.0",
+        )
+    ratio = settings.edge_canary_max_latency_ratio
+    if ratio != 0 and ratio < 1:
+        raise refuse(
+            host,
+            "edge_canary_max_latency_ratio",
+            f"{ratio} would roll back a canary as fast as the other hosts",
+            "give 1 or more (e.g. 2.0: twice the others' time to first byte), or 0",
+        )
+    for key, minimum in (("edge_canary_window_s", 10), ("edge_canary_min_requests", 1)):
+        if getattr(settings, key) < minimum:
+            raise refuse(
+                host, key, f"{getattr(settings, key)} is below {minimum}", f"use {minimum} or more"
+            )
+    if percent == 0:
+        return None
+    return CanaryRule(
+        percent,
+        settings.edge_canary_window_s,
+        settings.edge_canary_max_error_percent,
+        ratio,
+        settings.edge_canary_min_requests,
+    )

@@ -10,7 +10,9 @@ RUN_LAST).
 
 from __future__ import annotations
 
+import csv
 import http.client
+import io
 import json
 import re
 import secrets as secrets_module
@@ -23,8 +25,8 @@ from llmhost import converge
 from llmhost.secrets import add_api_key, api_keys, certificate_authority
 from llmhost.testing.hostedapi import ANSWER, HostedApi
 from llmhost.testing.testbed import Testbed, TestbedHost
-from roles.edge.defaults import ADMIN_SOCKET, AUDIT_TAG, CONFIG, EdgeSettings
-from tests.e2e.conftest import connect_testinfra, publish
+from roles.edge.defaults import ADMIN_SOCKET, AUDIT_TAG, CANARY_MAP, CONFIG, EdgeSettings
+from tests.e2e.conftest import cli, connect_testinfra, publish
 from tests.e2e.test_gateway import LOAD_LIMITS, Load, completion_body, state, tls_context
 
 pytestmark = pytest.mark.e2e
@@ -39,11 +41,19 @@ HOSTED_KEY_FILE = "hosted-api-key"
 SECOND_REGION = "de-testbed"
 
 
-def edge_inventory(path, testbed: Testbed, hosts: list[TestbedHost], model: str) -> str:
+def edge_inventory(
+    path,
+    testbed: Testbed,
+    hosts: list[TestbedHost],
+    model: str,
+    serving_extra: dict | None = None,
+    edge_extra: dict | None = None,
+) -> str:
     """tb1 and tb2 serve ``model`` (tb1 is also the registry and monitoring host) behind
     tb3, the edge; tb4 is a second cluster in another region, its own edge in front of its
     own gateway. tb3 falls back to tb4's edge, then to the hosted API (a stand-in on this
-    machine) for the `tests` identity alone."""
+    machine) for the `tests` identity alone. The extras are added to tb1's and tb2's data,
+    and to tb3's."""
     tb3, tb4 = hosts[2:]
     secrets = testbed.root / "secrets"
     # Identities and features are the organisation's, the same on every edge (in a real
@@ -69,11 +79,11 @@ def edge_inventory(path, testbed: Testbed, hosts: list[TestbedHost], model: str)
             "ca_file": str(secrets / "ca" / "ca.crt"),
         },
     }
-    serving = {"model_name": model, **LOAD_LIMITS}
+    serving = {"model_name": model, **LOAD_LIMITS, **(serving_extra or {})}
     data = {
         "tb1": serving,
         "tb2": serving,
-        "tb3": edge,
+        "tb3": {**edge, **(edge_extra or {})},
         "tb4": {**serving, **policy, "region": SECOND_REGION, "edge_serving_group": "cluster2"},
     }
     entries = [(h.name, {**testbed.inventory_data(h), **data[h.name]}) for h in hosts]
@@ -117,7 +127,7 @@ def through_edge(
     return status, data
 
 
-def through_edge_with_id(testbed, edge, key, body, feature=None):
+def through_edge_with_id(testbed, edge, key, body, feature=None, path="/v1/completions"):
     """(status, body, the edge's request id as the gateway or the audit line names it)."""
     connection = http.client.HTTPSConnection(
         edge.address, EDGE_PORT, context=tls_context(testbed), timeout=60
@@ -127,7 +137,7 @@ def through_edge_with_id(testbed, edge, key, body, feature=None):
         headers["Authorization"] = f"Bearer {key}"
     if feature is not None:
         headers["X-Llmhost-Feature"] = feature
-    connection.request("POST", "/v1/completions", body, headers)
+    connection.request("POST", path, body, headers)
     response = connection.getresponse()
     data = response.read()
     connection.close()
@@ -414,3 +424,100 @@ def test_gateways_take_team_and_feature_from_the_edge_alone_and_count_tokens_by_
     exported = [testbed.ssh(host, fetch("http://127.0.0.1:9114/metrics")) for host in (tb1, tb2)]
     wanted = 'llmhost_gateway_attributed_tokens_total{identity="tests",team="research"'
     assert any(wanted in metrics for metrics in exported), "the exporter counts by team"
+
+
+# A release that passes its gate (the soak and the eval ask for completions) and still
+# fails real traffic: llama-server without its Jinja templates answers 500 ("tools param
+# requires --jinja flag") to every chat request that offers the model tools.
+BAD_RELEASE = {"runtime_extra_args": ["--no-jinja"]}
+CANARY_RULE = {
+    "edge_canary_percent": 30,
+    "edge_canary_window_s": 120,
+    "edge_canary_min_requests": 10,
+}
+TOOLS_CHAT = json.dumps(
+    {
+        "messages": [{"role": "user", "content": "What time is it?"}],
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "now",
+                    "description": "the time now",
+                    "parameters": {"type": "object", "properties": {}},
+                },
+            }
+        ],
+        "max_tokens": 8,
+        "temperature": 0,
+        "stream": True,
+    }
+).encode()
+
+
+def active_release(testbed, host: TestbedHost) -> str:
+    found = state(testbed, host)
+    return found["colours"][found["active"]]["id"]
+
+
+def edge_stat(testbed, edge: TestbedHost) -> dict[tuple[str, str], dict[str, str]]:
+    text = testbed.ssh(edge, f"echo 'show stat' | socat stdio {ADMIN_SOCKET}")
+    lines = text.strip().splitlines()
+    rows = csv.DictReader(io.StringIO("\n".join([lines[0][2:], *lines[1:]])))
+    return {(row["pxname"], row["svname"]): row for row in rows}
+
+
+def test_a_canary_that_answers_500s_is_rolled_back_within_its_window(testbed, edge_hosts, tmp_path):
+    hosts, _ = edge_hosts
+    tb1, tb2, edge = hosts[:3]
+    key = api_keys(testbed.root / "secrets")["tests"]
+    before = {host.name: active_release(testbed, host) for host in (tb1, tb2)}
+    since = testbed.ssh(edge, "date -u '+%Y-%m-%d %H:%M:%S'").strip()
+    path = edge_inventory(
+        tmp_path / "inventory.py", testbed, hosts, "rt-two", BAD_RELEASE, CANARY_RULE
+    )
+    send = lambda: through_edge(testbed, edge, key, TOOLS_CHAT, path="/v1/chat/completions")  # noqa: E731
+    with Load(testbed, edge, key, clients=4, send=send) as load:
+        load.wait_for(20)
+        assert load.failed == [], f"the release before answers tools: {load.failed[:2]}"
+        rolled = cli(
+            "deploy", path, "--limit", "serving", "--batch-size", "1", "--canary", "1", "-y"
+        )
+        after_rollback = load.ok
+        load.wait_for(load.ok + len(load.failed) + 20)
+    print(rolled.stderr[-3000:])
+    assert rolled.returncode == 1, rolled.stderr[-4000:]
+    assert "canary tb1: 30% of the requests through tb3, judged over 120 s" in rolled.stderr
+    assert "canary tb1 rolled back: " in rolled.stderr
+    assert "answers were 5xx" in rolled.stderr and "Not touched: tb2" in rolled.stderr
+
+    recorded = state(testbed, tb1)["last_canary"]
+    print(f"canary verdict: {recorded}")
+    assert recorded["decision"] == "rolled back" and recorded["edges"] == ["tb3"]
+    assert recorded["release"] != before["tb1"], "the canary judged the new release"
+    assert recorded["elapsed_s"] < CANARY_RULE["edge_canary_window_s"], "within its window"
+    assert active_release(testbed, tb1) == before["tb1"], "tb1 switched back"
+    assert active_release(testbed, tb2) == before["tb2"], "tb2 was not touched"
+
+    lines = [line for line in audit_lines(testbed, edge) if line["time"] >= since.replace(" ", "T")]
+    failed = [line for line in lines if line["status"] >= 500]
+    print(f"through the edge: {len(lines)} requests, {len(failed)} 5xx, all from {tb1.name}")
+    assert failed and {line["server"] for line in failed} == {"tb1"}, "the canary alone failed"
+    assert all("tools param requires --jinja flag" in problem for problem in load.failed)
+    assert load.ok > after_rollback, "requests succeed again after the rollback"
+    direct = http.client.HTTPSConnection(tb1.address, 8000, context=tls_context(testbed))
+    direct.request("POST", "/v1/chat/completions", TOOLS_CHAT, {"Authorization": f"Bearer {key}"})
+    answer = direct.getresponse()
+    assert answer.status == 200 and answer.read().rstrip().endswith(b"data: [DONE]"), (
+        "tb1's own gateway answers tools again: the release before is back"
+    )
+
+    stat = edge_stat(testbed, edge)
+    assert stat[("llmhost_serving", "tb1")]["weight"] == "1", "tb1 back at its own weight"
+    assert stat[("llmhost_canary", "tb1")]["status"] == "MAINT", "the canary backend closed"
+    share = testbed.ssh(edge, f"echo 'show map {CANARY_MAP}' | socat stdio {ADMIN_SOCKET}")
+    assert share.split()[-1] == "0"
+    assert servers_state(testbed, edge) == ALL_UP
+
+    shown = cli("status", path, "--limit", "tb1")
+    assert f"last canary: release {recorded['release']} rolled back: " in shown.stdout, shown.stdout

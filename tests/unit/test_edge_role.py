@@ -13,7 +13,13 @@ from llmhost.render import render
 from llmhost.secrets import add_api_key, api_keys, certificate_authority, hosted_api_key
 from roles.edge import Member, edge
 from roles.edge.defaults import CA_FILE, CERTIFICATE, CONFIG, DROPIN, EdgeSettings
-from roles.edge.policy import FallbackCluster, HostedFallback, Identity, TeamQuota
+from roles.edge.policy import (
+    FallbackCluster,
+    HostedFallback,
+    Identity,
+    TeamQuota,
+    canary_rule,
+)
 from roles.gateway.cutover import drain_arguments
 from tests.unit.pyinfra_plan import SECRETS_DIR, plan
 
@@ -55,6 +61,8 @@ def configuration(**overrides):
         ca_file=CA_FILE,
         admin_socket="/run/haproxy/admin.sock",
         backend="llmhost_serving",
+        canary_backend="llmhost_canary",
+        canary_map="/etc/haproxy/llmhost/canary.map",
         timeout=600,
         retries=2,
         interval_ms=1000,
@@ -139,12 +147,14 @@ def test_haproxy_accepts_the_configuration(tmp_path):
     (tmp_path / "edge.pem").write_text(issued.certificate_pem + issued.key_pem)
     (tmp_path / "ca.crt").write_text(authority.certificate_pem)
     (tmp_path / "identities.map").write_text("k1 team-a:research:1\n")
+    (tmp_path / "canary.map").write_text("percent 0\n")
     path = tmp_path / "edge.cfg"
     path.write_text(
         configuration(
             certificate=tmp_path / "edge.pem",
             ca_file=tmp_path / "ca.crt",
             identities_map=tmp_path / "identities.map",
+            canary_map=tmp_path / "canary.map",
         )
     )
     checked = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True)
@@ -226,7 +236,7 @@ def test_the_waits_cover_the_checks_that_move_a_host_out_and_back():
 
 def test_the_fallback_tiers_come_after_every_serving_host_and_the_hosted_api_only_for_some():
     text = configuration()
-    serving = text[text.index("\nbackend llmhost_serving") : text.index("\nbackend llmhost_hosted")]
+    serving = text[text.index("\nbackend llmhost_serving") : text.index("\nbackend llmhost_canary")]
     lines = [line.strip() for line in serving.splitlines() if line.strip().startswith("server ")]
     assert [line.split()[1] for line in lines] == ["gpu-a", "gpu-b", "fallback-fra"]
     assert " backup " in lines[-1] and "verifyhost edge-fra.example" in lines[-1]
@@ -395,3 +405,39 @@ def test_a_bad_team_quota_is_refused(teams, key):
     with pytest.raises(ConfigError) as refused:
         edge_plan({"edge_teams": teams}, TWO_SERVING)
     assert refused.value.key == key
+
+
+def test_the_canary_backend_follows_each_hosts_check_and_takes_no_request_until_enabled():
+    text = configuration()
+    canary = text[text.index("\nbackend llmhost_canary") : text.index("\nbackend llmhost_hosted")]
+    lines = [line.strip() for line in canary.splitlines() if line.strip().startswith("server ")]
+    assert [line.split()[1] for line in lines] == ["gpu-a", "gpu-b"], "never a fallback"
+    assert all(" disabled track llmhost_serving/" in line for line in lines)
+    assert "verifyhost gpu-a.internal" in lines[0] and " ssl " not in lines[1]
+    share = "str(percent),map_str_int(/etc/haproxy/llmhost/canary.map,0)"
+    assert share in text
+    assert "use_backend llmhost_canary if canary_drawn canary_up" in text
+    assert text.index("use_backend llmhost_hosted") < text.index("use_backend llmhost_canary")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("edge_canary_percent", 100),
+        ("edge_canary_percent", -1),
+        ("edge_canary_max_error_percent", 101),
+        ("edge_canary_max_latency_ratio", 0.5),
+        ("edge_canary_window_s", 5),
+        ("edge_canary_min_requests", 0),
+    ],
+)
+def test_a_bad_canary_rule_is_refused_naming_the_key(key, value):
+    with pytest.raises(ConfigError) as raised:
+        canary_rule("edge1", EdgeSettings(**{key: value}))
+    assert raised.value.key == key and raised.value.host == "edge1"
+
+
+def test_no_canary_percent_means_no_canary_rule():
+    assert canary_rule("edge1", EdgeSettings()) is None
+    rule = canary_rule("edge1", EdgeSettings(edge_canary_percent=10, edge_canary_window_s=60))
+    assert rule is not None and (rule.percent, rule.window_s, rule.min_requests) == (10, 60, 20)

@@ -154,6 +154,24 @@ def test_a_gate_verdict_is_recorded_for_the_release_the_colour_runs(tmp_path: Pa
     assert not runtimectl.gate_passed(restaged, "green"), "a restaged colour is gated again"
 
 
+def test_a_canary_verdict_is_kept_as_the_last_and_in_the_history(tmp_path: Path, capsys):
+    path = tmp_path / "state.json"
+    runtimectl.main(
+        ["record", "--state", str(path), "--colour", "green", "--release", '{"id": "r2"}']
+    )
+    record = ["canary-record", "--state", str(path), "--verdict"]
+    verdict = {"release": "r2", "decision": "rolled back", "reason": "5xx 40% > 1%"}
+    assert runtimectl.main([*record, json.dumps({**verdict, "time": "t1"})]) == 0
+    state = json.loads(path.read_text())
+    assert state["last_canary"]["reason"] == "5xx 40% > 1%"
+    assert state["history"][-1] == {"time": "t1", "event": "canary rolled back", "release": "r2"}
+    assert state["colours"]["green"]["id"] == "r2", "the rest of the state is kept"
+    assert runtimectl.main([*record, json.dumps({**verdict, "decision": "maybe"})]) == 2
+    assert "a canary verdict needs a release and a decision" in capsys.readouterr().err
+    assert runtimectl.main([*record, "[]"]) == 2
+    assert json.loads(path.read_text())["last_canary"]["decision"] == "rolled back"
+
+
 def gate_scores(state: dict) -> dict[str, float]:
     """The llmhost_gate_eval_score samples of the state's metrics, by release."""
     found = {}
