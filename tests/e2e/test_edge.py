@@ -121,9 +121,14 @@ def edge_hosts(testbed, published, tmp_path_factory):
 
 
 def through_edge(
-    testbed, edge: TestbedHost, key: str | None, body: bytes, feature: str | None = None
+    testbed,
+    edge: TestbedHost,
+    key: str | None,
+    body: bytes,
+    feature: str | None = None,
+    path: str = "/v1/completions",
 ):
-    status, data, _ = through_edge_with_id(testbed, edge, key, body, feature)
+    status, data, _ = through_edge_with_id(testbed, edge, key, body, feature, path)
     return status, data
 
 
