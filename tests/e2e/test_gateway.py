@@ -230,7 +230,7 @@ class Load:
                 )
             good = status == 200 and data.rstrip().endswith(b"data: [DONE]")
             problem = f"{status}: {data[-200:]!r}"
-        except (OSError, http.client.HTTPException) as error:
+        except Exception as error:  # a client thread that died would hang wait_for
             good, problem = False, repr(error)
         with self.lock:
             if good:
