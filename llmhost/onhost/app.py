@@ -20,6 +20,7 @@ TOOLS = {
     "eval-drift": "llmhost.onhost.evaldrift",
     "gpu-check": "llmhost.onhost.gpucheck",
     "fingerprint": "llmhost.onhost.fingerprint",
+    "edge-quota": "llmhost.onhost.edgequota",
 }
 USAGE = f"usage: onhost.pyz {{{','.join(TOOLS)}}} [ARGS...]  (TOOL --help for each)"
 

@@ -8,7 +8,7 @@ configure  its certificate (from the llmhost CA), the CAs it verifies by, the ro
            map and configuration, a drop-in that points the vendor unit at it, the firewall
 service    HAProxy checked (`haproxy -c`) and reloaded gracefully when a file changed
            (listeners are handed over, requests in flight finish); restarted when the
-           drop-in changed
+           drop-in changed; the token quotas' timer, where a team has one (quotas.py)
 
 Every serving host is health-checked (`GET /healthz` on its gateway, which answers 503
 while the host drains for a cutover) and requests go to the one with the fewest in
@@ -31,7 +31,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files, server
 from pyinfra.operations.util import any_changed
 
-from llmhost.endpoints import FALLBACK, SERVING_GATEWAY, Call
+from llmhost.endpoints import FALLBACK, MONITORING, SERVING_GATEWAY, Call
 from llmhost.errors import ConfigError
 from llmhost.secrets import api_keys, certificate_authority, secrets_directory
 from llmhost.settings import from_data
@@ -53,8 +53,8 @@ from roles._common.operations import (
     wait_for_port,
 )
 from roles._common.ports import check_host_ports
-from roles._common.scrapers import address_of, scrape_sources
-from roles.edge import policy
+from roles._common.scrapers import address_of, scrape_sources, watchers
+from roles.edge import policy, quotas
 from roles.edge.defaults import (
     ADMIN_SOCKET,
     AUDIT_TAG,
@@ -71,6 +71,7 @@ from roles.edge.defaults import (
     IDENTITIES_MAP,
     PACKAGES,
     TEAM_REQUESTS,
+    TOKENS_MAP,
     VENDOR_UNIT,
     EdgeSettings,
 )
@@ -107,6 +108,7 @@ def edge() -> None:
     install()
     changed, dropin = configure(plan)
     service(changed, dropin, plan.settings)
+    quotas.quota_timer(plan.settings, plan.team_quotas)  # token quotas: HAProxy is up
 
 
 def check() -> Plan:
@@ -130,12 +132,14 @@ def check() -> Plan:
         keys = api_keys(secrets)
     clusters = policy.fallback_clusters(host.name, settings)
     check_fallback_edges(settings, clusters)
+    team_quotas = policy.team_quotas(host.name, settings)
+    quotas.check(team_quotas)
     return Plan(
         settings,
         members(settings),
         policy.identities(host.name, settings, keys),
         policy.features(host.name, settings),
-        policy.team_quotas(host.name, settings),
+        team_quotas,
         clusters,
         policy.hosted_fallback(host.name, settings, secrets),
     )
@@ -182,6 +186,11 @@ def endpoints() -> list[Call]:
                 region=entry.get("region"),
             )
         )
+    if any(quota.get("tokens_per_hour") for quota in settings.edge_teams.values()):
+        calls += [
+            Call(MONITORING, url, None, note="token quotas: each team's tokens")
+            for url in watchers()
+        ]
     hosted = settings.edge_hosted_fallback
     if hosted is not None:
         calls.append(
@@ -324,6 +333,7 @@ def configure(plan: Plan) -> tuple[list[OperationMeta], OperationMeta]:
             mode="0644",
             create_remote_dir=False,
         ),
+        quotas.tokens_map(plan.team_quotas),
         hosted_ca(plan.hosted),
         put_template(
             **upload,
@@ -354,6 +364,7 @@ def configure(plan: Plan) -> tuple[list[OperationMeta], OperationMeta]:
             features=plan.features,
             team_quotas=plan.team_quotas,
             team_requests=TEAM_REQUESTS,
+            tokens_map=TOKENS_MAP,
             fallback_clusters=plan.fallback_clusters,
             hosted=plan.hosted,
             hosted_backend=HOSTED_BACKEND,

@@ -25,6 +25,10 @@ TEAM_REQUESTS = "llmhost_team_requests"  # the stick table of each team's reques
 # (disabled until a rollout enables them), drawn for the share the map's `percent` gives.
 CANARY_BACKEND = "llmhost_canary"
 CANARY_MAP = f"{EDGE_DIR}/canary.map"  # `percent 0` on disk; a rollout sets it at runtime
+# Teams with a token quota, `<team> 0` on disk; the quota timer sets 1 for a team over it.
+TOKENS_MAP = f"{EDGE_DIR}/teams-over-tokens.map"
+QUOTA_SERVICE = "llmhost-edge-quota.service"
+QUOTA_TIMER = "llmhost-edge-quota.timer"
 
 
 @dataclass(frozen=True)
@@ -69,8 +73,13 @@ class EdgeSettings:
     )
     edge_teams: dict[str, dict[str, int]] = setting(
         {},
-        "Quota of each team: `requests_per_minute` (over it: 429 naming the team, counted "
-        "at this edge over the last 60 s); a team not listed has none",
+        "Quotas of each team: `requests_per_minute` (counted at this edge over the last "
+        "60 s) and `tokens_per_hour` (prompt and completion tokens over the last hour, "
+        "every gateway's, from the monitoring hosts' Prometheus); over either: 429 naming "
+        "the team. A team not listed has none",
+    )
+    edge_token_quota_interval_s: int = setting(
+        15, "Seconds between two reads of each team's tokens from Prometheus (token quotas)"
     )
     edge_features: list[str] = setting(
         [],

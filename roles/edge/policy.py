@@ -137,7 +137,11 @@ def identities(host: str, settings: EdgeSettings, keys: dict[str, str]) -> list[
 @dataclass(frozen=True)
 class TeamQuota:
     team: str
-    requests_per_minute: int
+    requests_per_minute: int | None  # counted at each edge over the last 60 s
+    tokens_per_hour: int | None  # counted at the gateways, summed by Prometheus
+
+
+QUOTA_KINDS = ("requests_per_minute", "tokens_per_hour")
 
 
 def team_quotas(host: str, settings: EdgeSettings) -> list[TeamQuota]:
@@ -145,13 +149,15 @@ def team_quotas(host: str, settings: EdgeSettings) -> list[TeamQuota]:
     for team, quota in sorted(settings.edge_teams.items()):
         where = f"edge_teams.{team}"
         check_name(host, "edge_teams", team)
-        check_fields(host, where, quota, {"requests_per_minute"}, {"requests_per_minute"})
-        rate = quota["requests_per_minute"]
-        if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
-            raise refuse(
-                host, f"{where}.requests_per_minute", f"{rate!r} is not a count", "give 1 or more"
-            )
-        found.append(TeamQuota(team, rate))
+        check_fields(host, where, quota, set(), set(QUOTA_KINDS))
+        if not quota:
+            raise refuse(host, where, "gives no quota", f"give {' or '.join(QUOTA_KINDS)}")
+        for kind, value in quota.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise refuse(host, f"{where}.{kind}", f"{value!r} is not a count", "give 1 or more")
+        found.append(
+            TeamQuota(team, quota.get("requests_per_minute"), quota.get("tokens_per_hour"))
+        )
     return found
 
 

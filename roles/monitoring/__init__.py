@@ -534,13 +534,28 @@ def ui_firewall(settings: MonitoringSettings) -> None:
     )
     serving = firewall_only_from(
         "monitoring",
-        "Prometheus, for the serving hosts' cutover check",
+        "Prometheus, for the serving hosts' cutover check and the edges' token quotas",
         f"{UI_FIREWALL}-serving",
         [prometheus],
-        serving_networks(),
-        closed="no serving host asks",
+        sorted(set(serving_networks()) | set(token_quota_edges())),
+        closed="no serving host or edge asks",
     )
     reload_firewall(ui, serving)
+
+
+def token_quota_edges() -> list[str]:
+    """The edges that ask for each team's tokens (a team has `tokens_per_hour`), by address."""
+    from roles.edge.defaults import EdgeSettings
+
+    found = []
+    for member in inventory.get_group("edge", []):
+        teams = from_data(EdgeSettings, member.data, member.name).edge_teams
+        if any(quota.get("tokens_per_hour") for quota in teams.values()):
+            try:
+                found.append(str(ipaddress.ip_network(address_of(member.name, member.data))))
+            except ValueError:
+                continue
+    return found
 
 
 def serving_networks() -> list[str]:

@@ -39,6 +39,7 @@ ALL_UP = {"tb1": "2", "tb2": "2", "fallback-fra": "2"}  # HAProxy's operational 
 HOSTED_PORT = 9443  # the hosted API's stand-in, on this machine
 HOSTED_KEY_FILE = "hosted-api-key"
 SECOND_REGION = "de-testbed"
+TOKEN_QUOTA = 60  # team c's tokens an hour: a few answers
 
 
 def edge_inventory(
@@ -62,9 +63,10 @@ def edge_inventory(
         "edge_identities": {
             "tests": {"team": "research", "hosted_fallback": True},
             "team-b": {"team": "b"},
+            "team-c": {"team": "c"},
         },
         "edge_features": ["chat", "summarise"],
-        "edge_teams": {"b": {"requests_per_minute": 4}},
+        "edge_teams": {"b": {"requests_per_minute": 4}, "c": {"tokens_per_hour": TOKEN_QUOTA}},
     }
     edge = {
         **policy,
@@ -100,8 +102,9 @@ def edge_hosts(testbed, published, tmp_path_factory):
     edge) as the second cluster; then tb3 blank again and tb4 gone."""
     publish(testbed)  # earlier modules bring hosts back blank: tb1's registry again first
     secrets = testbed.root / "secrets"
-    if "team-b" not in api_keys(secrets):
-        add_api_key(secrets, "team-b")
+    for identity in ("team-b", "team-c"):
+        if identity not in api_keys(secrets):
+            add_api_key(secrets, identity)
     key_file = secrets / HOSTED_KEY_FILE
     if not key_file.exists():
         key_file.write_text(secrets_module.token_urlsafe(24) + "\n")
@@ -195,6 +198,10 @@ def test_the_edge_runs_sandboxed_and_exports_its_metrics_to_the_monitoring_host(
     assert 'haproxy_server_status{proxy="llmhost_serving",server="tb1",state="UP"} 1' in metrics
     refused = testbed.ssh(hosts[1], f"{fetch(url)} || echo refused", check=False)
     assert "refused" in refused, "only the monitoring host may read the edge's metrics"
+    quota = edge.service("llmhost-edge-quota.timer")
+    assert quota.is_running and quota.is_enabled, "team c has a token quota: its timer runs"
+    shown = edge.run("systemctl show llmhost-edge-quota.service -p IPAddressDeny").stdout
+    assert shown.startswith("IPAddressDeny=") and shown.strip() != "IPAddressDeny=", shown
 
 
 def fetch(url: str) -> str:
@@ -388,6 +395,33 @@ def test_a_team_over_its_request_quota_gets_429_naming_it_and_others_are_not_hel
         "edge",
         429,
     )
+
+
+def test_a_team_over_its_token_quota_gets_429_naming_it_and_others_are_not_held_back(
+    testbed, edge_hosts
+):
+    hosts, _ = edge_hosts
+    edge = hosts[2]
+    keys = api_keys(testbed.root / "secrets")
+    started = time.monotonic()
+    answered = 0
+    while time.monotonic() - started < 180:  # two scrapes and a pass, with room
+        status, data = through_edge(testbed, edge, keys["team-c"], completion_body(16))
+        if status == 429:
+            break
+        assert status == 200, data
+        answered += 1
+        time.sleep(0.5)
+    held_after = time.monotonic() - started
+    print(f"team c: {answered} answers, then held after {held_after:.0f} s")
+    assert status == 429, f"team c was never held ({answered} answers)"
+    message = json.loads(data)["error"]
+    assert message["message"] == f"team c is over its quota of {TOKEN_QUOTA} tokens an hour"
+    assert message["team"] == "c"
+    assert through_edge(testbed, edge, keys["tests"], completion_body())[0] == 200
+    passes = testbed.ssh(edge, "journalctl -u llmhost-edge-quota.service -o cat --no-pager")
+    last = [json.loads(line) for line in passes.splitlines() if line.startswith("{")][-1]
+    assert last["teams"]["c"]["over"] and last["teams"]["c"]["tokens"] >= TOKEN_QUOTA
 
 
 def gateway_lines(testbed, host: TestbedHost) -> list[dict]:

@@ -1,6 +1,7 @@
 """The CLI's help, version, documentation and input checks (no host is contacted)."""
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -215,10 +216,51 @@ def test_a_rollout_stops_at_the_first_failed_batch_and_names_the_untouched_hosts
     ]
 
 
+class FakeShare:
+    """A canary's share (llmhost.canary.Canary): its verdict given, its steps recorded."""
+
+    def __init__(self, decision: str) -> None:
+        self.decision = decision
+        self.steps: list[str] = []
+
+    @contextlib.contextmanager
+    def sharing(self):
+        self.steps.append("shared")
+        try:
+            yield self.judged
+        finally:
+            self.steps.append("restored")
+
+    def judged(self):
+        self.steps.append("judged")
+        return SimpleNamespace(decision=self.decision, reason="3 of 20 answers were 5xx")
+
+
+def test_a_canary_not_promoted_stops_the_rollout_after_its_batch(monkeypatch):
+    ran: list[tuple[str, ...]] = []
+    monkeypatch.setattr(
+        converge, "run", lambda *_, limit=(), **__: ran.append(limit) or pyinfra_result(0)
+    )
+    share = FakeShare("rolled back")
+    with pytest.raises(RolloutFailed) as failed:
+        roll_out("inv.py", "site.py", ["a", "b", "c"], 1, 1, lambda _: None, share)
+    assert str(failed.value) == (
+        "canary a rolled back: 3 of 20 answers were 5xx; rollout stopped. Not touched: b, c"
+    )
+    assert ran == [("a",)] and share.steps == ["shared", "judged", "restored"]
+    promoted = FakeShare("promoted")
+    roll_out("inv.py", "site.py", ["a", "b", "c"], 1, 1, lambda _: None, promoted)
+    assert ran[1:] == [("a",), ("b",), ("c",)], "judged once, on the first batch alone"
+    assert promoted.steps == ["shared", "judged", "restored"]
+
+
 def test_deploy_reports_a_stopped_rollout_as_a_failure(batches_run, monkeypatch):
     from llmhost.cli import deploy
 
     monkeypatch.setattr(deploy, "_checked_hosts", lambda inventory, limit: ["a", "b", "c"])
+    # No edge takes a percentage canary (inv.py is not read): tests/unit/test_canary.py and
+    # the edge's e2e test have one.
+    monkeypatch.setattr("llmhost.canary.Canary.planned", lambda *_: None)
     result = invoke("deploy", "inv.py", "--batch-size", "1", "--yes")
     assert result.exit_code == 1
     assert "rollout in 3 batch(es): 1: a; 2: b; 3: c" in result.output

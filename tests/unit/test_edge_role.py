@@ -75,7 +75,8 @@ def configuration(**overrides):
         audit_tag="llmhost_edge",
         identities_map="/etc/haproxy/llmhost/identities.map",
         features=["chat", "summarise"],
-        team_quotas=[TeamQuota("research", 600)],
+        team_quotas=[TeamQuota("research", 600, None), TeamQuota("ops", None, 50000)],
+        tokens_map="/etc/haproxy/llmhost/teams-over-tokens.map",
         team_requests="llmhost_team_requests",
         fallback_clusters=[
             FallbackCluster("fra", "edge-fra.example:8443", "edge-fra.example", "de-fra1")
@@ -148,6 +149,7 @@ def test_haproxy_accepts_the_configuration(tmp_path):
     (tmp_path / "ca.crt").write_text(authority.certificate_pem)
     (tmp_path / "identities.map").write_text("k1 team-a:research:1\n")
     (tmp_path / "canary.map").write_text("percent 0\n")
+    (tmp_path / "tokens.map").write_text("ops 0\n")
     path = tmp_path / "edge.cfg"
     path.write_text(
         configuration(
@@ -155,6 +157,7 @@ def test_haproxy_accepts_the_configuration(tmp_path):
             ca_file=tmp_path / "ca.crt",
             identities_map=tmp_path / "identities.map",
             canary_map=tmp_path / "canary.map",
+            tokens_map=tmp_path / "tokens.map",
         )
     )
     checked = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True)
@@ -384,12 +387,19 @@ def test_a_fallback_edge_of_this_inventory_must_accept_this_edges_feature_tags()
 def test_a_team_over_its_request_quota_gets_429_naming_the_team():
     text = configuration()
     assert "http-request track-sc0 var(txn.team) table llmhost_team_requests" in text
-    (refusal,) = [line for line in text.splitlines() if "status 429" in line]
+    (refusal, tokens) = [line for line in text.splitlines() if "status 429" in line]
     assert "team research is over its quota of 600 requests a minute" in refusal
     assert refusal.endswith("if { var(txn.team) -m str research } { sc_http_req_rate(0) gt 600 }")
     assert "hdr Retry-After 60" in refusal
     assert "stick-table type string len 32 size 10k expire 2m store http_req_rate(60s)" in text
+    assert "team ops is over its quota of 50000 tokens an hour" in tokens
+    assert tokens.endswith(
+        "if { var(txn.team) -m str ops } "
+        "{ var(txn.team),map_str_int(/etc/haproxy/llmhost/teams-over-tokens.map,0) gt 0 }"
+    ), "the quota timer marks a team over in the map"
     assert "track-sc0" not in configuration(team_quotas=[])
+    only_tokens = configuration(team_quotas=[TeamQuota("ops", None, 50000)])
+    assert "track-sc0" not in only_tokens and "stick-table" not in only_tokens
 
 
 @pytest.mark.parametrize(
@@ -398,8 +408,11 @@ def test_a_team_over_its_request_quota_gets_429_naming_the_team():
         ({"Research": {"requests_per_minute": 5}}, "edge_teams"),
         ({"research": {"requests_per_minute": 0}}, "edge_teams.research.requests_per_minute"),
         ({"research": {"requests_per_hour": 5}}, "edge_teams.research"),
+        ({"research": {}}, "edge_teams.research"),
+        ({"research": {"tokens_per_hour": 0}}, "edge_teams.research.tokens_per_hour"),
+        ({"research": {"tokens_per_hour": 1000}}, "edge_teams.research.tokens_per_hour"),
     ],
-    ids=["name", "zero", "unknown-field"],
+    ids=["name", "zero", "unknown-field", "no-quota", "not-a-count", "no-monitoring-host"],
 )
 def test_a_bad_team_quota_is_refused(teams, key):
     with pytest.raises(ConfigError) as refused:
@@ -441,3 +454,60 @@ def test_no_canary_percent_means_no_canary_rule():
     assert canary_rule("edge1", EdgeSettings()) is None
     rule = canary_rule("edge1", EdgeSettings(edge_canary_percent=10, edge_canary_window_s=60))
     assert rule is not None and (rule.percent, rule.window_s, rule.min_requests) == (10, 60, 20)
+
+
+MONITORED = {**TWO_SERVING, "mon": ({**HOST, "ssh_hostname": "10.0.0.7"}, ["monitoring"])}
+TOKEN_QUOTA = {"edge_teams": {"research": {"tokens_per_hour": 100000}}}
+
+
+def test_a_token_quota_gets_a_hardened_timer_asking_the_monitoring_hosts_prometheus():
+    planned = edge_plan(TOKEN_QUOTA, MONITORED)
+    (service,) = [n for n in planned if n.startswith("llmhost-edge-quota.service (hardened)")]
+    assert service.endswith("token quotas of 1 team(s)")
+    assert any(n.startswith("llmhost-edge-quota.timer (every 15 s)") for n in planned)
+    assert any(n.startswith("llmhost-edge-quota.timer: running and enabled") for n in planned)
+    assert uploaded(planned, "Edge: the teams with a token quota") == [
+        "/etc/haproxy/llmhost/teams-over-tokens.map"
+    ]
+    assert not any(n.startswith("No token quota") for n in planned)
+
+
+def test_the_quota_unit_asks_prometheus_alone_as_root_with_no_capability():
+    text = render(
+        "edge/edge-quota.service.j2",
+        app="/opt/llmhost/onhost.pyz",
+        tokens_map="/etc/haproxy/llmhost/teams-over-tokens.map",
+        admin_socket="/run/haproxy/llmhost-admin.sock",
+        prometheus=["http://10.0.0.7:9090"],
+        prometheus_addresses=["10.0.0.7"],
+        quotas=[TeamQuota("research", None, 100000)],
+        time_limit=35,
+    )
+    (start,) = [line for line in text.splitlines() if line.startswith("ExecStart=")]
+    assert start == (
+        "ExecStart=/usr/bin/python3 /opt/llmhost/onhost.pyz edge-quota "
+        "--map /etc/haproxy/llmhost/teams-over-tokens.map "
+        "--socket /run/haproxy/llmhost-admin.sock --prometheus http://10.0.0.7:9090 "
+        "--quota research=100000"
+    )
+    assert "IPAddressDeny=any\nIPAddressAllow=localhost 10.0.0.7\n" in text
+    assert "CapabilityBoundingSet=\n" in text and "ProtectSystem=strict" in text
+
+
+def test_without_a_token_quota_the_timer_is_retired():
+    planned = edge_plan(others=MONITORED)
+    assert any(n.startswith("No token quota: the quota timer off") for n in planned)
+    assert not any(n.startswith("llmhost-edge-quota.service") for n in planned)
+
+
+def test_an_edge_with_a_token_quota_calls_the_monitoring_hosts_prometheus():
+    from pyinfra.api import Inventory
+    from pyinfra.context import ctx_host, ctx_inventory
+
+    from roles.edge import endpoints
+
+    hosts = [("edge1", {**HOST, **TOKEN_QUOTA}), *[(n, d) for n, (d, _) in MONITORED.items()]]
+    inventory = Inventory((hosts, {}), edge=(["edge1"], {}), monitoring=(["mon"], {}))
+    with ctx_inventory.use(inventory), ctx_host.use(inventory.get_host("edge1")):
+        calls = endpoints()
+    assert [c.target for c in calls if c.kind == "monitoring"] == ["http://10.0.0.7:9090"]

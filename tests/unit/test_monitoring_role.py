@@ -12,7 +12,7 @@ from pyinfra.context import ctx_inventory
 from llmhost.errors import ConfigError
 from roles._common import checked
 from roles._common.scrapers import scrape_sources
-from roles.monitoring import alert_rules, member_targets, monitoring
+from roles.monitoring import alert_rules, member_targets, monitoring, token_quota_edges
 from roles.monitoring.defaults import MonitoringSettings
 from tests.unit import test_runtime_role as runtime_tests
 from tests.unit.pyinfra_plan import per_argument, plan, record_calls
@@ -195,3 +195,21 @@ def test_an_edge_host_is_scraped_on_its_metrics_port():
     jobs = {job: entry["targets"] for job, entry in member_targets("edge-1", edge, ["edge"])}
     assert jobs["edge"] == ["10.0.0.5:8406"]
     assert "edge" not in dict(member_targets("edge-1", edge, []))
+
+
+def test_prometheus_admits_the_edges_that_ask_for_the_teams_tokens():
+    quota = {"edge_teams": {"research": {"tokens_per_hour": 1000}}}
+    requests_only = {"edge_teams": {"ops": {"requests_per_minute": 10}}}
+    inventory = Inventory(
+        (
+            [
+                ("edge-a", {"ssh_hostname": "10.0.0.5", **quota}),
+                ("edge-b", {"ssh_hostname": "10.0.0.6", **requests_only}),
+                ("edge-c", {"ssh_hostname": "edge-c.internal", **quota}),
+            ],
+            {},
+        ),
+        edge=(["edge-a", "edge-b", "edge-c"], {}),
+    )
+    with ctx_inventory.use(inventory):
+        assert token_quota_edges() == ["10.0.0.5/32"], "a name is left to ..._ui_allow_from"
