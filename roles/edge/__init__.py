@@ -5,7 +5,8 @@ preflight  settings and ports; the serving hosts it fronts (`edge_serving_group`
            tiers (other regions' edges, the hosted API and its key); the CA of the gateways
 install    Debian's HAProxy
 configure  its certificate (from the llmhost CA), the CAs it verifies by, the root-only key
-           map and configuration, a drop-in that points the vendor unit at it, the firewall
+           map and configuration, the SSO issuer's keys (sso.py), a drop-in that points
+           the vendor unit at it, the firewall
 service    HAProxy checked (`haproxy -c`) and reloaded gracefully when a file changed
            (listeners are handed over, requests in flight finish); restarted when the
            drop-in changed; the token quotas' timer, where a team has one (quotas.py)
@@ -45,6 +46,7 @@ from roles._common.checks import (
     on_host,
 )
 from roles._common.edges import fronted
+from roles._common.facts import DirectoryEntries
 from roles._common.operations import (
     firewall_only_from,
     firewall_rules,
@@ -54,7 +56,7 @@ from roles._common.operations import (
 )
 from roles._common.ports import check_host_ports
 from roles._common.scrapers import address_of, scrape_sources, watchers
-from roles.edge import policy, quotas
+from roles.edge import policy, quotas, sso
 from roles.edge.defaults import (
     ADMIN_SOCKET,
     AUDIT_TAG,
@@ -69,6 +71,7 @@ from roles.edge.defaults import (
     HOSTED_BACKEND,
     HOSTED_CA_FILE,
     IDENTITIES_MAP,
+    OIDC_DIR,
     PACKAGES,
     TEAM_REQUESTS,
     TOKENS_MAP,
@@ -98,6 +101,7 @@ class Plan:
     identities: list[policy.Identity]
     features: list[str]
     team_quotas: list[policy.TeamQuota]
+    oidc: sso.Sso | None
     fallback_clusters: list[policy.FallbackCluster]
     hosted: policy.HostedFallback | None
 
@@ -140,6 +144,7 @@ def check() -> Plan:
         policy.identities(host.name, settings, keys),
         policy.features(host.name, settings),
         team_quotas,
+        sso.sso(host.name, settings, keys),
         clusters,
         policy.hosted_fallback(host.name, settings, secrets),
     )
@@ -334,6 +339,7 @@ def configure(plan: Plan) -> tuple[list[OperationMeta], OperationMeta]:
             create_remote_dir=False,
         ),
         quotas.tokens_map(plan.team_quotas),
+        *signing_keys(plan.oidc),
         hosted_ca(plan.hosted),
         put_template(
             **upload,
@@ -365,6 +371,7 @@ def configure(plan: Plan) -> tuple[list[OperationMeta], OperationMeta]:
             team_quotas=plan.team_quotas,
             team_requests=TEAM_REQUESTS,
             tokens_map=TOKENS_MAP,
+            oidc=plan.oidc,
             fallback_clusters=plan.fallback_clusters,
             hosted=plan.hosted,
             hosted_backend=HOSTED_BACKEND,
@@ -397,6 +404,33 @@ def configure(plan: Plan) -> tuple[list[OperationMeta], OperationMeta]:
         ),
     )
     return changed, dropin
+
+
+def signing_keys(wanted: sso.Sso | None) -> list[OperationMeta]:
+    """The SSO issuer's public keys, one file each; a key the issuer dropped is removed."""
+    files.directory(name=f"{OIDC_DIR}: the SSO issuer's public keys", path=OIDC_DIR, mode="0755")
+    keys = wanted.keys if wanted else []
+    changed = [
+        checked.put(
+            name=f"Edge: SSO signing key {key.kid} ({key.alg})",
+            src=StringIO(key.pem),
+            dest=key.path,
+            mode="0644",
+            create_remote_dir=False,
+        )
+        for key in keys
+    ]
+    ours = {key.path.rsplit("/", 1)[1] for key in keys}
+    present: list[str] = host.get_fact(DirectoryEntries, path=OIDC_DIR)
+    for stale in sorted(set(present) - ours):
+        changed.append(
+            files.file(
+                name=f"Edge: {OIDC_DIR}/{stale} is no key of the SSO issuer's now",
+                path=f"{OIDC_DIR}/{stale}",
+                present=False,
+            )
+        )
+    return changed
 
 
 def hosted_ca(hosted: policy.HostedFallback | None) -> OperationMeta:

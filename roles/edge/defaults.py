@@ -27,6 +27,7 @@ CANARY_BACKEND = "llmhost_canary"
 CANARY_MAP = f"{EDGE_DIR}/canary.map"  # `percent 0` on disk; a rollout sets it at runtime
 # Teams with a token quota, `<team> 0` on disk; the quota timer sets 1 for a team over it.
 TOKENS_MAP = f"{EDGE_DIR}/teams-over-tokens.map"
+OIDC_DIR = f"{EDGE_DIR}/oidc"  # the SSO issuer's public keys, one PEM each
 QUOTA_SERVICE = "llmhost-edge-quota.service"
 QUOTA_TIMER = "llmhost-edge-quota.timer"
 
@@ -95,6 +96,13 @@ class EdgeSettings:
         "The last resort when no cluster is up, an OpenAI-compatible API: `{url (https, "
         "base URL with /v1), key_file (in secrets_dir), region, ca_file (optional)}`; only "
         "for identities whose policy has `hosted_fallback`",
+    )
+    edge_oidc: dict[str, Any] | None = setting(
+        None,
+        "SSO: OIDC bearer tokens checked at the edge: `{issuer, audience, jwks_file (the "
+        "issuer's JWKS, a file on the control machine), gateway_identity (an API key "
+        "identity the edge presents to the gateways for SSO requests), identity_claim "
+        "(default sub), team_claim (optional), hosted_fallback (default false)}`",
     )
     edge_allow_from: list[str] = setting(
         [], "Source networks (CIDR) allowed to reach the edge; empty means from anywhere"

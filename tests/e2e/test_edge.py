@@ -24,6 +24,7 @@ import pytest
 from llmhost import converge
 from llmhost.secrets import add_api_key, api_keys, certificate_authority
 from llmhost.testing.hostedapi import ANSWER, HostedApi
+from llmhost.testing.oidc import Issuer
 from llmhost.testing.testbed import Testbed, TestbedHost
 from roles.edge.defaults import ADMIN_SOCKET, AUDIT_TAG, CANARY_MAP, CONFIG, EdgeSettings
 from tests.e2e.conftest import cli, connect_testinfra, publish
@@ -40,6 +41,9 @@ HOSTED_PORT = 9443  # the hosted API's stand-in, on this machine
 HOSTED_KEY_FILE = "hosted-api-key"
 SECOND_REGION = "de-testbed"
 TOKEN_QUOTA = 60  # team c's tokens an hour: a few answers
+SSO_ISSUER = "https://login.testbed.example/realms/llm"
+SSO_AUDIENCE = "llmhost-testbed"
+SSO_KEY, SSO_JWKS = "sso-issuer.key", "sso-jwks.json"  # in the testbed's secrets directory
 
 
 def edge_inventory(
@@ -67,6 +71,13 @@ def edge_inventory(
         },
         "edge_features": ["chat", "summarise"],
         "edge_teams": {"b": {"requests_per_minute": 4}, "c": {"tokens_per_hour": TOKEN_QUOTA}},
+        "edge_oidc": {
+            "issuer": SSO_ISSUER,
+            "audience": SSO_AUDIENCE,
+            "jwks_file": str(secrets / SSO_JWKS),
+            "gateway_identity": "sso",
+            "team_claim": "team",
+        },
     }
     edge = {
         **policy,
@@ -102,9 +113,10 @@ def edge_hosts(testbed, published, tmp_path_factory):
     edge) as the second cluster; then tb3 blank again and tb4 gone."""
     publish(testbed)  # earlier modules bring hosts back blank: tb1's registry again first
     secrets = testbed.root / "secrets"
-    for identity in ("team-b", "team-c"):
+    for identity in ("team-b", "team-c", "sso"):
         if identity not in api_keys(secrets):
             add_api_key(secrets, identity)
+    (secrets / SSO_JWKS).write_text(sso_issuer(testbed).jwks())
     key_file = secrets / HOSTED_KEY_FILE
     if not key_file.exists():
         key_file.write_text(secrets_module.token_urlsafe(24) + "\n")
@@ -121,6 +133,10 @@ def edge_hosts(testbed, published, tmp_path_factory):
     finally:
         testbed.up(3)  # tb4 gone
         testbed.recreate("tb3")
+
+
+def sso_issuer(testbed) -> Issuer:
+    return Issuer.kept_in(testbed.root / "secrets" / SSO_KEY, SSO_ISSUER, SSO_AUDIENCE)
 
 
 def through_edge(
@@ -424,6 +440,35 @@ def test_a_team_over_its_token_quota_gets_429_naming_it_and_others_are_not_held_
     assert last["teams"]["c"]["over"] and last["teams"]["c"]["tokens"] >= TOKEN_QUOTA
 
 
+def test_an_sso_token_of_the_issuer_is_admitted_as_its_subject_and_team(testbed, edge_hosts):
+    hosts, _ = edge_hosts
+    tb1, tb2, edge = hosts[:3]
+    issuer = sso_issuer(testbed)
+    status, data, edge_id = through_edge_with_id(
+        testbed, edge, issuer.token(sub="alice@corp.example", team="research"), completion_body()
+    )
+    assert status == 200, data
+    (line,) = [line for line in audit_lines(testbed, edge) if line["request_id"] == edge_id]
+    assert (line["identity"], line["team"], line["tier"]) == (
+        "sso:alice@corp.example",
+        "research",
+        "local",
+    )
+    (served,) = [
+        line for host in (tb1, tb2) for line in gateway_lines(testbed, host)
+        if line["edge_request_id"] == edge_id
+    ]  # fmt: skip
+    assert (served["identity"], served["team"]) == ("sso", "research"), (
+        "the gateways count SSO requests under the edge's key, by team"
+    )
+    expired = issuer.token(exp=int(time.time()) - 60)
+    assert through_edge(testbed, edge, expired, completion_body())[0] == 401
+    stranger = Issuer(SSO_ISSUER, SSO_AUDIENCE)  # same names, another key
+    assert through_edge(testbed, edge, stranger.token(), completion_body())[0] == 401
+    other_audience = issuer.token(aud="another-service")
+    assert through_edge(testbed, edge, other_audience, completion_body())[0] == 401
+
+
 def gateway_lines(testbed, host: TestbedHost) -> list[dict]:
     text = testbed.ssh(host, "cat /var/log/nginx/llmhost-audit.log")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -540,7 +585,8 @@ def test_a_canary_that_answers_500s_is_rolled_back_within_its_window(testbed, ed
 
     lines = [line for line in audit_lines(testbed, edge) if line["time"] >= since.replace(" ", "T")]
     failed = [line for line in lines if line["status"] >= 500]
-    print(f"through the edge: {len(lines)} requests, {len(failed)} 5xx, all from {tb1.name}")
+    served = {name: sum(1 for line in lines if line["server"] == name) for name in SERVING}
+    print(f"through the edge: {len(lines)} requests ({served}), {len(failed)} 5xx")
     assert failed and {line["server"] for line in failed} == {"tb1"}, "the canary alone failed"
     assert all("tools param requires --jinja flag" in problem for problem in load.failed)
     assert load.ok > after_rollback, "requests succeed again after the rollback"

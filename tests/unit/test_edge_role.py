@@ -77,6 +77,7 @@ def configuration(**overrides):
         features=["chat", "summarise"],
         team_quotas=[TeamQuota("research", 600, None), TeamQuota("ops", None, 50000)],
         tokens_map="/etc/haproxy/llmhost/teams-over-tokens.map",
+        oidc=None,
         team_requests="llmhost_team_requests",
         fallback_clusters=[
             FallbackCluster("fra", "edge-fra.example:8443", "edge-fra.example", "de-fra1")
