@@ -319,14 +319,15 @@ class Canary:
     def _judged(self) -> Verdict:
         releases = self._releases()
         verdict = self.watch()
-        if verdict.decision == "rolled back":
-            for part in self.parts:
-                self._tell(part.edge, no_share_command())
-            self.say(
-                f"canary rolled back: {verdict.reason}; switching back {', '.join(self.batch)}"
-            )
-            self._roll_back()
-        self._record(verdict, releases)
+        try:
+            if verdict.decision == "rolled back":
+                for part in self.parts:
+                    self._tell(part.edge, no_share_command())
+                hosts = ", ".join(self.batch)
+                self.say(f"canary rolled back: {verdict.reason}; switching back {hosts}")
+                self._roll_back()
+        finally:
+            self._record(verdict, releases)  # the decision, even when its rollback failed
         return verdict
 
     def watch(

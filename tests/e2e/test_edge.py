@@ -41,6 +41,7 @@ HOSTED_PORT = 9443  # the hosted API's stand-in, on this machine
 HOSTED_KEY_FILE = "hosted-api-key"
 SECOND_REGION = "de-testbed"
 TOKEN_QUOTA = 60  # team c's tokens an hour: a few answers
+QUICK_S = 5  # the monitoring host's scrape interval and the edges' quota passes
 SSO_ISSUER = "https://login.testbed.example/realms/llm"
 SSO_AUDIENCE = "llmhost-testbed"
 SSO_KEY, SSO_JWKS = "sso-issuer.key", "sso-jwks.json"  # in the testbed's secrets directory
@@ -71,6 +72,7 @@ def edge_inventory(
         },
         "edge_features": ["chat", "summarise"],
         "edge_teams": {"b": {"requests_per_minute": 4}, "c": {"tokens_per_hour": TOKEN_QUOTA}},
+        "edge_token_quota_interval_s": QUICK_S,
         "edge_oidc": {
             "issuer": SSO_ISSUER,
             "audience": SSO_AUDIENCE,
@@ -94,7 +96,9 @@ def edge_inventory(
     }
     serving = {"model_name": model, **LOAD_LIMITS, **(serving_extra or {})}
     data = {
-        "tb1": serving,
+        # The monitoring host scrapes every 5 s and the edges ask it every 5 s: team c's
+        # token quota holds it within seconds, not half a minute.
+        "tb1": {**serving, "monitoring_scrape_interval_s": QUICK_S},
         "tb2": serving,
         "tb3": {**edge, **(edge_extra or {})},
         "tb4": {**serving, **policy, "region": SECOND_REGION, "edge_serving_group": "cluster2"},

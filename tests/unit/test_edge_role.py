@@ -138,29 +138,33 @@ def test_the_configuration_has_every_serving_host_checked_and_verified():
     assert text.startswith("# managed by llmhost (role edge)")
 
 
-@pytest.mark.skipif(
+NEEDS_HAPROXY = pytest.mark.skipif(
     subprocess.run(["which", "haproxy"], capture_output=True).returncode != 0,
     reason="haproxy is not installed on this machine (scripts/setup installs it): its own "
     "check (`haproxy -c`) of the configuration still runs on the e2e tests' edge hosts",
 )
+
+
+def edge_files(root: Path, address: str) -> dict[str, Path]:
+    """The files HAProxy opens, written under ``root``; `configuration` overrides naming them."""
+    authority = certificate_authority(root / "secrets")
+    issued = authority.issue("edge", [address])
+    written = {
+        "certificate": (root / "edge.pem", issued.certificate_pem + issued.key_pem),
+        "ca_file": (root / "ca.crt", authority.certificate_pem),
+        "identities_map": (root / "identities.map", "k1 team-a:research:1\n"),
+        "canary_map": (root / "canary.map", "percent 0\n"),
+        "tokens_map": (root / "tokens.map", "ops 0\n"),
+    }
+    for path, text in written.values():
+        path.write_text(text)
+    return {name: path for name, (path, _) in written.items()}
+
+
+@NEEDS_HAPROXY
 def test_haproxy_accepts_the_configuration(tmp_path):
-    authority = certificate_authority(tmp_path / "secrets")
-    issued = authority.issue("edge", ["10.0.0.9"])
-    (tmp_path / "edge.pem").write_text(issued.certificate_pem + issued.key_pem)
-    (tmp_path / "ca.crt").write_text(authority.certificate_pem)
-    (tmp_path / "identities.map").write_text("k1 team-a:research:1\n")
-    (tmp_path / "canary.map").write_text("percent 0\n")
-    (tmp_path / "tokens.map").write_text("ops 0\n")
     path = tmp_path / "edge.cfg"
-    path.write_text(
-        configuration(
-            certificate=tmp_path / "edge.pem",
-            ca_file=tmp_path / "ca.crt",
-            identities_map=tmp_path / "identities.map",
-            canary_map=tmp_path / "canary.map",
-            tokens_map=tmp_path / "tokens.map",
-        )
-    )
+    path.write_text(configuration(**edge_files(tmp_path, "10.0.0.9")))
     checked = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     warnings = [

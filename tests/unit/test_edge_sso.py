@@ -19,12 +19,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from llmhost.errors import ConfigError
-from llmhost.secrets import certificate_authority
 from llmhost.testing.oidc import Issuer, number
 from roles.edge import Member
 from roles.edge.defaults import EdgeSettings
 from roles.edge.sso import SigningKey, Sso, signing_keys, sso
-from tests.unit.test_edge_role import configuration
+from tests.unit.test_edge_role import NEEDS_HAPROXY, configuration, edge_files
 
 ISSUER = "https://login.example.eu/realms/llm"
 
@@ -88,13 +87,7 @@ def free_port() -> int:
 def edge(tmp_path_factory, issuer):
     """HAProxy on the edge's configuration with SSO, its serving hosts down."""
     root = tmp_path_factory.mktemp("sso-edge")
-    authority = certificate_authority(root / "secrets")
-    issued = authority.issue("edge", ["127.0.0.1"])
-    (root / "edge.pem").write_text(issued.certificate_pem + issued.key_pem)
-    (root / "ca.crt").write_text(authority.certificate_pem)
-    (root / "identities.map").write_text("k1 team-a:research:1\n")
-    (root / "canary.map").write_text("percent 0\n")
-    (root / "tokens.map").write_text("")
+    names = edge_files(root, "127.0.0.1")
     (root / "jwks.json").write_text(issuer.jwks())
     (key,) = signing_keys("edge1", root / "jwks.json")
     key_file = root / "k1.pem"
@@ -110,13 +103,9 @@ def edge(tmp_path_factory, issuer):
     )
     port = free_port()
     text = configuration(
+        **names,
         port=port,
         metrics_port=free_port(),
-        certificate=root / "edge.pem",
-        ca_file=root / "ca.crt",
-        identities_map=root / "identities.map",
-        canary_map=root / "canary.map",
-        tokens_map=root / "tokens.map",
         admin_socket=root / "admin.sock",
         oidc=oidc,
         servers=[Member("gpu-a", f"127.0.0.1:{free_port()}", False, "127.0.0.1")],  # none listens
@@ -141,7 +130,7 @@ def edge(tmp_path_factory, issuer):
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 break
         time.sleep(0.1)
-    context = ssl.create_default_context(cafile=str(root / "ca.crt"))
+    context = ssl.create_default_context(cafile=str(names["ca_file"]))
     yield port, context
     process.terminate()
     process.wait(timeout=10)
@@ -158,6 +147,7 @@ def ask(edge, bearer: str) -> int:
     return answer.status
 
 
+@NEEDS_HAPROXY
 def test_a_token_signed_by_the_issuer_for_this_audience_is_admitted(edge, issuer):
     assert ask(edge, issuer.token()) == 503, "admitted, and no serving host is up"
 
@@ -172,10 +162,12 @@ def test_a_token_signed_by_the_issuer_for_this_audience_is_admitted(edge, issuer
     ],
     ids=["expired", "issuer", "audience", "no-identity"],
 )
+@NEEDS_HAPROXY
 def test_a_token_with_a_wrong_claim_is_refused(edge, issuer, claims):
     assert ask(edge, issuer.token(**claims)) == 401
 
 
+@NEEDS_HAPROXY
 def test_a_token_signed_by_another_key_or_naming_another_kid_is_refused(edge, issuer):
     stranger = Issuer(ISSUER, "llmhost")
     assert ask(edge, stranger.token()) == 401
