@@ -130,10 +130,28 @@ def deploy(
     if batch_size and not dry:
         _roll_out(inventory_path, deploy_path, names, batch_size, canary, yes)
         return
+    if not batch_size:
+        _say_no_canary(inventory_path)
     # pyinfra runs from the repository root (it imports roles from there).
     argv = converge.pyinfra_argv(inventory_path, deploy_path, limit=limit, dry=dry, yes=yes)
     os.chdir(REPO_ROOT)
     os.execv(argv[0], argv)
+
+
+def _say_no_canary(inventory: str) -> None:
+    """An edge's percentage canary is a rolling deploy's first batch: say when none is."""
+    from llmhost.inventory import load_hosts
+
+    edges = [
+        h.name
+        for h in load_hosts(inventory)
+        if "edge" in h.groups and h.data.get("edge_canary_percent")
+    ]
+    if edges:
+        say(
+            f"note: {', '.join(edges)} judge a canary (edge_canary_percent) only in a rolling "
+            "deploy (--batch-size N); this one goes to every host at once"
+        )
 
 
 def _roll_out(

@@ -15,7 +15,9 @@ Every serving host is health-checked (`GET /healthz` on its gateway, which answe
 while the host drains for a cutover) and requests go to the one with the fewest in
 flight. A request whose host failed before the first byte of an answer is sent to
 another; an answer under way is never repeated. With no serving host up, requests go to
-the fallback tiers in order (policy.py reads them).
+the fallback tiers in order (policy.py reads them). A rolling deploy's canary takes its
+share through a second backend of the same hosts, each disabled until the rollout enables
+it (llmhost/canary.py drives it through the admin socket).
 """
 
 from __future__ import annotations

@@ -254,6 +254,25 @@ def test_a_canary_not_promoted_stops_the_rollout_after_its_batch(monkeypatch):
     assert promoted.steps == ["shared", "judged", "restored"]
 
 
+def test_a_deploy_at_once_says_the_edges_canary_is_not_judged(tmp_path, monkeypatch):
+    from llmhost.cli import deploy
+
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(
+        'serving = [("gpu-a", {"model_name": "m"})]\n'
+        'edge = [("edge-a", {"edge_canary_percent": 10})]\n'
+    )
+    monkeypatch.setattr(deploy, "_checked_hosts", lambda inventory, limit: ["gpu-a", "edge-a"])
+    ran: list[list[str]] = []
+    monkeypatch.setattr(deploy.os, "execv", lambda path, argv: ran.append(argv))
+    result = invoke("deploy", str(inventory), "--yes")
+    assert result.exit_code == 0, result.output
+    assert "note: edge-a judge a canary (edge_canary_percent) only in a rolling deploy" in (
+        result.output
+    )
+    assert ran and ran[0][-1] == "--yes"
+
+
 def test_deploy_reports_a_stopped_rollout_as_a_failure(batches_run, monkeypatch):
     from llmhost.cli import deploy
 
