@@ -33,7 +33,10 @@ from typing import Any
 
 from llmhost.errors import ActionableError, ConfigError
 from llmhost.remote import Connected
+from llmhost.settings import from_data
+from roles.edge.defaults import ADMIN_SOCKET, BACKEND, CANARY_BACKEND, CANARY_MAP, EdgeSettings
 from roles.edge.policy import CanaryRule as Rule
+from roles.edge.policy import canary_rule
 
 POLL_S = 2.0  # between two reads of the edges' counters
 
@@ -85,10 +88,7 @@ def shares(inventory: Any, batch: list[str]) -> tuple[Rule, list[EdgeShare]] | N
     when an edge would have no other host for the rest of its requests."""
     from pyinfra.context import ctx_inventory
 
-    from llmhost.settings import from_data
     from roles._common.edges import fronted
-    from roles.edge.defaults import EdgeSettings
-    from roles.edge.policy import canary_rule
 
     found: list[tuple[str, Rule, EdgeShare]] = []
     with ctx_inventory.use(inventory):
@@ -129,16 +129,12 @@ def shares(inventory: Any, batch: list[str]) -> tuple[Rule, list[EdgeShare]] | N
 
 def admin(command: str) -> str:
     """The shell command that sends ``command`` (``;``-separated) to an edge's HAProxy."""
-    from roles.edge.defaults import ADMIN_SOCKET
-
     return f"echo {shlex.quote(command)} | socat stdio {ADMIN_SOCKET}"
 
 
 def start_commands(share: EdgeShare, percent: int) -> str:
     """The canary's hosts out of the regular pool and into the canary's, which takes
     ``percent`` of the requests."""
-    from roles.edge.defaults import BACKEND, CANARY_BACKEND, CANARY_MAP
-
     steps = []
     for name in share.canary:
         steps += [f"enable server {CANARY_BACKEND}/{name}", f"set server {BACKEND}/{name} weight 0"]
@@ -147,15 +143,11 @@ def start_commands(share: EdgeShare, percent: int) -> str:
 
 def no_share_command() -> str:
     """No request for the canary: every one to the other hosts (the canary's are out)."""
-    from roles.edge.defaults import CANARY_MAP
-
     return f"set map {CANARY_MAP} percent 0"
 
 
 def restore_commands(share: EdgeShare) -> str:
     """As the edge's configuration has it: no canary, every host at its own weight."""
-    from roles.edge.defaults import BACKEND, CANARY_BACKEND
-
     steps = [no_share_command()]
     for name in share.canary:
         steps += [
@@ -222,8 +214,12 @@ def judge(
             f"only {answers} answers in {elapsed_s:.0f} s, fewer than "
             f"edge_canary_min_requests ({rule.min_requests})",
         )
-    slow = rule.max_latency_ratio and canary_ms and stable_ms
-    if slow and canary_ms > rule.max_latency_ratio * stable_ms:  # type: ignore[operator]
+    if (
+        rule.max_latency_ratio
+        and canary_ms
+        and stable_ms
+        and canary_ms > rule.max_latency_ratio * stable_ms
+    ):
         return verdict(
             "rolled back",
             f"its mean time to first byte, {canary_ms} ms, is over {rule.max_latency_ratio:g} "
@@ -240,8 +236,6 @@ def totals(
     parts: list[EdgeShare], before: Stats, now: Stats
 ) -> tuple[int, int, int | None, int | None]:
     """(answers, 5xx, canary's ms, the others' ms) since ``before``, over every edge."""
-    from roles.edge.defaults import BACKEND, CANARY_BACKEND
-
     answers = errors = 0
     canary_times: list[tuple[int, int]] = []
     stable_times: list[tuple[int, int]] = []
@@ -354,21 +348,25 @@ class Canary:
     def stats(self) -> Stats:
         found: Stats = {}
         for part in self.parts:
-            for (backend, server), counts in parse_stat(self._tell(part.edge, "show stat")).items():
+            answer = self._ask(part.edge, "show stat")
+            for (backend, server), counts in parse_stat(answer).items():
                 found[(part.edge, backend, server)] = counts
         return found
 
-    def _tell(self, edge: str, command: str) -> str:
-        answer = self.hosts.run(edge, admin(command))
-        refused = [
-            line for line in answer.stdout.splitlines() if line.strip() and command != "show stat"
-        ]
-        if not answer.ok or refused:
+    def _tell(self, edge: str, command: str) -> None:
+        """A command that answers nothing when done (HAProxy's blank lines); its words else."""
+        refused = " ".join(line for line in self._ask(edge, command).splitlines() if line.strip())
+        if refused:
             raise CanaryError(
-                f"edge {edge} refused `{command}`: {(answer.stderr or ' '.join(refused))[:300]}. "
-                "Fix: converge the edges first (`llmhost deploy INVENTORY --limit edge`): "
-                "their configuration must have the canary backend"
+                f"edge {edge} refused `{command}`: {refused[:300]}. Fix: converge the edges "
+                "first (`llmhost deploy INVENTORY --limit edge`): their configuration must "
+                "have the canary backend"
             )
+
+    def _ask(self, edge: str, command: str) -> str:
+        answer = self.hosts.run(edge, admin(command))
+        if not answer.ok:
+            raise CanaryError(f"edge {edge}: `{command}` failed: {answer.stderr[:300]}")
         return answer.stdout
 
     def _releases(self) -> dict[str, str]:

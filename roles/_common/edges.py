@@ -7,7 +7,6 @@ request's team and feature it takes.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from pyinfra import inventory
@@ -32,15 +31,9 @@ def edge_sources(name: str) -> list[str]:
     An edge reached by a DNS name is left out: the gateway admits addresses, and would
     trust a name only by resolving it.
     """
-    from roles._common.scrapers import address_of
+    from roles._common.scrapers import address_networks
 
-    found = []
-    for member, _ in _edges_of(name):
-        try:
-            found.append(str(ipaddress.ip_network(address_of(member.name, member.data))))
-        except ValueError:
-            continue
-    return sorted(set(found))
+    return sorted(set(address_networks(member for member, _ in _edges_of(name))))
 
 
 def _edges_of(name: str) -> list[tuple[Any, Any]]:

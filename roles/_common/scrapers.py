@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from typing import Any
 
 from pyinfra import inventory
@@ -20,6 +21,21 @@ def address_of(name: str, data: Any) -> str:
     ``ssh_hostname``, else its name; the box a deploy runs on (``@local``) at loopback."""
     found = data.get("ssh_hostname") or (LOCAL_ADDRESS if name == LOCAL_HOST else name)
     return str(found)
+
+
+def address_networks(members: Iterable[Any]) -> list[str]:
+    """Each host's address as a one-address network (CIDR), where it is an IP address.
+
+    A host reached by a DNS name is left out: firewalls and sandboxes admit addresses,
+    and would trust a name only by resolving it.
+    """
+    found = []
+    for member in members:
+        try:
+            found.append(str(ipaddress.ip_network(address_of(member.name, member.data))))
+        except ValueError:
+            continue
+    return found
 
 
 def scrape_sources(host: str, data: Any) -> list[str]:

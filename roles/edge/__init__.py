@@ -193,7 +193,7 @@ def endpoints() -> list[Call]:
                 region=entry.get("region"),
             )
         )
-    if any(quota.get("tokens_per_hour") for quota in settings.edge_teams.values()):
+    if settings.asks_for_tokens():
         calls += [
             Call(MONITORING, url, None, note="token quotas: each team's tokens")
             for url in watchers()

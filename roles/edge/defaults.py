@@ -131,6 +131,10 @@ class EdgeSettings:
         "the rollout stops there, the canary neither promoted nor rolled back",
     )
 
+    def asks_for_tokens(self) -> bool:
+        """A team has a token quota: the edge asks Prometheus for each team's tokens."""
+        return any(quota.get("tokens_per_hour") for quota in self.edge_teams.values())
+
     def drain_wait_s(self) -> float:
         """Long enough for this edge to take a host out of its pool after it asked."""
         return (self.edge_check_fall + 1) * self.edge_check_interval_ms / 1000 + 1

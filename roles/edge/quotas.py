@@ -14,11 +14,9 @@ configure  the map on disk (every team with a token quota, none over), the harde
 
 from __future__ import annotations
 
-import ipaddress
 from io import StringIO
-from urllib.parse import urlsplit
 
-from pyinfra import host
+from pyinfra import host, inventory
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import systemd
 
@@ -27,7 +25,7 @@ from llmhost.onhost.layout import ONHOST_APP
 from roles._common import checked
 from roles._common.checked import put_template
 from roles._common.onhost import install_onhost_tools
-from roles._common.scrapers import watchers
+from roles._common.scrapers import address_networks, watchers
 from roles.edge.defaults import (
     ADMIN_SOCKET,
     QUOTA_SERVICE,
@@ -70,17 +68,6 @@ def tokens_map(quotas: list[TeamQuota]) -> OperationMeta:
     )
 
 
-def prometheus_addresses(urls: list[str]) -> list[str]:
-    """The IP addresses the unit may reach (a name would need DNS: left to the firewall)."""
-    found = []
-    for url in urls:
-        try:
-            found.append(str(ipaddress.ip_address(urlsplit(url).hostname or "")))
-        except ValueError:
-            continue
-    return found
-
-
 def quota_timer(settings: EdgeSettings, quotas: list[TeamQuota]) -> None:
     """The timer where a team has a token quota; else none, and what was there removed."""
     wanted = token_quotas(quotas)
@@ -106,7 +93,8 @@ def quota_timer(settings: EdgeSettings, quotas: list[TeamQuota]) -> None:
             tokens_map=TOKENS_MAP,
             admin_socket=ADMIN_SOCKET,
             prometheus=urls,
-            prometheus_addresses=prometheus_addresses(urls),
+            # The addresses the unit may reach (a name would need DNS: left to the firewall).
+            prometheus_addresses=address_networks(inventory.get_group("monitoring", [])),
             quotas=wanted,
             time_limit=PROMETHEUS_TIMEOUT_S * len(urls) + 30,
         ),

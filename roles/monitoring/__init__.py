@@ -20,7 +20,6 @@ works before the host takes traffic.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from collections.abc import Collection
@@ -59,7 +58,7 @@ from roles._common.operations import (
     secret_upload_options,
 )
 from roles._common.ports import check_host_ports
-from roles._common.scrapers import address_of, scrape_sources, watchers
+from roles._common.scrapers import address_networks, address_of, scrape_sources, watchers
 from roles.monitoring import evaldrift
 from roles.monitoring.defaults import (
     ALERTMANAGER_STORAGE,
@@ -547,24 +546,14 @@ def token_quota_edges() -> list[str]:
     """The edges that ask for each team's tokens (a team has `tokens_per_hour`), by address."""
     from roles.edge.defaults import EdgeSettings
 
-    found = []
-    for member in inventory.get_group("edge", []):
-        teams = from_data(EdgeSettings, member.data, member.name).edge_teams
-        if any(quota.get("tokens_per_hour") for quota in teams.values()):
-            try:
-                found.append(str(ipaddress.ip_network(address_of(member.name, member.data))))
-            except ValueError:
-                continue
-    return found
+    asking = [
+        member
+        for member in inventory.get_group("edge", [])
+        if from_data(EdgeSettings, member.data, member.name).asks_for_tokens()
+    ]
+    return address_networks(asking)
 
 
 def serving_networks() -> list[str]:
     """The serving hosts' addresses, where they are IP addresses (others: `..._ui_allow_from`)."""
-    found = []
-    for member in inventory:
-        if member.data.get("model_name"):
-            try:
-                found.append(str(ipaddress.ip_network(address_of(member.name, member.data))))
-            except ValueError:
-                continue
-    return found
+    return address_networks(member for member in inventory if member.data.get("model_name"))

@@ -484,7 +484,7 @@ def test_the_quota_unit_asks_prometheus_alone_as_root_with_no_capability():
         tokens_map="/etc/haproxy/llmhost/teams-over-tokens.map",
         admin_socket="/run/haproxy/llmhost-admin.sock",
         prometheus=["http://10.0.0.7:9090"],
-        prometheus_addresses=["10.0.0.7"],
+        prometheus_addresses=["10.0.0.7/32"],
         quotas=[TeamQuota("research", None, 100000)],
         time_limit=35,
     )
@@ -495,7 +495,7 @@ def test_the_quota_unit_asks_prometheus_alone_as_root_with_no_capability():
         "--socket /run/haproxy/llmhost-admin.sock --prometheus http://10.0.0.7:9090 "
         "--quota research=100000"
     )
-    assert "IPAddressDeny=any\nIPAddressAllow=localhost 10.0.0.7\n" in text
+    assert "IPAddressDeny=any\nIPAddressAllow=localhost 10.0.0.7/32\n" in text
     assert "CapabilityBoundingSet=\n" in text and "ProtectSystem=strict" in text
 
 
