@@ -23,8 +23,9 @@ import json
 import socket
 import sys
 import urllib.parse
-import urllib.request
 from collections.abc import Sequence
+
+from llmhost.onhost.runtimectl import prometheus_data
 
 WINDOW = "1h"
 QUERY = f'sum by (team) (increase(llmhost_gateway_attributed_tokens_total{{team!=""}}[{WINDOW}]))'
@@ -41,15 +42,9 @@ def tokens_by_team(urls: Sequence[str], timeout: float) -> dict[str, float]:
     for url in urls:
         query = urllib.parse.urlencode({"query": QUERY})
         try:
-            with urllib.request.urlopen(
-                f"{url.rstrip('/')}/api/v1/query?{query}", timeout=timeout
-            ) as response:
-                answer = json.loads(response.read())
-            if answer.get("status") != "success":
-                raise ValueError(f"{answer.get('errorType')}: {answer.get('error')}")
+            data = prometheus_data(url, f"/api/v1/query?{query}", timeout)
             return {
-                item["metric"].get("team", ""): float(item["value"][1])
-                for item in answer["data"]["result"]
+                item["metric"].get("team", ""): float(item["value"][1]) for item in data["result"]
             }
         except (OSError, ValueError, KeyError, TypeError) as error:
             problems.append(f"{url}: {error}")

@@ -456,7 +456,8 @@ def cancel_stop(colour: str) -> None:
 ALERT_GROUPS = ("llmhost-hosts", "llmhost-runtime", "llmhost-gateway")
 
 
-def _prometheus(url: str, path: str, timeout: float) -> Any:
+def prometheus_data(url: str, path: str, timeout: float) -> Any:
+    """The `data` of Prometheus's answer to ``path``; ValueError when it reports an error."""
     with urllib.request.urlopen(f"{url.rstrip('/')}{path}", timeout=timeout) as response:
         answer = json.loads(response.read())
     if answer.get("status") != "success":
@@ -472,9 +473,9 @@ def watched_by(url: str, host: str, timeout: float = 5.0) -> str | None:
     """
     query = urllib.parse.quote(f'up{{job="node",host="{host}"}}')
     try:
-        results = _prometheus(url, f"/api/v1/query?query={query}", timeout)["result"]
+        results = prometheus_data(url, f"/api/v1/query?query={query}", timeout)["result"]
         groups = {
-            g["name"] for g in _prometheus(url, "/api/v1/rules?type=alert", timeout)["groups"]
+            g["name"] for g in prometheus_data(url, "/api/v1/rules?type=alert", timeout)["groups"]
         }
     except (OSError, ValueError, KeyError, TypeError) as error:
         return f"{url}: {error}"
